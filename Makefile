@@ -1,0 +1,34 @@
+# Two commands on a fresh machine with Python 3.11: `make run` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export FLWR_HOME := $(CURDIR)/.flwr
+export RAY_DEDUP_LOGS := 0
+
+.PHONY: run test lint benchmark clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first and pinned: the CPU wheel on disk, never a multi-GB CUDA build
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev,text]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m common.train_cli --dataset ml-100k --model attention
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy common server client simulations benchmarks
+
+benchmark: $(STAMP)
+	$(PY) benchmarks/centralized.py
+
+clean:
+	rm -rf $(VENV) .flwr runs results

@@ -1,0 +1,1 @@
+"""Shared core of fedseqrec: data, features, models, evaluation and privacy accounting."""

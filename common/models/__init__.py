@@ -1,0 +1,54 @@
+"""Model zoo: every model maps a padded item batch to hidden states scored by a tied table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.models.attention import AttentionRecommender
+from common.models.base import SequenceRecommender, next_item_loss
+from common.models.lstm import LSTMRecommender
+from common.models.multiscale import MultiScaleRecommender
+
+MODEL_NAMES = ("lstm", "multiscale", "attention")
+
+__all__ = [
+    "MODEL_NAMES",
+    "ModelConfig",
+    "SequenceRecommender",
+    "build_model",
+    "next_item_loss",
+]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture hyper-parameters shared by the model zoo."""
+
+    name: str = "attention"
+    dim: int = 64
+    layers: int = 2
+    heads: int = 1
+    dropout: float = 0.2
+    max_len: int = 50
+    n_gap_buckets: int = 0
+
+    def __post_init__(self) -> None:
+        if self.name not in MODEL_NAMES:
+            raise ValueError(f"model must be one of {', '.join(MODEL_NAMES)}, got {self.name!r}")
+        if self.dim < 1 or self.layers < 1 or self.heads < 1 or self.max_len < 1:
+            raise ValueError("dim, layers, heads and max_len must be positive")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+def build_model(config: ModelConfig, n_items: int) -> SequenceRecommender:
+    """Instantiate the configured model for a catalogue of ``n_items`` items."""
+    if config.name == "lstm":
+        return LSTMRecommender(n_items, config.dim, config.layers, config.dropout)
+    if config.name == "multiscale":
+        return MultiScaleRecommender(
+            n_items, config.dim, config.dropout, n_gap_buckets=config.n_gap_buckets
+        )
+    return AttentionRecommender(
+        n_items, config.dim, config.layers, config.heads, config.dropout, config.max_len
+    )

@@ -1,0 +1,111 @@
+"""Causal self-attention over the item sequence (SASRec-like), the strongest baseline.
+
+Attention is built from ``nn.Linear`` projections and the parameter-free
+``scaled_dot_product_attention``, so Opacus computes exact per-sample gradients with
+its Linear hooks while plain training keeps PyTorch's fused attention kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from common.models.base import SequenceRecommender
+
+
+def causal_padding_mask(items: Tensor) -> Tensor:
+    """Boolean (B, 1, L, L) mask: a position sees itself and earlier non-padding items.
+
+    A padding query sees only itself, which keeps its softmax finite.
+    """
+    length = items.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=items.device).tril()
+    real_keys = (items > 0)[:, None, None, :]
+    itself = torch.eye(length, dtype=torch.bool, device=items.device)
+    return causal & (real_keys | itself)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with Opacus-supported projections."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} must be divisible by heads {heads}")
+        self.heads = heads
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.dropout = dropout
+
+    def forward(self, queries: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
+        batch, length, dim = queries.shape
+
+        def split(x: Tensor) -> Tensor:
+            return x.view(batch, length, self.heads, dim // self.heads).transpose(1, 2)
+
+        attended = F.scaled_dot_product_attention(
+            split(self.query(queries)),
+            split(self.key(keys)),
+            split(self.value(keys)),
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        return attended.transpose(1, 2).reshape(batch, length, dim)
+
+
+class AttentionBlock(nn.Module):
+    """Pre-norm block: attention and a point-wise feed-forward, both residual."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(dim)
+        self.attention = CausalSelfAttention(dim, heads, dropout)
+        self.feed_forward_norm = nn.LayerNorm(dim)
+        self.feed_forward = nn.Sequential(
+            nn.Linear(dim, dim),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(dim, dim),
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        normed = self.attention_norm(x)
+        x = normed + self.dropout(self.attention(normed, x, mask))
+        return x + self.dropout(self.feed_forward(self.feed_forward_norm(x)))
+
+
+class AttentionRecommender(SequenceRecommender):
+    """SASRec: item + learned position embeddings, causal attention blocks, final norm."""
+
+    def __init__(
+        self,
+        n_items: int,
+        dim: int = 64,
+        layers: int = 2,
+        heads: int = 1,
+        dropout: float = 0.2,
+        max_len: int = 50,
+    ) -> None:
+        super().__init__(n_items, dim)
+        self.max_len = max_len
+        self.positions = nn.Embedding(max_len, dim)
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(AttentionBlock(dim, heads, dropout) for _ in range(layers))
+        self.final_norm = nn.LayerNorm(dim)
+
+    def forward(self, items: Tensor, gaps: Tensor | None = None) -> Tensor:
+        length = items.shape[1]
+        if length > self.max_len:
+            raise ValueError(f"sequence length {length} exceeds max_len {self.max_len}")
+        # Positions count back from the most recent item, so trimming padding is exact.
+        positions = torch.arange(self.max_len - length, self.max_len, device=items.device)
+        real = (items > 0).unsqueeze(-1)
+        x = self.items(items) * self.items.dim**0.5
+        x = self.dropout(x + self.positions(positions.expand_as(items))) * real
+        mask = causal_padding_mask(items)
+        for block in self.blocks:
+            x = block(x, mask) * real
+        return self.final_norm(x)

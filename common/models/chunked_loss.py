@@ -1,0 +1,91 @@
+"""Cross-entropy over all items without materialising the full (positions x items) logits.
+
+Scoring every position against every item is the dominant cost of training. Done in
+one piece, the logits matrix (e.g. 1,500 x 12,101 floats per batch) is written and
+re-read several times from main memory. Here the loss and its gradients are computed
+chunk by chunk in the forward pass, so each chunk of logits stays in cache; backward
+only scales the stored gradients. Used for plain (non-private) training; Opacus needs
+per-sample gradients and takes the dense path.
+
+Where the CPU has native bfloat16 matrix units (AVX512-BF16, AMX), the three matrix
+products run in bfloat16 with float32 softmax and float32 gradient accumulation, as
+mixed-precision training does on GPUs; elsewhere everything stays float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd import Function
+
+DEFAULT_CHUNK = 128
+
+
+def fast_bfloat16_available() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively (not emulated)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+class ChunkedLinearCrossEntropy(Function):
+    """Mean cross-entropy of ``hidden @ weight.T`` against ``targets`` (column indices)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        hidden: Tensor,
+        weight: Tensor,
+        targets: Tensor,
+        chunk_size: int,
+        dtype: torch.dtype,
+    ) -> Tensor:
+        count = hidden.shape[0]
+        low_hidden, low_weight = hidden.to(dtype), weight.to(dtype)
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros_like(weight)
+        total = hidden.new_zeros((), dtype=torch.float64)
+        for start in range(0, count, chunk_size):
+            rows = slice(start, start + chunk_size)
+            chunk, target = low_hidden[rows], targets[rows]
+            logits = (chunk @ low_weight.T).float()
+            picked = logits.gather(1, target[:, None]).squeeze(1)
+            maxima = logits.amax(dim=1, keepdim=True)
+            probabilities = logits.sub_(maxima).exp_()  # in place: one exp per logit
+            sums = probabilities.sum(dim=1, keepdim=True)
+            total += (maxima + sums.log()).squeeze(1).sub(picked).sum().double()
+            probabilities /= sums * count
+            probabilities[torch.arange(len(target)), target] -= 1.0 / count
+            low_probabilities = probabilities.to(dtype)
+            grad_hidden[rows] = low_probabilities @ low_weight
+            grad_weight += low_probabilities.T @ chunk
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return (total / count).to(hidden.dtype)
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, grad_output: Tensor
+    ) -> tuple[Tensor, Tensor, None, None, None]:
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_output, grad_weight * grad_output, None, None, None
+
+
+def chunked_cross_entropy(
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    chunk_size: int = DEFAULT_CHUNK,
+    low_precision: bool | None = None,
+) -> Tensor:
+    """Mean over rows of CE(hidden @ weight.T, targets), computed chunk by chunk.
+
+    ``low_precision=None`` picks bfloat16 products where the CPU has them natively.
+    """
+    if hidden.shape[0] == 0:
+        raise ValueError("no positions to score")
+    if low_precision is None:
+        low_precision = fast_bfloat16_available()
+    dtype = torch.bfloat16 if low_precision else hidden.dtype
+    return ChunkedLinearCrossEntropy.apply(  # type: ignore[no-any-return]
+        hidden, weight, targets, chunk_size, dtype
+    )

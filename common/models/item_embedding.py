@@ -1,0 +1,69 @@
+"""The item table shared by the input lookup and the output scores, with Opacus support.
+
+Weight tying means one parameter is used twice per forward pass (lookup of input items,
+dot product with every item for the scores). Opacus computes per-sample gradients per
+module call, so both uses live in one module with a registered grad sampler that adds
+up the two contributions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from opacus.grad_sample import register_grad_sampler
+from torch import Tensor, nn
+
+
+class ItemEmbedding(nn.Module):
+    """Row ``i`` embeds item ``i``; row 0 is padding and never trained or scored.
+
+    Called with integer item ids it looks them up; called with float hidden states of
+    width ``dim`` it returns scores over the real items 1..n_items (column ``j`` scores
+    item ``j + 1``).
+    """
+
+    def __init__(self, n_items: int, dim: int) -> None:
+        super().__init__()
+        if n_items < 1 or dim < 1:
+            raise ValueError(f"n_items and dim must be positive, got {n_items}, {dim}")
+        self.n_items = n_items
+        self.dim = dim
+        self.weight = nn.Parameter(torch.empty(n_items + 1, dim))
+        nn.init.normal_(self.weight, std=dim**-0.5)
+        with torch.no_grad():
+            self.weight[0].zero_()
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype in (torch.int64, torch.int32):
+            return F.embedding(x, self.weight, padding_idx=0)
+        return F.linear(x, self.weight[1:])
+
+    def initialise_from(self, matrix: Tensor) -> None:
+        """Copy pretrained item vectors (rows aligned with item ids) into the table."""
+        if tuple(matrix.shape) != tuple(self.weight.shape):
+            raise ValueError(
+                f"pretrained item matrix has shape {tuple(matrix.shape)}, "
+                f"expected {tuple(self.weight.shape)}"
+            )
+        with torch.no_grad():
+            self.weight.copy_(matrix)
+            self.weight[0].zero_()
+
+
+@register_grad_sampler(ItemEmbedding)
+def item_embedding_grad_sample(
+    layer: ItemEmbedding, activations: list[Tensor], backprops: Tensor
+) -> dict[nn.Parameter, Tensor]:
+    """Per-sample gradient of the item table for one call (lookup or scoring)."""
+    x = activations[0]
+    batch = x.shape[0]
+    grad = torch.zeros(batch, *layer.weight.shape, dtype=backprops.dtype, device=x.device)
+    if x.dtype in (torch.int64, torch.int32):
+        index = x.reshape(batch, -1, 1).expand(-1, -1, layer.dim)
+        grad.scatter_add_(1, index, backprops.reshape(batch, -1, layer.dim))
+        grad[:, 0] = 0.0
+    else:
+        hidden = x.reshape(batch, -1, layer.dim)
+        upstream = backprops.reshape(batch, -1, layer.n_items)
+        grad[:, 1:] = torch.bmm(upstream.transpose(1, 2), hidden)
+    return {layer.weight: grad}

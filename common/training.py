@@ -1,0 +1,163 @@
+"""Centralized training: the reference every federated and private run is held against."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from common.features import TrainingWindows, training_windows
+from common.model_evaluation import evaluate_model
+from common.models import ModelConfig, SequenceRecommender, build_model, next_item_loss
+from common.sequences import LeaveOneOutSplit
+
+logger = logging.getLogger(__name__)
+
+SELECTION_METRIC = "ndcg@10"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of a centralized run."""
+
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 10
+    eval_every: int = 1
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_every < 1:
+            raise ValueError("epochs, batch_size and eval_every must be positive")
+        if self.lr <= 0 or self.weight_decay < 0 or self.patience < 1:
+            raise ValueError("lr must be > 0, weight_decay >= 0 and patience >= 1")
+
+
+@dataclass
+class EpochRecord:
+    """What one epoch did: loss, time and (when evaluated) validation metrics."""
+
+    epoch: int
+    train_loss: float
+    seconds: float
+    valid: dict[str, float] = field(default_factory=dict)
+
+
+def length_bucketed_batches(
+    windows: TrainingWindows, batch_size: int, rng: np.random.Generator
+) -> Iterator[np.ndarray]:
+    """Batches of windows with similar lengths, in random order.
+
+    Grouping similar lengths lets each batch drop the padding columns that no row uses,
+    so short sequences cost short-sequence compute.
+    """
+    lengths = (windows.inputs > 0).sum(1)
+    order = np.lexsort([rng.random(len(lengths)), lengths])
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    for index in rng.permutation(len(batches)):
+        yield batches[index]
+
+
+def trimmed_batch(
+    windows: TrainingWindows, rows: np.ndarray
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Inputs, targets and gaps of ``rows`` without all-padding leading columns."""
+    inputs = windows.inputs[rows]
+    width = int((inputs > 0).sum(1).max())
+    gaps = windows.gaps[rows, -width:] if windows.gaps is not None else None
+    return (
+        torch.as_tensor(inputs[:, -width:]),
+        torch.as_tensor(windows.targets[rows, -width:]),
+        torch.as_tensor(gaps) if gaps is not None else None,
+    )
+
+
+def train_epoch(
+    model: SequenceRecommender,
+    optimizer: torch.optim.Optimizer,
+    windows: TrainingWindows,
+    batch_size: int,
+    rng: np.random.Generator,
+    progress: Callable[[int], None] | None = None,
+) -> float:
+    """One pass over all windows; returns the mean training loss."""
+    model.train()
+    total, batches = 0.0, 0
+    for rows in length_bucketed_batches(windows, batch_size, rng):
+        items, targets, gaps = trimmed_batch(windows, rows)
+        optimizer.zero_grad(set_to_none=True)
+        loss = next_item_loss(model, items, targets, gaps)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach())
+        batches += 1
+        if progress is not None:
+            progress(len(rows))
+    return total / max(batches, 1)
+
+
+@dataclass
+class TrainResult:
+    """Best model (by validation NDCG@10), its epoch, the history and test metrics."""
+
+    model: SequenceRecommender
+    best_epoch: int
+    history: list[EpochRecord]
+    test: dict[str, float]
+    valid: dict[str, float]
+
+
+def train_centralized(
+    split: LeaveOneOutSplit,
+    model_config: ModelConfig,
+    config: TrainConfig,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    progress_factory: Callable[[int, int], Callable[[int], None]] | None = None,
+    model: SequenceRecommender | None = None,
+) -> TrainResult:
+    """Train with early stopping on validation NDCG@10, then test the best checkpoint."""
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    if model is None:
+        model = build_model(model_config, split.n_items)
+    windows = training_windows(
+        split.train,
+        model_config.max_len,
+        split.times if model_config.n_gap_buckets else None,
+        max(model_config.n_gap_buckets, 3),
+    )
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
+    )
+    best_score, best_epoch, best_state = -1.0, 0, None
+    history: list[EpochRecord] = []
+    for epoch in range(1, config.epochs + 1):
+        progress = progress_factory(epoch, len(windows)) if progress_factory else None
+        started = time.perf_counter()
+        loss = train_epoch(model, optimizer, windows, config.batch_size, rng, progress)
+        record = EpochRecord(epoch, loss, time.perf_counter() - started)
+        if epoch % config.eval_every == 0 or epoch == config.epochs:
+            record.valid = evaluate_model(
+                model, split, "valid", model_config.max_len, model_config.n_gap_buckets
+            )
+            if record.valid[SELECTION_METRIC] > best_score:
+                best_score, best_epoch = record.valid[SELECTION_METRIC], epoch
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+        if epoch - best_epoch >= config.patience * config.eval_every:
+            logger.info("early stop at epoch %d (best %d)", epoch, best_epoch)
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    valid = evaluate_model(model, split, "valid", model_config.max_len, model_config.n_gap_buckets)
+    test = evaluate_model(model, split, "test", model_config.max_len, model_config.n_gap_buckets)
+    return TrainResult(model, best_epoch, history, test, valid)

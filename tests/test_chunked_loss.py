@@ -1,0 +1,43 @@
+"""The chunked cross-entropy equals the dense one, in value and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common.models.chunked_loss import chunked_cross_entropy
+
+
+def dense_and_chunked(low_precision: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    torch.manual_seed(0)
+    hidden = torch.randn(37, 8, requires_grad=True)
+    weight = (0.3 * torch.randn(23, 8)).requires_grad_()
+    targets = torch.randint(0, 23, (37,))
+    dense = F.cross_entropy(hidden @ weight.T, targets)
+    dense_grads = torch.autograd.grad(dense, [hidden, weight])
+    chunked = chunked_cross_entropy(
+        hidden, weight, targets, chunk_size=5, low_precision=low_precision
+    )
+    chunked_grads = torch.autograd.grad(2.0 * chunked, [hidden, weight])
+    return [dense, *dense_grads], [chunked, *(g / 2.0 for g in chunked_grads)]
+
+
+def test_float32_matches_dense_exactly() -> None:
+    dense, chunked = dense_and_chunked(low_precision=False)
+    for expected, actual in zip(dense, chunked, strict=True):
+        assert torch.allclose(expected, actual, atol=1e-6, rtol=1e-5)
+
+
+def test_bfloat16_products_stay_close() -> None:
+    dense, chunked = dense_and_chunked(low_precision=True)
+    assert float(chunked[0]) == pytest.approx(float(dense[0]), rel=1e-2)
+    for expected, actual in zip(dense[1:], chunked[1:], strict=True):
+        assert torch.allclose(expected, actual, atol=2e-3, rtol=5e-2)
+
+
+def test_empty_input_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no positions"):
+        chunked_cross_entropy(
+            torch.zeros(0, 4), torch.zeros(3, 4), torch.zeros(0, dtype=torch.long)
+        )

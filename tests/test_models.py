@@ -1,0 +1,121 @@
+"""Model zoo: shapes, tied scores, exact per-sample gradients under Opacus."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from opacus import PrivacyEngine
+from opacus.utils.per_sample_gradients_utils import check_per_sample_gradients_are_correct
+from torch import Tensor, nn
+
+from common.models import MODEL_NAMES, ModelConfig, build_model, next_item_loss
+
+N_ITEMS = 11
+
+
+class ItemLogits(nn.Module):
+    """Wraps a recommender so Opacus's checker sees scores at every position."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, items: Tensor) -> Tensor:
+        return self.model.item_logits(self.model(items))
+
+
+def tiny_batch() -> Tensor:
+    torch.manual_seed(0)
+    items = torch.randint(1, N_ITEMS + 1, (4, 6))
+    items[0, :3] = 0
+    items[1, :5] = 0
+    return items
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_per_sample_gradients_match_micro_batches(name: str) -> None:
+    torch.manual_seed(0)
+    config = ModelConfig(name=name, dim=8, layers=2, heads=2, dropout=0.0, max_len=6)
+    model = build_model(config, N_ITEMS)
+    assert check_per_sample_gradients_are_correct(
+        tiny_batch(), ItemLogits(model), batch_first=True, atol=1e-5, rtol=1e-4
+    )
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_scores_cover_all_items_and_mask_padding(name: str) -> None:
+    model = build_model(ModelConfig(name=name, dim=8, max_len=6), N_ITEMS).eval()
+    scores = model.scores(tiny_batch())
+    assert scores.shape == (4, N_ITEMS + 1)
+    assert torch.isinf(scores[:, 0]).all()
+    assert torch.isfinite(scores[:, 1:]).all()
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_dense_and_gathered_losses_agree(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name=name, dim=8, max_len=6, dropout=0.0), N_ITEMS)
+    items = tiny_batch()
+    targets = torch.roll(items, -1, dims=1) * (items > 0)
+    targets[:, -1] = 1
+    rows_equal_length = items[2:]
+    gathered = next_item_loss(model, rows_equal_length, targets[2:])
+    dense = next_item_loss(model, rows_equal_length, targets[2:], per_sample=True)
+    assert torch.allclose(gathered, dense, atol=1e-6)
+
+
+def test_attention_is_causal() -> None:
+    model = build_model(ModelConfig(name="attention", dim=8, max_len=6, dropout=0.0), N_ITEMS)
+    model.eval()
+    items = tiny_batch()
+    changed = items.clone()
+    changed[:, -1] = (changed[:, -1] % N_ITEMS) + 1
+    before, after = model(items), model(changed)
+    assert torch.allclose(before[:, :-1], after[:, :-1], atol=1e-6)
+    assert not torch.allclose(before[:, -1], after[:, -1])
+
+
+def test_multiscale_fusion_weights_are_a_distribution() -> None:
+    model = build_model(ModelConfig(name="multiscale", dim=8), N_ITEMS)
+    weights = model.fusion_weights()
+    assert set(weights) == {"short", "medium", "long"}
+    assert sum(weights.values()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_trains_under_opacus_privacy_engine(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name=name, dim=8, max_len=6, dropout=0.0), N_ITEMS)
+    items = tiny_batch()
+    targets = torch.roll(items, -1, dims=1) * (items > 0)
+    targets[:, -1] = 1
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(items, targets), 4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    engine = PrivacyEngine(accountant="rdp")
+    private, optimizer, loader = engine.make_private(
+        module=model,
+        optimizer=optimizer,
+        data_loader=loader,
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+    )
+    before = model.items.weight.detach().clone()
+    for batch_items, batch_targets in loader:
+        optimizer.zero_grad()
+        hidden = private(batch_items)
+        logits = model.item_logits(hidden)
+        mask = batch_targets > 0
+        loss = nn.functional.cross_entropy(
+            logits.transpose(1, 2), (batch_targets - 1).clamp(min=0), reduction="none"
+        )
+        ((loss * mask).sum(1) / mask.sum(1).clamp(min=1)).mean().backward()
+        optimizer.step()
+    assert not torch.equal(before, model.items.weight)
+    assert engine.get_epsilon(delta=1e-5) > 0
+
+
+def test_invalid_config_is_rejected() -> None:
+    with pytest.raises(ValueError, match="model must be one of"):
+        ModelConfig(name="gru")
+    with pytest.raises(ValueError, match="dropout"):
+        ModelConfig(dropout=1.5)
