@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 DATA_DIR_ENV = "FEDSEQREC_DATA"
-BUILTIN_DATASETS = ("ml-100k", "beauty")
+BUILTIN_FILES = {"ml-100k": ("ml-100k", "u.data"), "beauty": ("amazon-beauty", "Beauty.txt")}
+BUILTIN_DATASETS = tuple(BUILTIN_FILES)
 
 
 class DataFormatError(ValueError):
@@ -44,6 +45,14 @@ def data_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "data"
 
 
+def builtin_path(name: str) -> Path:
+    """The embedded file of a built-in data set (``ml-100k``, ``beauty``)."""
+    if name not in BUILTIN_FILES:
+        raise DataFormatError(f"{name}: not a built-in data set ({', '.join(BUILTIN_DATASETS)})")
+    folder, filename = BUILTIN_FILES[name]
+    return data_dir() / folder / filename
+
+
 def _require_file(path: Path) -> None:
     if not path.exists():
         raise DataFormatError(f"{path}: file not found")
@@ -69,7 +78,7 @@ def _integer_column(values: pd.Series, path: Path, field: str, first_line: int) 
 
 def load_ml100k(path: Path | None = None) -> ClickLog:
     """Read MovieLens-100k ``u.data`` (user, item, rating, timestamp; tab separated)."""
-    path = Path(path) if path is not None else data_dir() / "ml-100k" / "u.data"
+    path = Path(path) if path is not None else builtin_path("ml-100k")
     _require_file(path)
     fields = ["user", "item", "rating", "timestamp"]
     try:
@@ -85,7 +94,7 @@ def load_ml100k(path: Path | None = None) -> ClickLog:
 
 def load_beauty(path: Path | None = None) -> ClickLog:
     """Read the Beauty.txt format: one line per user, ``user item item ...`` in time order."""
-    path = Path(path) if path is not None else data_dir() / "amazon-beauty" / "Beauty.txt"
+    path = Path(path) if path is not None else builtin_path("beauty")
     _require_file(path)
     users: list[int] = []
     items: list[int] = []

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from common.baselines import MarkovChain, PopularityBaseline
-from common.evaluation import RankingAccumulator, n_candidates, target_ranks
+from common.evaluation import RankingAccumulator, long_horizon_hits, n_candidates, target_ranks
 from common.features import last_window
 from common.models.base import SequenceRecommender
 from common.sequences import LeaveOneOutSplit
@@ -112,3 +112,37 @@ def evaluate_baselines(split: LeaveOneOutSplit, stage: str) -> dict[str, dict[st
         baseline.fit(inputs, split.n_items)
         results[name] = flatten_metrics(*evaluate_scorer(baseline_scorer(baseline), split, stage))
     return results
+
+
+def evaluate_long_horizon(
+    model: SequenceRecommender,
+    split: LeaveOneOutSplit,
+    max_len: int,
+    k: int = 10,
+    n_gap_buckets: int = 0,
+    batch_size: int = 1024,
+) -> float:
+    """Share of users whose top-k list, given the training history, holds either of the
+    next two items (validation and test targets): the long-horizon view (H = 2).
+
+    Both future items are held out from training, so nothing here was seen as a target.
+    History items are excluded from the list, as in the headline metrics.
+    """
+    users = split.evaluated_users()
+    scorer = model_scorer(model, max_len, n_gap_buckets)
+    hits = 0
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(users), batch_size):
+            batch = users[start : start + batch_size]
+            histories = [split.train[u] for u in batch]
+            times = split.input_times("valid")
+            batch_times = [times[u] for u in batch] if times is not None else None
+            futures = [np.array([split.valid_target[u], split.test_target[u]]) for u in batch]
+            with torch.no_grad():
+                scores = scorer(histories, batch_times)
+            hits += int(long_horizon_hits(scores, futures, k, histories).sum())
+    finally:
+        model.train(was_training)
+    return hits / max(len(users), 1)

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from common.loaders import DataFormatError, load_dataset
-from common.model_evaluation import UNEXCLUDED_SUFFIX
+from common.model_evaluation import UNEXCLUDED_SUFFIX, evaluate_long_horizon
 from common.models import MODEL_NAMES, ModelConfig
 from common.run_folder import MetricsCSV, new_run_dir, plot_series, write_json
 from common.sequences import build_sequences, leave_one_out_split
@@ -141,6 +141,9 @@ def run(settings: dict[str, Any]) -> tuple[Path, TrainResult]:
             "test": result.test,
             "valid": result.valid,
             "fusion_weights": result.model.fusion_weights(),
+            "long_horizon_hr@10": evaluate_long_horizon(
+                result.model, split, model_config.max_len, 10, model_config.n_gap_buckets
+            ),
             "seconds_per_epoch": sum(r.seconds for r in result.history) / len(result.history),
         },
     )
@@ -157,7 +160,9 @@ def run(settings: dict[str, Any]) -> tuple[Path, TrainResult]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user mistakes print one clear line and exit 2."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True
+    )
     args = build_parser().parse_args(argv)
     try:
         run_dir, result = run(resolve_settings(args))

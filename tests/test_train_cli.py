@@ -44,6 +44,7 @@ def test_writes_a_complete_run_folder(tmp_path: Path, capsys: pytest.CaptureFixt
     } <= names
     metrics = json.loads((run_dir / "test_metrics.json").read_text())
     assert 0.0 <= metrics["test"]["hr@10"] <= 1.0
+    assert 0.0 <= metrics["long_horizon_hr@10"] <= 1.0
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 3
     assert "run folder" in capsys.readouterr().out
 
