@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m common.train_cli --dataset ml-100k --model attention
+	$(PY) -m simulations.launch --preset ml100k-fedavg
 
 test: $(STAMP)
 	$(PY) -m pytest

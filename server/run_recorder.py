@@ -1,0 +1,201 @@
+"""Server-side bookkeeping of a federated run: per-round metrics, checkpoints, summary.
+
+Flower's strategy calls :meth:`RunRecorder.aggregate_train` with the round's valid
+training replies and :meth:`RunRecorder.evaluate` after every round (and once before
+round 1), so these two hooks see each round's replies, loss and global model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+
+from common.evaluation import RankingAccumulator
+from common.federated import FederatedConfig, load_arrays, metrics_from_sums, sum_metric_records
+from common.model_evaluation import evaluate_model, flatten_metrics
+from common.models import SequenceRecommender
+from common.run_folder import MetricsCSV, write_json
+from common.sequences import LeaveOneOutSplit
+from common.training import SELECTION_METRIC
+
+logger = logging.getLogger("fedseqrec.server")
+
+METRIC_NAMES = list(flatten_metrics(RankingAccumulator(), RankingAccumulator()))
+ROUND_COLUMNS = ["round", "clients", "examples", "train_loss", "round_seconds", "eval_seconds"]
+COLUMNS = (
+    ROUND_COLUMNS
+    + [f"valid_{name}" for name in METRIC_NAMES]
+    + [f"fed_{name}" for name in METRIC_NAMES]
+)
+CHECKPOINT = "checkpoint.pt"
+BEST_CHECKPOINT = "best_checkpoint.pt"
+
+
+def save_checkpoint(path: Path, model: SequenceRecommender, server_round: int) -> None:
+    """Write ``{round, state_dict}`` atomically (temporary file + rename)."""
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save({"round": server_round, "state_dict": model.state_dict()}, temporary)
+    os.replace(temporary, path)
+
+
+def _scalar(value: object) -> float:
+    """A metric value as a float; lists are not expected here."""
+    if not isinstance(value, int | float):
+        raise ValueError(f"expected a scalar metric, got {value!r}")
+    return float(value)
+
+
+class RunRecorder:
+    """Evaluates, checkpoints and logs each round into ``results_dir``."""
+
+    def __init__(
+        self,
+        results_dir: Path,
+        model: SequenceRecommender,
+        split: LeaveOneOutSplit,
+        config: FederatedConfig,
+        expected_clients: int,
+    ) -> None:
+        if not results_dir.is_absolute():
+            raise ValueError(f"results-dir must be an absolute path, got {str(results_dir)!r}")
+        results_dir.mkdir(parents=True, exist_ok=True)
+        self.results_dir = results_dir
+        self.model = model
+        self.split = split
+        self.config = config
+        self.expected_clients = expected_clients
+        self.csv = MetricsCSV(results_dir / "metrics.csv", COLUMNS)
+        self.best_score, self.best_round = -1.0, -1
+        self.untrained: dict[str, float] = {}
+        self.round_seconds: list[float] = []
+        self._train: dict[str, float] | None = None
+        self._federated: dict[str, float] = {}
+        self._started = time.perf_counter()
+        self._round_started = self._started
+
+    def aggregate_train(self, records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
+        """Flower's weighted train-metric average, remembering replies and examples."""
+        examples = sum(
+            _scalar(next(iter(r.metric_records.values()))[weighted_by_key]) for r in records
+        )
+        aggregated = aggregate_metricrecords(records, weighted_by_key)
+        self._train = {
+            "clients": float(len(records)),
+            "examples": examples,
+            "train_loss": _scalar(aggregated.get("train_loss", float("nan"))),
+        }
+        return aggregated
+
+    def aggregate_evaluate(self, records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
+        """Exact federated metrics from the clients' sums."""
+        total = sum_metric_records(records, weighted_by_key)
+        self._federated = metrics_from_sums(total)
+        return total
+
+    def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Flower ``evaluate_fn``: validate every ``eval-every`` rounds, checkpoint, log."""
+        round_seconds = time.perf_counter() - self._round_started
+        train, self._train = self._train, None
+        if server_round > 0 and train is None:
+            raise RuntimeError(f"round {server_round}: no client returned a training result")
+        load_arrays(self.model, arrays)
+        started = time.perf_counter()
+        valid: dict[str, float] = {}
+        last = server_round == self.config.num_server_rounds
+        if server_round % self.config.eval_every == 0 or last:
+            valid = evaluate_model(
+                self.model, self.split, "valid", self.config.max_len, self.config.n_gap_buckets
+            )
+        save_checkpoint(self.results_dir / CHECKPOINT, self.model, server_round)
+        if valid and valid[SELECTION_METRIC] > self.best_score:
+            self.best_score, self.best_round = valid[SELECTION_METRIC], server_round
+            save_checkpoint(self.results_dir / BEST_CHECKPOINT, self.model, server_round)
+        if server_round == 0:
+            self.untrained = valid
+        else:
+            self.round_seconds.append(round_seconds)
+        eval_seconds = time.perf_counter() - started
+        self._write_row(server_round, train or {}, valid, round_seconds, eval_seconds)
+        self._round_started = time.perf_counter()
+        return MetricRecord(valid) if valid else None  # type: ignore[arg-type]
+
+    def _write_row(
+        self,
+        server_round: int,
+        train: dict[str, float],
+        valid: dict[str, float],
+        round_seconds: float,
+        eval_seconds: float,
+    ) -> None:
+        row: dict[str, Any] = {"round": server_round, **train}
+        row.update(
+            {"round_seconds": round(round_seconds, 3), "eval_seconds": round(eval_seconds, 3)}
+        )
+        row.update({f"valid_{key}": value for key, value in valid.items()})
+        row.update({f"fed_{key}": value for key, value in self._federated.items()})
+        self.csv.append(row)
+        self._federated = {}
+        clients = f"{int(train['clients'])}/{self.expected_clients}" if train else "-"
+        loss = f"{train['train_loss']:.4f}" if train else "-"
+        shown = (
+            f"valid HR@10 {valid['hr@10']:.4f} NDCG@10 {valid['ndcg@10']:.4f}"
+            if valid
+            else "valid -"
+        )
+        logger.info(
+            "round %d/%d | clients %s | loss %s | %.2fs (+%.2fs eval) | %s",
+            server_round,
+            self.config.num_server_rounds,
+            clients,
+            loss,
+            round_seconds,
+            eval_seconds,
+            shown,
+        )
+
+    def finish(self) -> dict[str, Any]:
+        """Test the best checkpoint and write ``summary.json`` with status completed."""
+        best = torch.load(self.results_dir / BEST_CHECKPOINT, weights_only=True)
+        self.model.load_state_dict(best["state_dict"])
+        stage_metrics = {
+            stage: evaluate_model(
+                self.model, self.split, stage, self.config.max_len, self.config.n_gap_buckets
+            )
+            for stage in ("valid", "test")
+        }
+        rounds = self.round_seconds
+        summary: dict[str, Any] = {
+            "status": "completed",
+            "best_round": self.best_round,
+            "valid": stage_metrics["valid"],
+            "test": stage_metrics["test"],
+            "untrained_valid": self.untrained,
+            "rounds": len(rounds),
+            "mean_round_seconds": sum(rounds) / len(rounds) if rounds else 0.0,
+            "total_seconds": time.perf_counter() - self._started,
+            "config": self.config.to_run_config(),
+        }
+        write_json(self.results_dir / "summary.json", summary)
+        logger.info(
+            "best round %d: test HR@10 %.4f NDCG@10 %.4f",
+            self.best_round,
+            summary["test"]["hr@10"],
+            summary["test"]["ndcg@10"],
+        )
+        return summary
+
+
+def record_failure(results_dir: Path, error: BaseException) -> None:
+    """Write ``summary.json`` with status failed, so that the launcher can say why."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    write_json(
+        results_dir / "summary.json",
+        {"status": "failed", "error": f"{type(error).__name__}: {error}"},
+    )

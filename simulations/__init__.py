@@ -1,0 +1,1 @@
+"""Launching federated simulations and reporting their results."""

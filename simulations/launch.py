@@ -1,0 +1,252 @@
+"""Launch a federated simulation from a preset and check its outcome.
+
+``python -m simulations.launch --preset ml100k-fedavg [--set key=value ...] [--results ROOT]``
+
+The launcher resolves the run config (app defaults < preset < ``--set``), creates
+``ROOT/<run-id>/`` with ``config.json``, starts its own local SuperLink (simulation
+runtime, runtime dependency installation off), submits the app with
+``flwr run <app> <connection> --stream`` and streams the log. ``flwr run`` exits 0 even
+when the run failed, so the launcher then reads ``summary.json`` itself and exits
+non-zero with the reason unless the ServerApp completed. Finally it plots validation
+NDCG@10 and train loss per round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from common.federated import FederatedConfig
+from common.loaders import BUILTIN_DATASETS, DataFormatError, builtin_path
+from common.partitioning import load_split
+from common.run_folder import new_run_dir, plot_series, write_json
+from simulations.superlink import (
+    CONNECTION,
+    LocalSuperLink,
+    SuperLinkError,
+    ensure_connection,
+    flower_env,
+)
+
+logger = logging.getLogger("fedseqrec.launch")
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+LAUNCHER_KEYS = ("results-dir",)
+
+
+class LaunchError(Exception):
+    """A launch cannot start or its run did not complete; the message says why."""
+
+
+def app_defaults(app_dir: Path = PROJECT_ROOT) -> dict[str, Any]:
+    """The ``[tool.flwr.app.config]`` defaults of the Flower app."""
+    with (app_dir / "pyproject.toml").open("rb") as handle:
+        return dict(tomllib.load(handle)["tool"]["flwr"]["app"]["config"])
+
+
+def load_preset(name: str) -> tuple[str, dict[str, Any]]:
+    """Read a preset by name (``simulations/presets/NAME.toml``) or path; returns (label, keys)."""
+    path = Path(name) if name.endswith(".toml") else PRESET_DIR / f"{name}.toml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.toml")))
+        raise LaunchError(f"preset {name!r} not found (known presets: {known})")
+    try:
+        return path.stem, tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise LaunchError(f"preset {path}: invalid TOML ({error})") from None
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values are TOML literals, anything else is a string."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise LaunchError(f"--set expects key=value, got {pair!r}")
+        try:
+            overrides[key.strip()] = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            overrides[key.strip()] = raw.strip()
+    return overrides
+
+
+def resolve_config(
+    defaults: dict[str, Any], preset: dict[str, Any], overrides: dict[str, Any], source: str
+) -> dict[str, Any]:
+    """Defaults < preset < overrides, refusing unknown and launcher-owned keys."""
+    for origin, keys in ((f"preset {source}", preset), ("--set", overrides)):
+        unknown = sorted(set(keys) - set(defaults))
+        if unknown:
+            known = ", ".join(sorted(defaults))
+            raise LaunchError(f"{origin}: unknown key(s) {', '.join(unknown)} (known: {known})")
+        owned = sorted(set(keys) & set(LAUNCHER_KEYS))
+        if owned:
+            raise LaunchError(
+                f"{origin}: {', '.join(owned)} is set by the launcher (use --results)"
+            )
+    resolved = {**defaults, **preset, **overrides}
+    resolved["dataset"] = resolve_dataset(str(resolved["dataset"]))
+    try:
+        FederatedConfig.from_run_config(resolved)
+    except ValueError as error:
+        raise LaunchError(f"invalid config: {error}") from None
+    return resolved
+
+
+def resolve_dataset(dataset: str) -> str:
+    """Absolute path of a data set: the app runs from an installed copy without data/."""
+    if dataset in BUILTIN_DATASETS:
+        return str(builtin_path(dataset))
+    path = Path(dataset).expanduser().resolve()
+    if not path.is_file():
+        raise LaunchError(f"dataset {dataset!r}: file not found")
+    return str(path)
+
+
+def check_outcome(results_dir: Path) -> dict[str, Any]:
+    """The run's summary, or a LaunchError saying why the run did not complete."""
+    path = results_dir / "summary.json"
+    if not path.is_file():
+        raise LaunchError(
+            f"run did not complete: {path} is missing; reason: "
+            f"{failure_line(results_dir / 'flwr.log')!r} (see {results_dir / 'flwr.log'})"
+        )
+    summary = json.loads(path.read_text())
+    if summary.get("status") != "completed":
+        reason = summary.get("error", f"status {summary.get('status')!r}")
+        raise LaunchError(f"run failed: {reason} (see {results_dir / 'flwr.log'})")
+    return dict(summary)
+
+
+def failure_line(path: Path) -> str:
+    """The last exception line of a log (``ValueError: ...``), else its last line."""
+    if not path.is_file():
+        return ""
+    lines = [line.strip() for line in path.read_text(errors="replace").splitlines()]
+    lines = [line for line in lines if line]
+    errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception)\b.*:", line)]
+    return (errors or lines or [""])[-1]
+
+
+def write_plots(results_dir: Path) -> None:
+    """Validation NDCG@10 and train loss per round, from metrics.csv."""
+    with (results_dir / "metrics.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for column, filename, title in (
+        ("valid_ndcg@10", "valid_ndcg.png", "validation NDCG@10 (all users)"),
+        ("train_loss", "train_loss.png", "client train loss (weighted mean)"),
+    ):
+        points = [(float(r["round"]), float(r[column])) for r in rows if r.get(column)]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            plot_series(results_dir / filename, list(xs), {column: list(ys)}, "round", title)
+
+
+def run_simulation(
+    config: dict[str, Any], results_dir: Path, num_supernodes: int, port: int
+) -> int:
+    """Start a SuperLink, submit the app with ``flwr run --stream`` and stream its log."""
+    run_config_path = results_dir / "run_config.toml"
+    run_config_path.write_text(tomli_w.dumps(config))
+    env = flower_env()
+    ensure_connection(Path(env["FLWR_HOME"]), port)
+    federation = (
+        f"num-supernodes={num_supernodes} client-resources-num-cpus=1 "
+        'client-resources-num-gpus=0.0 init-args-logging-level="WARNING"'
+    )
+    command = [
+        str(Path(sys.executable).with_name("flwr")),
+        "run",
+        str(PROJECT_ROOT),
+        CONNECTION,
+        "--stream",
+        "--run-config",
+        str(run_config_path),
+        "--federation-config",
+        federation,
+    ]
+    with (
+        LocalSuperLink(port, results_dir / "superlink.log", env),
+        (results_dir / "flwr.log").open("w") as log_file,
+    ):
+        process = subprocess.Popen(
+            command, env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        assert process.stdout is not None
+        for line in process.stdout:
+            sys.stdout.write(line)
+            log_file.write(line)
+        return process.wait()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line flags of the launcher."""
+    parser = argparse.ArgumentParser(prog="python -m simulations.launch", description=__doc__)
+    parser.add_argument(
+        "--preset", required=True, help="name in simulations/presets or a .toml path"
+    )
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--results", type=Path, default=PROJECT_ROOT / "results")
+    parser.add_argument("--port", type=int, default=39291, help="local SuperLink HTTP port")
+    return parser
+
+
+def launch(args: argparse.Namespace) -> dict[str, Any]:
+    """Resolve, run and check one simulation; returns its summary."""
+    label, preset = load_preset(args.preset)
+    config = resolve_config(app_defaults(), preset, parse_overrides(args.set), label)
+    federated = FederatedConfig.from_run_config(config)
+    try:
+        n_users = load_split(federated.dataset).n_users
+    except DataFormatError as error:
+        raise LaunchError(str(error)) from None
+    num_supernodes = federated.num_partitions(n_users)
+    results_dir = new_run_dir(args.results.resolve(), label)
+    config["results-dir"] = str(results_dir)
+    write_json(
+        results_dir / "config.json",
+        {"preset": label, "run_config": config, "num_supernodes": num_supernodes},
+    )
+    logger.info("run %s: %d users -> %d clients", results_dir, n_users, num_supernodes)
+    code = run_simulation(config, results_dir, num_supernodes, args.port)
+    if code != 0:
+        log = results_dir / "flwr.log"
+        raise LaunchError(f"flwr run exited with code {code}: {failure_line(log)!r} (see {log})")
+    summary = check_outcome(results_dir)
+    write_plots(results_dir)
+    logger.info(
+        "done: best round %d, test HR@10 %.4f NDCG@10 %.4f -> %s",
+        summary["best_round"],
+        summary["test"]["hr@10"],
+        summary["test"]["ndcg@10"],
+        results_dir,
+    )
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; every failure is one line on stderr and a non-zero exit."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+    args = build_parser().parse_args(argv)
+    try:
+        launch(args)
+    except (LaunchError, SuperLinkError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

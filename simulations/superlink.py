@@ -1,0 +1,141 @@
+"""A local Flower SuperLink owned by the launcher, and the connection that reaches it.
+
+flwr 1.41 runs every app through a SuperLink's Control API; for the address
+``:local:`` it would start a detached SuperLink that outlives the command and installs
+app dependencies at run time. The launcher instead starts its own SuperLink
+(simulation runtime, in-memory state, runtime installation disabled) as a child,
+stops it when the run ends, and names it in ``$FLWR_HOME/config.toml`` as the
+connection ``fedseqrec-sim``. Simulation settings (number of SuperNodes, client
+resources) travel per run with ``flwr run --federation-config``, which is where 1.41
+wants them (``options.*`` in config.toml is deprecated).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import tomli_w
+
+CONNECTION = "fedseqrec-sim"
+STARTUP_SECONDS = 60.0
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class SuperLinkError(RuntimeError):
+    """The local SuperLink could not be started or reached."""
+
+
+def flower_env() -> dict[str, str]:
+    """Environment for flwr and the SuperLink: project FLWR_HOME, no update check or
+    telemetry, no runtime dependency installation."""
+    env = dict(os.environ)
+    env.setdefault("FLWR_HOME", str(PROJECT_ROOT / ".flwr"))
+    env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+    env["FLWR_TELEMETRY_ENABLED"] = "0"
+    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    env.setdefault("RAY_DEDUP_LOGS", "0")
+    env.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # CPU actors; silences a warning
+    # flwr starts flower-superexec and flwr-simulation by name: use this interpreter's.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def ensure_connection(flwr_home: Path, port: int) -> Path:
+    """Write (or update) the ``fedseqrec-sim`` connection in ``$FLWR_HOME/config.toml``.
+
+    Other connections in the file are kept. A legacy ``[tool.flwr.federations]`` table
+    in pyproject.toml is not used: 1.41 migrates it into this file on its own.
+    """
+    path = flwr_home / "config.toml"
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    config: dict[str, Any] = tomllib.loads(path.read_text()) if path.exists() else {}
+    superlinks = config.setdefault("superlink", {})
+    wanted = {"address": f"127.0.0.1:{port}", "insecure": True}
+    if superlinks.get(CONNECTION) != wanted:
+        superlinks[CONNECTION] = wanted
+        superlinks.setdefault("default", CONNECTION)
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(tomli_w.dumps(config))
+        os.replace(temporary, path)
+    return path
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=0.5) as reply:
+            return bool(reply.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+class LocalSuperLink:
+    """``flower-superlink --simulation`` on ``127.0.0.1:port`` for the ``with`` block."""
+
+    def __init__(self, port: int, log_file: Path, env: dict[str, str]) -> None:
+        self.port = port
+        self.log_file = log_file
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> LocalSuperLink:
+        if _healthy(self.port):
+            raise SuperLinkError(
+                f"port {self.port} already serves a SuperLink: another simulation is running "
+                "(run one at a time, or pass --port)"
+            )
+        command = [
+            str(Path(sys.executable).with_name("flower-superlink")),
+            "--insecure",
+            "--simulation",
+            "--disable-runtime-dependency-installation",
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            "--log-file", str(self.log_file),
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            command, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while not _healthy(self.port):
+            if self.process.poll() is not None:
+                raise SuperLinkError(
+                    f"flower-superlink exited with code {self.process.returncode} "
+                    f"(see {self.log_file})"
+                )
+            if time.monotonic() > deadline:
+                self._stop()
+                raise SuperLinkError(f"flower-superlink not ready after {STARTUP_SECONDS:.0f}s")
+            time.sleep(0.2)
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        """Stop the SuperLink and its own children (its process group, which we created)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        group = os.getpgid(self.process.pid)
+        os.killpg(group, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(group, signal.SIGKILL)
+            self.process.wait()

@@ -1,0 +1,74 @@
+"""Server-side bookkeeping: rows per round, best checkpoint, summary, failure record."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from flwr.app import MetricRecord, RecordDict
+
+from common.federated import FederatedConfig, model_to_arrays
+from common.models import build_model
+from common.partitioning import load_split
+from server.run_recorder import BEST_CHECKPOINT, CHECKPOINT, RunRecorder, record_failure
+
+
+def recorder_for(cycle_log: Path, results: Path, eval_every: int = 1) -> RunRecorder:
+    config = FederatedConfig(
+        dataset=str(cycle_log), model="lstm", dim=8, max_len=6, num_server_rounds=3,
+        eval_every=eval_every,
+    )  # fmt: skip
+    split = load_split(config.dataset)
+    torch.manual_seed(0)
+    return RunRecorder(results, build_model(config.model_config(), split.n_items), split, config, 4)
+
+
+def reply(loss: float, examples: int) -> RecordDict:
+    return RecordDict({"metrics": MetricRecord({"train_loss": loss, "num-examples": examples})})
+
+
+def test_rounds_are_recorded_and_the_best_is_tested(cycle_log: Path, tmp_path: Path) -> None:
+    recorder = recorder_for(cycle_log, tmp_path, eval_every=2)
+    arrays = model_to_arrays(recorder.model)
+
+    recorder.evaluate(0, arrays)
+    for server_round in (1, 2, 3):
+        merged = recorder.aggregate_train([reply(2.0, 10), reply(4.0, 30)], "num-examples")
+        assert merged["train_loss"] == pytest.approx(3.5)
+        recorder.evaluate(server_round, arrays)
+    summary = recorder.finish()
+
+    with (tmp_path / "metrics.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["clients"] for r in rows] == ["", "2.0", "2.0", "2.0"]
+    assert [bool(r["valid_ndcg@10"]) for r in rows] == [True, False, True, True]  # every 2 + last
+    assert summary["status"] == "completed" and summary["best_round"] == 0  # same model: first wins
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["round"] == 3
+    assert torch.load(tmp_path / BEST_CHECKPOINT, weights_only=True)["round"] == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["test"]["count"] == 20
+
+
+def test_a_round_without_replies_fails_the_run(cycle_log: Path, tmp_path: Path) -> None:
+    recorder = recorder_for(cycle_log, tmp_path)
+    arrays = model_to_arrays(recorder.model)
+    recorder.evaluate(0, arrays)
+
+    with pytest.raises(
+        RuntimeError, match="round 1: no client returned a training result"
+    ) as error:
+        recorder.evaluate(1, arrays)
+    record_failure(tmp_path, error.value)
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary == {
+        "status": "failed",
+        "error": "RuntimeError: round 1: no client returned a training result",
+    }
+
+
+def test_results_dir_must_be_absolute(cycle_log: Path) -> None:
+    with pytest.raises(ValueError, match="results-dir must be an absolute path"):
+        recorder_for(cycle_log, Path("relative/results"))
