@@ -106,7 +106,7 @@ def run(settings: dict[str, Any]) -> tuple[Path, TrainResult]:
         run_dir / "config.json",
         {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()},
     )
-    columns = ["epoch", "train_loss", "seconds", *(f"valid_{k}" for k in REPORTED)]
+    columns = ["epoch", "train_loss", "seconds", "lr", *(f"valid_{k}" for k in REPORTED)]
     metrics = MetricsCSV(run_dir / "metrics.csv", columns)
     model = None
     if settings.get("text_init"):
@@ -119,6 +119,7 @@ def run(settings: dict[str, Any]) -> tuple[Path, TrainResult]:
             "epoch": record.epoch,
             "train_loss": round(record.train_loss, 5),
             "seconds": round(record.seconds, 2),
+            "lr": record.lr,
         }
         row.update({f"valid_{k}": round(record.valid[k], 5) for k in REPORTED if record.valid})
         metrics.append(row)

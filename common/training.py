@@ -32,12 +32,16 @@ class TrainConfig:
     patience: int = 10
     eval_every: int = 1
     seed: int = 42
+    lr_patience: int = 0
+    lr_factor: float = 0.3
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_every < 1:
             raise ValueError("epochs, batch_size and eval_every must be positive")
         if self.lr <= 0 or self.weight_decay < 0 or self.patience < 1:
             raise ValueError("lr must be > 0, weight_decay >= 0 and patience >= 1")
+        if self.lr_patience < 0 or not 0.0 < self.lr_factor < 1.0:
+            raise ValueError("lr_patience must be >= 0 (0 = off) and lr_factor in (0, 1)")
 
 
 @dataclass
@@ -47,6 +51,7 @@ class EpochRecord:
     epoch: int
     train_loss: float
     seconds: float
+    lr: float
     valid: dict[str, float] = field(default_factory=dict)
 
 
@@ -136,17 +141,27 @@ def train_centralized(
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
     )
+    scheduler = (
+        torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=config.lr_factor, patience=config.lr_patience, eps=0.0
+        )
+        if config.lr_patience
+        else None
+    )
     best_score, best_epoch, best_state = -1.0, 0, None
     history: list[EpochRecord] = []
     for epoch in range(1, config.epochs + 1):
         progress = progress_factory(epoch, len(windows)) if progress_factory else None
         started = time.perf_counter()
         loss = train_epoch(model, optimizer, windows, config.batch_size, rng, progress)
-        record = EpochRecord(epoch, loss, time.perf_counter() - started)
+        lr = float(optimizer.param_groups[0]["lr"])
+        record = EpochRecord(epoch, loss, time.perf_counter() - started, lr)
         if epoch % config.eval_every == 0 or epoch == config.epochs:
             record.valid = evaluate_model(
                 model, split, "valid", model_config.max_len, model_config.n_gap_buckets
             )
+            if scheduler is not None:
+                scheduler.step(record.valid[SELECTION_METRIC])
             if record.valid[SELECTION_METRIC] > best_score:
                 best_score, best_epoch = record.valid[SELECTION_METRIC], epoch
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

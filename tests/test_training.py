@@ -56,3 +56,18 @@ def test_bucketed_batches_cover_each_window_once_and_trim_padding() -> None:
     items, targets, _ = trimmed_batch(windows, batches[0])
     assert items.shape == targets.shape
     assert bool((items[:, 0] > 0).any())
+
+
+def test_learning_rate_falls_when_validation_stalls() -> None:
+    split = cyclic_split()
+    config = TrainConfig(epochs=6, lr=1e-12, patience=10, lr_patience=1, lr_factor=0.5)
+    result = train_centralized(split, ModelConfig(dim=8, max_len=8), config)
+    rates = [record.lr for record in result.history]
+    assert rates[0] == pytest.approx(1e-12)
+    assert rates[-1] < rates[0]
+    assert all(later <= earlier for earlier, later in zip(rates, rates[1:], strict=False))
+
+
+def test_bad_schedule_settings_are_rejected() -> None:
+    with pytest.raises(ValueError, match="lr_factor"):
+        TrainConfig(lr_factor=1.5)
