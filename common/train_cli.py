@@ -47,13 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="initialise item embeddings from pretrained title embeddings (ML-100k)",
     )
-    for key in sorted(MODEL_KEYS | TRAIN_KEYS):
-        kind = {f.name: f.type for f in dataclasses.fields(ModelConfig)} | {
-            f.name: f.type for f in dataclasses.fields(TrainConfig)
-        }
-        parser.add_argument(
-            "--" + key.replace("_", "-"), type=float if kind[key] == "float" else int
-        )
+    fields = [*dataclasses.fields(ModelConfig), *dataclasses.fields(TrainConfig)]
+    for field in sorted(fields, key=lambda f: f.name):
+        if field.name in MODEL_KEYS | TRAIN_KEYS:
+            kind = float if field.type == "float" else int
+            parser.add_argument("--" + field.name.replace("_", "-"), type=kind)
     return parser
 
 
