@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -13,21 +11,7 @@ from common.loaders import load_ml100k
 from common.models import ModelConfig
 from common.sequences import build_sequences
 from common.text_init import text_initialised_model
-
-
-class HashEncoder:
-    """Deterministic stand-in for MiniLM: a fixed random vector per distinct text."""
-
-    name = "hash-encoder"
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        self.calls += 1
-        rows = [np.random.default_rng(zlib.crc32(t.encode())).normal(size=16) for t in texts]
-        matrix = np.asarray(rows, dtype=np.float32)
-        return matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+from tests.test_text_features import FakeEncoder
 
 
 def test_item_table_starts_from_text_and_is_cached(
@@ -35,7 +19,7 @@ def test_item_table_starts_from_text_and_is_cached(
 ) -> None:
     monkeypatch.setenv("FEDSEQREC_CACHE", str(tmp_path))
     dataset = build_sequences(load_ml100k(), "ml-100k")
-    encoder = HashEncoder()
+    encoder = FakeEncoder()
     config = ModelConfig(name="lstm", dim=8)
     first = text_initialised_model(config, dataset, encoder)
     second = text_initialised_model(config, dataset, encoder)
@@ -49,4 +33,4 @@ def test_item_table_starts_from_text_and_is_cached(
 def test_other_datasets_are_refused() -> None:
     dataset = build_sequences(load_ml100k(), "beauty")
     with pytest.raises(ValueError, match="only ml-100k ships"):
-        text_initialised_model(ModelConfig(dim=8), dataset, HashEncoder())
+        text_initialised_model(ModelConfig(dim=8), dataset, FakeEncoder())
