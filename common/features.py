@@ -68,9 +68,12 @@ def training_windows(
 
     Windows are taken from the end backwards without overlap, so every training target
     is predicted exactly once and the most recent window always has full context.
+    ``n_gap_buckets = 0`` means no time-gap features (``times`` is then ignored).
     """
     if max_len < 1:
         raise ValueError(f"max_len must be positive, got {max_len}")
+    if not n_gap_buckets:
+        times = None
     inputs: list[np.ndarray] = []
     targets: list[np.ndarray] = []
     gaps: list[np.ndarray] = []
@@ -104,9 +107,12 @@ def last_window(
     times: list[np.ndarray] | None = None,
     n_gap_buckets: int = 32,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """The last ``max_len`` items of each sequence (and their gap buckets), left-padded."""
+    """The last ``max_len`` items of each sequence (and their gap buckets), left-padded.
+
+    ``n_gap_buckets = 0`` means no time-gap features (``times`` is then ignored).
+    """
     items = _left_pad([sequence[-max_len:] for sequence in sequences], max_len)
-    if times is None:
+    if times is None or not n_gap_buckets:
         return items, None
     gaps = [
         log_bucket_gaps(user_times[: len(sequence)], n_gap_buckets)[-max_len:]

@@ -19,7 +19,12 @@ from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
 from common.evaluation import RankingAccumulator
 from common.features import TrainingWindows
-from common.model_evaluation import evaluate_scorer, flatten_metrics, model_scorer
+from common.model_evaluation import (
+    evaluate_scorer,
+    evaluation_mode,
+    flatten_metrics,
+    model_scorer,
+)
 from common.models import ModelConfig, SequenceRecommender
 from common.partitioning import (
     PARTITION_MODES,
@@ -257,13 +262,9 @@ def evaluation_sums(
     model: SequenceRecommender, split: LeaveOneOutSplit, stage: str, config: FederatedConfig
 ) -> dict[str, float]:
     """Metric sums (history excluded, and ``unexcluded.``-prefixed) plus ``num-examples``."""
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluation_mode(model):
         scorer = model_scorer(model, config.max_len, config.n_gap_buckets)
         excluded, unexcluded = evaluate_scorer(scorer, split, stage)
-    finally:
-        model.train(was_training)
     sums = excluded.to_sums()
     sums.update({UNEXCLUDED_PREFIX + key: value for key, value in unexcluded.to_sums().items()})
     sums[WEIGHT_KEY] = float(excluded.count)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -62,13 +63,22 @@ def flatten_metrics(excluded: RankingAccumulator, unexcluded: RankingAccumulator
     return metrics
 
 
+@contextmanager
+def evaluation_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) for the block, then the model's previous mode again."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 def model_scorer(model: SequenceRecommender, max_len: int, n_gap_buckets: int) -> Scorer:
     """Adapt a SequenceRecommender to the scorer interface (eval mode, last window)."""
 
     def score(histories: list[np.ndarray], times: list[np.ndarray] | None) -> Tensor:
-        items, gaps = last_window(
-            histories, max_len, times if n_gap_buckets else None, max(n_gap_buckets, 3)
-        )
+        items, gaps = last_window(histories, max_len, times, n_gap_buckets)
         gap_tensor = torch.as_tensor(gaps) if gaps is not None else None
         return model.scores(torch.as_tensor(items), gap_tensor)
 
@@ -85,13 +95,9 @@ def evaluate_model(
     batch_size: int = 1024,
 ) -> dict[str, float]:
     """Headline and unexcluded full-ranking metrics of a model on one stage."""
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluation_mode(model):
         scorer = model_scorer(model, max_len, n_gap_buckets)
         return flatten_metrics(*evaluate_scorer(scorer, split, stage, users, batch_size))
-    finally:
-        model.train(was_training)
 
 
 def baseline_scorer(baseline: PopularityBaseline | MarkovChain) -> Scorer:
@@ -130,19 +136,14 @@ def evaluate_long_horizon(
     """
     users = split.evaluated_users()
     scorer = model_scorer(model, max_len, n_gap_buckets)
+    times = split.input_times("valid")
     hits = 0
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluation_mode(model), torch.no_grad():
         for start in range(0, len(users), batch_size):
             batch = users[start : start + batch_size]
             histories = [split.train[u] for u in batch]
-            times = split.input_times("valid")
             batch_times = [times[u] for u in batch] if times is not None else None
             futures = [np.array([split.valid_target[u], split.test_target[u]]) for u in batch]
-            with torch.no_grad():
-                scores = scorer(histories, batch_times)
+            scores = scorer(histories, batch_times)
             hits += int(long_horizon_hits(scores, futures, k, histories).sum())
-    finally:
-        model.train(was_training)
     return hits / max(len(users), 1)

@@ -100,8 +100,7 @@ class ClientPartition:
 
     def training_windows(self, max_len: int, n_gap_buckets: int = 0) -> TrainingWindows:
         """Training windows built from this client's users' training sequences only."""
-        times = self.split.times if n_gap_buckets else None
-        return training_windows(self.split.train, max_len, times, max(n_gap_buckets, 3))
+        return training_windows(self.split.train, max_len, self.split.times, n_gap_buckets)
 
 
 def load_partition(

@@ -133,10 +133,7 @@ def train_centralized(
     if model is None:
         model = build_model(model_config, split.n_items)
     windows = training_windows(
-        split.train,
-        model_config.max_len,
-        split.times if model_config.n_gap_buckets else None,
-        max(model_config.n_gap_buckets, 3),
+        split.train, model_config.max_len, split.times, model_config.n_gap_buckets
     )
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True

@@ -51,3 +51,11 @@ def test_consecutive_cosine_is_zero_at_padding_and_one_for_same_direction() -> N
     embeddings = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [0.0, 1.0]])
     similarity = consecutive_cosine(torch.tensor([[0, 1, 2, 3]]), embeddings)
     assert torch.allclose(similarity, torch.tensor([[0.0, 0.0, 1.0, 0.0]]))
+
+
+def test_zero_gap_buckets_means_no_gap_features() -> None:
+    times = [np.array([0, 60, 120])]
+    windows = training_windows([np.array([1, 2, 3])], 3, times=times, n_gap_buckets=0)
+    _, gaps = last_window([np.array([1, 2, 3])], 3, times=times, n_gap_buckets=0)
+    assert windows.gaps is None
+    assert gaps is None
