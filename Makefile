@@ -29,6 +29,7 @@ lint: $(STAMP)
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/centralized.py
+	$(PY) benchmarks/federated.py
 
 clean:
 	rm -rf $(VENV) .flwr runs results

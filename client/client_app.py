@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.local_privacy import (
+    ledger_path,
+    load_history,
+    plan_round,
+    record,
+    refusal,
+    save_history,
+)
+from common.cohort import train_cohort
 from common.federated import (
     WEIGHT_KEY,
     FederatedConfig,
@@ -16,8 +25,11 @@ from common.federated import (
     round_seed,
     train_local,
 )
+from common.local_dp import train_local_dp
 from common.models import SequenceRecommender, build_model
-from common.partitioning import ClientPartition
+from common.partitioning import ClientPartition, load_split
+from common.privacy_accounting import rdp_epsilon
+from common.privacy_ledger import PrivacyLedger, epsilon_after
 
 app = ClientApp()
 
@@ -48,13 +60,82 @@ def train(msg: Message, context: Context) -> Message:
     config, partition, model = _prepare(msg, context)
     settings = _settings(msg)
     server_round = int(settings.get("server-round", 0))  # type: ignore[arg-type]
+    if config.partition_mode == "cohort":
+        return _train_cohort(msg, config, partition, model, server_round)
+    if config.dp == "local":
+        return _train_private(msg, context, config, partition, model, server_round)
     proximal_mu = float(settings.get("proximal-mu", 0.0))  # type: ignore[arg-type]
     windows = partition.training_windows(config.max_len, config.n_gap_buckets)
-    seed = round_seed(config.seed, server_round, partition.partition_id)
+    seed = round_seed(config.seed, server_round, _seed_identity(config, partition))
     loss, examples = train_local(model, windows, config, seed, proximal_mu)
     metrics = MetricRecord({"train_loss": loss, WEIGHT_KEY: examples})
     content = RecordDict({"arrays": model_to_arrays(model), "metrics": metrics})
     return Message(content=content, reply_to=msg)
+
+
+def _seed_identity(config: FederatedConfig, partition: ClientPartition) -> int:
+    """A user's own seed stream in cross-device mode (as in cohorts), else the partition's."""
+    if config.partition_mode == "cross-device":
+        return int(partition.users[0])
+    return partition.partition_id
+
+
+def _train_private(
+    msg: Message,
+    context: Context,
+    config: FederatedConfig,
+    partition: ClientPartition,
+    model: SequenceRecommender,
+    server_round: int,
+) -> Message:
+    """DP-SGD with this client's accountant history; refuse when the budget is spent."""
+    windows = partition.training_windows(config.max_len, config.n_gap_buckets)
+    n_users = load_split(config.dataset).n_users
+    budget = float(context.node_config.get("budget-epsilon", config.budget_epsilon))
+    plan = plan_round(config, windows, n_users, budget)
+    history = load_history(context)
+    who = f"client-{partition.partition_id}"
+    if plan.budget and epsilon_after(history, plan.release, plan.delta) > plan.budget.epsilon:
+        return refusal(msg, who, rdp_epsilon(history, plan.delta), plan.budget)
+    seed = round_seed(config.seed, server_round, _seed_identity(config, partition))
+    loss, release = train_local_dp(
+        model, windows, epochs=config.local_epochs, batch_size=config.batch_size, lr=config.lr,
+        optimizer_name=config.optimizer, noise_multiplier=plan.release.noise_multiplier,
+        clip_norm=config.clip_norm, seed=seed,
+    )  # fmt: skip
+    if (release.sampling_rate, release.steps) != (plan.release.sampling_rate, plan.release.steps):
+        raise RuntimeError(f"{who}: trained {release}, but planned {plan.release}")
+    ledger = PrivacyLedger(ledger_path(config, context.node_config))
+    entry = record(ledger, plan, history, who=who, run_id=str(msg.metadata.run_id),
+                   server_round=server_round, clip_norm=config.clip_norm)  # fmt: skip
+    save_history(context, [*history, plan.release])
+    metrics = MetricRecord(
+        {"train_loss": loss, WEIGHT_KEY: int((windows.targets > 0).sum()), "epsilon": entry.epsilon}
+    )
+    content = RecordDict({"arrays": model_to_arrays(model), "metrics": metrics})
+    return Message(content=content, reply_to=msg)
+
+
+def _train_cohort(
+    msg: Message,
+    config: FederatedConfig,
+    partition: ClientPartition,
+    model: SequenceRecommender,
+    server_round: int,
+) -> Message:
+    """Edge aggregator: reply the sum of this cohort's sampled users' updates."""
+    n_users = load_split(config.dataset).n_users
+    update = train_cohort(model, partition, config, server_round, n_users)
+    metrics = MetricRecord(
+        {
+            "train_loss": update.loss,
+            WEIGHT_KEY: update.weight,
+            "clients": update.users,
+            "clipped": update.clipped,
+        }
+    )
+    arrays = ArrayRecord({name: Array(value) for name, value in update.delta_sum.items()})
+    return Message(content=RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
 
 @app.evaluate()

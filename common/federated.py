@@ -39,7 +39,8 @@ from common.training import train_epoch
 if TYPE_CHECKING:
     from flwr.serverapp.strategy import FedAvg
 
-STRATEGIES = ("fedavg", "fedadam", "fedyogi", "fedprox")
+STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox")
+DP_MODES = ("none", "user", "local")
 OPTIMIZERS = ("adam", "sgd")
 UNEXCLUDED_PREFIX = "unexcluded."
 WEIGHT_KEY = "num-examples"
@@ -67,6 +68,7 @@ class FederatedConfig:
     strategy: str = "fedavg"
     server_lr: float = 1e-2
     server_tau: float = 1e-3
+    server_momentum: float = 0.9
     proximal_mu: float = 0.0
     eval_every: int = 1
     seed: int = 42
@@ -74,6 +76,12 @@ class FederatedConfig:
     partition_mode: str = "cross-device"
     users_per_client: int = 100
     client_threads: int = 1
+    dp: str = "none"
+    clip_norm: float = 1.0
+    noise_multiplier: float = 0.0
+    target_epsilon: float = 0.0
+    delta: float = 0.0
+    budget_epsilon: float = 0.0
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -94,10 +102,28 @@ class FederatedConfig:
                 raise ValueError(
                     f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}"
                 )
+        if self.dp not in DP_MODES:
+            raise ValueError(f"dp must be one of {', '.join(DP_MODES)}, got {self.dp!r}")
+        if self.dp == "user" and self.partition_mode != "cohort":
+            raise ValueError(
+                "dp = 'user' (user-level DP-FedAvg with Poisson-sampled users) needs "
+                "partition-mode = 'cohort'"
+            )
+        if self.dp == "local" and self.partition_mode == "cohort":
+            raise ValueError("dp = 'local' trains one DP-SGD client per Flower client: "
+                             "use partition-mode cross-device or cross-silo")  # fmt: skip
+        if min(self.noise_multiplier, self.target_epsilon, self.budget_epsilon) < 0:
+            raise ValueError("noise-multiplier, target-epsilon and budget-epsilon must be >= 0")
+        if self.clip_norm <= 0:
+            raise ValueError(f"clip-norm must be > 0, got {self.clip_norm}")
+        if not 0.0 <= self.delta < 1.0:
+            raise ValueError(f"delta must be in [0, 1), got {self.delta}")
         if self.users_per_client < 1 or self.client_threads < 1:
             raise ValueError("users-per-client and client-threads must be positive")
         if not 0.0 < self.fraction_train <= 1.0 or not 0.0 <= self.fraction_evaluate <= 1.0:
             raise ValueError("fraction-train must be in (0, 1] and fraction-evaluate in [0, 1]")
+        if not 0.0 <= self.server_momentum < 1.0:
+            raise ValueError(f"server-momentum must be in [0, 1), got {self.server_momentum}")
         if self.lr <= 0 or self.server_lr <= 0 or self.server_tau <= 0 or self.proximal_mu < 0:
             raise ValueError("lr, server-lr and server-tau must be > 0, proximal-mu >= 0")
         self.model_config()  # validates the architecture keys
@@ -307,10 +333,11 @@ def build_strategy(
     evaluate_metrics_aggr_fn: Any = None,
 ) -> FedAvg:
     """Flower's own strategy for ``config.strategy``; waits for all ``num_partitions`` nodes."""
-    from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi
+    from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
 
     common: dict[str, Any] = {
-        "fraction_train": config.fraction_train,
+        # cohorts all train every round; users are Poisson-sampled inside them
+        "fraction_train": 1.0 if config.partition_mode == "cohort" else config.fraction_train,
         "fraction_evaluate": config.fraction_evaluate,
         "min_train_nodes": 1,
         "min_evaluate_nodes": 1 if config.fraction_evaluate > 0 else 0,
@@ -323,6 +350,10 @@ def build_strategy(
         return FedAdam(**common, eta=config.server_lr, eta_l=config.lr, tau=config.server_tau)
     if config.strategy == "fedyogi":
         return FedYogi(**common, eta=config.server_lr, eta_l=config.lr, tau=config.server_tau)
+    if config.strategy == "fedavgm":
+        return FedAvgM(
+            **common, server_learning_rate=config.server_lr, server_momentum=config.server_momentum
+        )
     if config.strategy == "fedprox":
         return FedProx(**common, proximal_mu=config.proximal_mu)
     return FedAvg(**common)

@@ -5,7 +5,9 @@ into ``num_partitions`` contiguous, near-equal blocks.
 
 - ``cross-device``: one client per user (``num_partitions == n_users``).
 - ``cross-silo``: edge nodes holding ``users_per_client`` users each (the last may
-  hold fewer).
+  hold fewer), training on their users' pooled data.
+- ``cohort``: the same blocks, but each block is an edge aggregator that trains every
+  user's update separately (users stay the logical clients; :mod:`common.cohort`).
 
 The data set is read once per process (:func:`load_split`, an explicit
 ``lru_cache``); a client then keeps index arrays and references to its users'
@@ -24,7 +26,7 @@ from common.features import TrainingWindows, training_windows
 from common.loaders import load_dataset
 from common.sequences import LeaveOneOutSplit, build_sequences, leave_one_out_split
 
-PARTITION_MODES = ("cross-device", "cross-silo")
+PARTITION_MODES = ("cross-device", "cross-silo", "cohort")
 
 
 def count_partitions(mode: str, n_users: int, users_per_client: int = 1) -> int:

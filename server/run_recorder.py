@@ -28,7 +28,9 @@ from common.training import SELECTION_METRIC
 logger = logging.getLogger("fedseqrec.server")
 
 METRIC_NAMES = list(flatten_metrics(RankingAccumulator(), RankingAccumulator()))
-ROUND_COLUMNS = ["round", "clients", "examples", "train_loss", "round_seconds", "eval_seconds"]
+ROUND_COLUMNS = [
+    "round", "clients", "examples", "refused", "train_loss", "round_seconds", "eval_seconds",
+]  # fmt: skip
 COLUMNS = (
     ROUND_COLUMNS
     + [f"valid_{name}" for name in METRIC_NAMES]
@@ -77,6 +79,8 @@ class RunRecorder:
         self.round_seconds: list[float] = []
         self._train: dict[str, float] | None = None
         self._federated: dict[str, float] = {}
+        self._refused = 0
+        self.refusals: dict[int, int] = {}
         self._started = time.perf_counter()
         self._round_started = self._started
 
@@ -86,12 +90,20 @@ class RunRecorder:
             _scalar(next(iter(r.metric_records.values()))[weighted_by_key]) for r in records
         )
         aggregated = aggregate_metricrecords(records, weighted_by_key)
+        clients = sum(
+            _scalar(next(iter(r.metric_records.values())).get("clients", 1)) for r in records
+        )
         self._train = {
-            "clients": float(len(records)),
+            "clients": clients,
             "examples": examples,
             "train_loss": _scalar(aggregated.get("train_loss", float("nan"))),
         }
         return aggregated
+
+    def note_refusals(self, server_round: int, refused: int) -> None:
+        """Clients that refused this round because their privacy budget is spent."""
+        self._refused = refused
+        self.refusals[server_round] = refused
 
     def aggregate_evaluate(self, records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
         """Exact federated metrics from the clients' sums."""
@@ -134,7 +146,8 @@ class RunRecorder:
         round_seconds: float,
         eval_seconds: float,
     ) -> None:
-        row: dict[str, Any] = {"round": server_round, **train}
+        row: dict[str, Any] = {"round": server_round, **train, "refused": self._refused}
+        self._refused = 0
         row.update(
             {"round_seconds": round(round_seconds, 3), "eval_seconds": round(eval_seconds, 3)}
         )
@@ -160,8 +173,12 @@ class RunRecorder:
             shown,
         )
 
-    def finish(self) -> dict[str, Any]:
-        """Test the best checkpoint and write ``summary.json`` with status completed."""
+    def finish(self, stopped: str = "", privacy: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Test the best checkpoint and write ``summary.json`` with status completed.
+
+        ``stopped`` says why the run ended before its last round (e.g. a spent privacy
+        budget); ``privacy`` is the run's privacy statement, if it had one.
+        """
         best = torch.load(self.results_dir / BEST_CHECKPOINT, weights_only=True)
         self.model.load_state_dict(best["state_dict"])
         stage_metrics = {
@@ -181,6 +198,9 @@ class RunRecorder:
             "mean_round_seconds": sum(rounds) / len(rounds) if rounds else 0.0,
             "total_seconds": time.perf_counter() - self._started,
             "config": self.config.to_run_config(),
+            "stopped_early": stopped or None,
+            "budget_refusals": sum(self.refusals.values()),
+            "privacy": privacy,
         }
         write_json(self.results_dir / "summary.json", summary)
         logger.info(

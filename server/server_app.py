@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 
 from common.federated import (
     FederatedConfig,
@@ -18,7 +19,10 @@ from common.federated import (
 )
 from common.models import build_model
 from common.partitioning import load_split
+from server.budget_refusals import BudgetRefusals
+from server.cohort_aggregation import CohortAggregation
 from server.run_recorder import RunRecorder, record_failure
+from server.user_level_privacy import PrivacyBudgetSpent, UserLevelPrivacy
 
 logger = logging.getLogger("fedseqrec.server")
 
@@ -53,7 +57,8 @@ def run_federation(grid: Grid, config: FederatedConfig, results_dir: Path) -> No
     split = load_split(config.dataset)
     num_partitions = config.num_partitions(split.n_users)
     model = build_model(config.model_config(), split.n_items)
-    expected = max(int(num_partitions * config.fraction_train), 1)
+    cohorts = config.partition_mode == "cohort"
+    expected = max(int((split.n_users if cohorts else num_partitions) * config.fraction_train), 1)
     recorder = RunRecorder(results_dir, model, split, config, expected)
     logger.info(
         "%s on %s: %d users, %d items, %d clients (%s), %d sampled per round",
@@ -65,15 +70,41 @@ def run_federation(grid: Grid, config: FederatedConfig, results_dir: Path) -> No
         config.partition_mode,
         expected,
     )
-    strategy = build_strategy(
+    flower_strategy = build_strategy(
         config, num_partitions, recorder.aggregate_train, recorder.aggregate_evaluate
     )
-    strategy.start(
-        grid=grid,
-        initial_arrays=model_to_arrays(model),
-        num_rounds=config.num_server_rounds,
-        train_config=ConfigRecord({"stage": "train"}),
-        evaluate_config=ConfigRecord({"stage": "valid"}),
-        evaluate_fn=recorder.evaluate,
+    strategy: Strategy = flower_strategy
+    privacy = (
+        UserLevelPrivacy.from_config(config, split.n_users, results_dir)
+        if config.dp == "user"
+        else None
     )
-    recorder.finish()
+    if cohorts:
+        strategy = CohortAggregation(
+            flower_strategy,
+            noise_multiplier=privacy.noise_multiplier if privacy else 0.0,
+            clip_norm=config.clip_norm,
+            expected_users=split.n_users * config.fraction_train,
+            seed=config.seed,
+            before_round=privacy.check_round if privacy else None,
+            on_release=privacy.record_round if privacy else None,
+        )
+    if config.dp == "local":
+        strategy = BudgetRefusals(strategy, recorder.note_refusals)
+    stopped = ""
+    try:
+        strategy.start(
+            grid=grid,
+            initial_arrays=model_to_arrays(model),
+            num_rounds=config.num_server_rounds,
+            train_config=ConfigRecord({"stage": "train"}),
+            evaluate_config=ConfigRecord({"stage": "valid"}),
+            evaluate_fn=recorder.evaluate,
+        )
+    except PrivacyBudgetSpent as reason:
+        stopped = str(reason)
+        logger.warning("stopped: %s", stopped)
+    recorder.finish(
+        stopped=stopped,
+        privacy=privacy.summary() if privacy else None,
+    )

@@ -18,6 +18,7 @@ import csv
 import json
 import logging
 import re
+import signal
 import subprocess
 import sys
 import tomllib
@@ -239,6 +240,8 @@ def launch(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; every failure is one line on stderr and a non-zero exit."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+    # SIGTERM unwinds like Ctrl-C, so the SuperLink and its simulation are stopped too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args = build_parser().parse_args(argv)
     try:
         launch(args)

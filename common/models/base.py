@@ -69,7 +69,16 @@ def next_item_loss(
     mask = targets > 0
     if not per_sample:
         return chunked_cross_entropy(hidden[mask], model.items.weight[1:], targets[mask] - 1)
+    return (row_cross_entropy(model, hidden, targets) / mask.sum(1).clamp(min=1)).mean()
+
+
+def row_cross_entropy(model: SequenceRecommender, hidden: Tensor, targets: Tensor) -> Tensor:
+    """Cross-entropy summed over each row's real positions, from dense per-row scores.
+
+    ``hidden`` may come from an Opacus ``GradSampleModule`` wrapping ``model``: the
+    scores still go through ``model``'s hooked item table, so per-sample gradients
+    cover both uses of it.
+    """
     logits = model.item_logits(hidden)
     losses = F.cross_entropy(logits.transpose(1, 2), (targets - 1).clamp(min=0), reduction="none")
-    per_row = (losses * mask).sum(1) / mask.sum(1).clamp(min=1)
-    return per_row.mean()
+    return (losses * (targets > 0)).sum(1)

@@ -1,0 +1,130 @@
+"""A client's DP-SGD bookkeeping: accountant history in ``context.state``, budget, ledger.
+
+The history of every release this client made (noise multiplier, sampling rate, steps)
+lives in the Flower context's state, which the runtime keeps for the node across rounds,
+so epsilon composes over every round the client took part in. Before a round the client
+checks that one more release stays within its budget; otherwise it refuses and says so
+in an error reply (the strategy skips it, the server counts it). Each release is written
+to the ledger before the update leaves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ConfigRecord, Context, Error, Message
+
+from common.features import TrainingWindows
+from common.federated import FederatedConfig
+from common.local_dp import protected_unit, sampling_rate, steps_per_epoch
+from common.privacy_accounting import Release, noise_for_target_epsilon
+from common.privacy_ledger import LedgerEntry, PrivacyBudget, PrivacyLedger, epsilon_after
+
+STATE_KEY = "privacy-history"
+BUDGET_EXHAUSTED = 4001  # Flower error code of a refusal: this client's budget is spent
+EXHAUSTED_PREFIX = "privacy budget exhausted"
+
+
+def load_history(context: Context) -> list[Release]:
+    """Every release this client made in this run, from ``context.state``."""
+    record = context.state.config_records.get(STATE_KEY)
+    if record is None:
+        return []
+    noises, rates, steps = (record[key] for key in ("noise", "rate", "steps"))
+    if not (isinstance(noises, list) and isinstance(rates, list) and isinstance(steps, list)):
+        raise ValueError(f"context.state[{STATE_KEY!r}] is malformed: {record!r}")
+    return [
+        Release(float(n), float(q), int(s))  # type: ignore[arg-type,call-overload]
+        for n, q, s in zip(noises, rates, steps, strict=True)
+    ]
+
+
+def save_history(context: Context, history: list[Release]) -> None:
+    """Persist the history into ``context.state`` (kept by Flower across rounds)."""
+    context.state[STATE_KEY] = ConfigRecord(
+        {
+            "noise": [r.noise_multiplier for r in history],
+            "rate": [r.sampling_rate for r in history],
+            "steps": [r.steps for r in history],
+        }
+    )
+
+
+@dataclass(frozen=True)
+class LocalPrivacyPlan:
+    """This round's DP-SGD parameters and the budget they are checked against."""
+
+    release: Release
+    delta: float
+    budget: PrivacyBudget | None
+    unit: str
+
+
+def plan_round(
+    config: FederatedConfig, windows: TrainingWindows, n_users: int, budget_epsilon: float
+) -> LocalPrivacyPlan:
+    """Noise (given, or derived so that every planned round fits the target) and budget."""
+    delta = config.delta or 1.0 / (10 * n_users)
+    rate = sampling_rate(windows, config.batch_size)
+    steps = config.local_epochs * steps_per_epoch(windows, config.batch_size)
+    noise = config.noise_multiplier
+    if noise == 0:
+        if config.target_epsilon <= 0:
+            raise ValueError("dp = 'local' needs noise-multiplier > 0 or target-epsilon > 0")
+        noise = noise_for_target_epsilon(
+            config.target_epsilon, delta, rate, steps * config.num_server_rounds
+        )
+    budget_value = budget_epsilon or config.target_epsilon
+    budget = PrivacyBudget(budget_value, delta) if budget_value else None
+    return LocalPrivacyPlan(Release(noise, rate, steps), delta, budget, protected_unit(windows))
+
+
+def refusal(msg: Message, who: str, spent: float, budget: PrivacyBudget) -> Message:
+    """The reply of a client whose next round would exceed its budget."""
+    reason = (
+        f"{EXHAUSTED_PREFIX}: {who} has spent epsilon {spent:.4g} of {budget.epsilon:g} "
+        f"(delta {budget.delta:g}); one more round would exceed it"
+    )
+    return Message(Error(code=BUDGET_EXHAUSTED, reason=reason), reply_to=msg)
+
+
+def ledger_path(config: FederatedConfig, node_config: dict[str, Any]) -> Path:
+    """The node's own ledger in deployment, the run folder's client ledger in simulation."""
+    if "ledger-path" in node_config:
+        return Path(str(node_config["ledger-path"]))
+    return Path(config.results_dir) / "ledger" / "clients.jsonl"
+
+
+def record(
+    ledger: PrivacyLedger,
+    plan: LocalPrivacyPlan,
+    history: list[Release],
+    *,
+    who: str,
+    run_id: str,
+    server_round: int,
+    clip_norm: float,
+) -> LedgerEntry:
+    """Append this round's release (cumulative epsilon over ``history``) to the ledger."""
+    import time
+
+    entry = LedgerEntry(
+        run_id=run_id,
+        round=server_round,
+        who=who,
+        unit=plan.unit,
+        mechanism="dp-sgd",
+        noise_multiplier=plan.release.noise_multiplier,
+        sampling_rate=plan.release.sampling_rate,
+        steps=plan.release.steps,
+        delta=plan.delta,
+        epsilon=epsilon_after(history, plan.release, plan.delta),
+        accountant="rdp",
+        clip_norm=clip_norm,
+        budget_epsilon=plan.budget.epsilon if plan.budget else None,
+        time=time.time(),
+    )
+    ledger.append(entry)
+    return entry

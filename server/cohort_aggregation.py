@@ -1,0 +1,166 @@
+"""Aggregation of edge-aggregator (cohort) replies, with optional user-level DP noise.
+
+Each cohort replies the SUM of its users' updates and a weight (:mod:`common.cohort`).
+This wrapper adds the sums of all cohorts, adds Gaussian noise of standard deviation
+``noise_multiplier * clip_norm`` to the total when user-level DP is on, and divides by
+the weight: the replies' total weight without DP (classic FedAvg), or the EXPECTED
+number of sampled users with DP (the fixed-denominator estimator of DP-FedAvg,
+McMahan et al. 2018, whose sensitivity to one user is ``clip_norm / expected``). The
+noisy mean update then goes through the wrapped Flower strategy as a single reply, so
+FedAvg applies it as is and FedAdam / FedYogi use it as their pseudo-gradient: the
+server optimizer only ever sees the privatized aggregate.
+
+Flower's own DP wrappers clip and count per Flower client; here a Flower client holds
+many users, so the user-level mechanism has to act on the cohorts' clipped sums.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, Strategy
+
+from common.federated import WEIGHT_KEY
+
+logger = logging.getLogger("fedseqrec.server")
+
+
+class CohortAggregation(Strategy):
+    """Sum cohort replies, optionally privatize, and hand the mean to ``strategy``.
+
+    ``before_round(round)`` runs before a round is configured (it may raise to stop the
+    run, e.g. a spent privacy budget); ``on_release(round)`` runs after aggregation and
+    before the new global model is returned to Flower.
+    """
+
+    def __init__(
+        self,
+        strategy: FedAvg,
+        noise_multiplier: float = 0.0,
+        clip_norm: float = 1.0,
+        expected_users: float | None = None,
+        seed: int = 0,
+        before_round: Callable[[int], None] | None = None,
+        on_release: Callable[[int], object] | None = None,
+    ) -> None:
+        super().__init__()
+        if noise_multiplier < 0 or clip_norm <= 0:
+            raise ValueError("noise_multiplier must be >= 0 and clip_norm > 0")
+        if noise_multiplier > 0 and not expected_users:
+            raise ValueError("user-level DP needs the expected number of sampled users")
+        self.strategy = strategy
+        self.noise_multiplier = noise_multiplier
+        self.clip_norm = clip_norm
+        self.expected_users = expected_users
+        self.seed = seed
+        self.before_round = before_round
+        self.on_release = on_release
+        self.current_arrays = ArrayRecord()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Every cohort trains every round; users are sampled inside the cohorts."""
+        if self.before_round is not None:
+            self.before_round(server_round)
+        self.current_arrays = arrays
+        return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Noisy (or exact) mean update of all sampled users, applied by the inner strategy."""
+        valid = []
+        for reply in replies:
+            problem = reply.error.reason if reply.has_error() else self._malformation(reply)
+            if problem:
+                logger.warning("round %d: cohort reply dropped: %s", server_round, problem)
+            else:
+                valid.append(reply)
+        if not valid:
+            return None, None
+        total, weight = self._summed_updates(valid)
+        if self.noise_multiplier > 0:
+            rng = np.random.default_rng([self.seed, server_round, 0xD9])
+            std = self.noise_multiplier * self.clip_norm
+            for value in total.values():
+                value += rng.normal(0.0, std, size=value.shape).astype(value.dtype)
+            weight = float(self.expected_users or 0.0)
+        if weight <= 0:
+            return None, None
+        target = ArrayRecord(
+            {
+                name: Array(self.current_arrays[name].numpy() + total[name] / weight)
+                for name in self.current_arrays
+            }
+        )
+        synthetic = Message(
+            content=RecordDict({"arrays": target, "metrics": MetricRecord({WEIGHT_KEY: 1.0})}),
+            dst_node_id=0,
+            message_type="train",
+        )
+        arrays, _ = self.strategy.aggregate_train(server_round, [synthetic])
+        if self.on_release is not None:
+            self.on_release(server_round)  # e.g. the privacy ledger, before the model leaves
+        metrics = self.strategy.train_metrics_aggr_fn(
+            [reply.content for reply in valid], WEIGHT_KEY
+        )
+        return arrays, metrics
+
+    def _malformation(self, reply: Message) -> str:
+        """Why a reply cannot be aggregated (names, shapes, finiteness, weight), or ''."""
+        arrays = reply.content.array_records.get("arrays")
+        metrics = reply.content.metric_records.get("metrics")
+        if not isinstance(arrays, ArrayRecord) or metrics is None or WEIGHT_KEY not in metrics:
+            return f"it lacks 'arrays' or 'metrics' with {WEIGHT_KEY!r}"
+        if set(arrays) != set(self.current_arrays):
+            return f"arrays {sorted(arrays)} do not match the model's {sorted(self.current_arrays)}"
+        for name in self.current_arrays:
+            update = arrays[name].numpy()
+            if update.shape != tuple(self.current_arrays[name].shape):
+                return f"{name!r} has shape {update.shape}"
+            if not np.isfinite(update).all():
+                return f"{name!r} has non-finite values"
+        weight = metrics[WEIGHT_KEY]
+        if not isinstance(weight, int | float) or not np.isfinite(weight) or weight < 0:
+            return f"weight {weight!r} is not a finite non-negative number"
+        return ""
+
+    def _summed_updates(self, replies: list[Message]) -> tuple[dict[str, np.ndarray], float]:
+        """Add the (validated) cohorts' update sums and weights."""
+        total = {
+            name: np.zeros_like(self.current_arrays[name].numpy()) for name in self.current_arrays
+        }
+        weight = 0.0
+        for reply in replies:
+            arrays = reply.content.array_records["arrays"]
+            for name, value in total.items():
+                value += arrays[name].numpy()
+            weight += float(reply.content.metric_records["metrics"][WEIGHT_KEY])  # type: ignore[arg-type]
+        return total, weight
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Federated evaluation as the wrapped strategy does it."""
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Federated evaluation as the wrapped strategy does it."""
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        """Log the wrapped strategy and the DP settings."""
+        logger.info(
+            "cohort aggregation: noise multiplier %s, clip norm %s, expected users %s",
+            self.noise_multiplier,
+            self.clip_norm,
+            self.expected_users,
+        )
+        self.strategy.summary()
