@@ -1,15 +1,25 @@
-"""Flower ClientApp: trains on, and evaluates, only this node's users."""
+"""Flower ClientApp: trains on, and evaluates, only this node's users.
+
+In a simulation a node is a partition of the run's data set (node config
+``partition-id``/``num-partitions``); on an edge node it is the node's own click log
+(node config ``data-path``, see :mod:`common.node_data`), mapped onto the item
+catalogue the server sends with every message.
+"""
 
 from __future__ import annotations
+
+import logging
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from common.catalogue import ItemCatalogue
 from common.federated import (
     WEIGHT_KEY,
     FederatedConfig,
     client_partition,
+    configure_app_logging,
     evaluation_sums,
     load_arrays,
     model_to_arrays,
@@ -17,6 +27,7 @@ from common.federated import (
     train_local,
 )
 from common.models import SequenceRecommender, build_model
+from common.node_data import NodeDataConfig, load_node_partition
 from common.partitioning import ClientPartition
 
 app = ClientApp()
@@ -28,13 +39,23 @@ def _prepare(
     """Config, this node's partition, and the model holding the server's arrays."""
     config = FederatedConfig.from_run_config(context.run_config)
     torch.set_num_threads(config.client_threads)
-    partition = client_partition(config, context.node_config)
+    partition = _partition(config, msg, context)
     model = build_model(config.model_config(), partition.split.n_items)
     arrays = msg.content.array_records.get("arrays")
     if not isinstance(arrays, ArrayRecord):
         raise ValueError("the server message carries no ArrayRecord under 'arrays'")
     load_arrays(model, arrays)
     return config, partition, model
+
+
+def _partition(config: FederatedConfig, msg: Message, context: Context) -> ClientPartition:
+    """The edge node's own click log (node config ``data-path``), else a simulation partition."""
+    if not NodeDataConfig.applies_to(context.node_config):
+        return client_partition(config, context.node_config)
+    configure_app_logging(logging.getLogger("fedseqrec.node"))
+    settings = NodeDataConfig.from_node_config(context.node_config)
+    catalogue = ItemCatalogue.from_config(_settings(msg))
+    return load_node_partition(settings, catalogue, context.node_id)
 
 
 def _settings(msg: Message) -> ConfigRecord:

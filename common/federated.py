@@ -74,6 +74,7 @@ class FederatedConfig:
     partition_mode: str = "cross-device"
     users_per_client: int = 100
     client_threads: int = 1
+    deployment_nodes: int = 0
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -94,6 +95,8 @@ class FederatedConfig:
                 raise ValueError(
                     f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}"
                 )
+        if self.deployment_nodes < 0:
+            raise ValueError(f"deployment-nodes must be >= 0, got {self.deployment_nodes}")
         if self.users_per_client < 1 or self.client_threads < 1:
             raise ValueError("users-per-client and client-threads must be positive")
         if not 0.0 < self.fraction_train <= 1.0 or not 0.0 <= self.fraction_evaluate <= 1.0:
@@ -117,6 +120,10 @@ class FederatedConfig:
     def num_partitions(self, n_users: int) -> int:
         """Number of clients this config gives for ``n_users`` users."""
         return count_partitions(self.partition_mode, n_users, self.users_per_client)
+
+    def federation_size(self, n_users: int) -> int:
+        """Nodes the server waits for: ``deployment-nodes``, else the simulation's clients."""
+        return self.deployment_nodes or self.num_partitions(n_users)
 
     def to_run_config(self) -> dict[str, Any]:
         """Kebab-case keys, as in ``[tool.flwr.app.config]``."""

@@ -10,6 +10,7 @@ import torch
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
+from common.catalogue import ItemCatalogue
 from common.federated import (
     FederatedConfig,
     build_strategy,
@@ -18,6 +19,7 @@ from common.federated import (
 )
 from common.models import build_model
 from common.partitioning import load_split
+from server.node_errors import ErrorRecordingGrid
 from server.run_recorder import RunRecorder, record_failure
 
 logger = logging.getLogger("fedseqrec.server")
@@ -39,19 +41,25 @@ def main(grid: Grid, context: Context) -> None:
         raise ValueError(
             f"run-config key 'results-dir' must be an absolute folder, got {config.results_dir!r}"
         )
+    recording_grid = ErrorRecordingGrid(grid)
     try:
-        run_federation(grid, config, results_dir)
+        run_federation(recording_grid, config, results_dir)
     except Exception as error:
-        record_failure(results_dir, error)
+        record_failure(results_dir, error, recording_grid.errors)
         raise
 
 
-def run_federation(grid: Grid, config: FederatedConfig, results_dir: Path) -> None:
-    """Build the model, strategy and recorder, run all rounds, write the summary."""
+def run_federation(grid: ErrorRecordingGrid, config: FederatedConfig, results_dir: Path) -> None:
+    """Build the model, strategy and recorder, run all rounds, write the summary.
+
+    Every message carries the item catalogue, so that edge nodes can map their own
+    click logs onto the model's items (:mod:`common.catalogue`).
+    """
     random.seed(config.seed)  # Flower samples nodes with the `random` module
     torch.manual_seed(config.seed)
     split = load_split(config.dataset)
-    num_partitions = config.num_partitions(split.n_users)
+    num_partitions = config.federation_size(split.n_users)
+    catalogue = ItemCatalogue.from_dataset(config.dataset).to_config()
     model = build_model(config.model_config(), split.n_items)
     expected = max(int(num_partitions * config.fraction_train), 1)
     recorder = RunRecorder(results_dir, model, split, config, expected)
@@ -72,8 +80,8 @@ def run_federation(grid: Grid, config: FederatedConfig, results_dir: Path) -> No
         grid=grid,
         initial_arrays=model_to_arrays(model),
         num_rounds=config.num_server_rounds,
-        train_config=ConfigRecord({"stage": "train"}),
-        evaluate_config=ConfigRecord({"stage": "valid"}),
+        train_config=ConfigRecord({"stage": "train", **catalogue}),
+        evaluate_config=ConfigRecord({"stage": "valid", **catalogue}),
         evaluate_fn=recorder.evaluate,
     )
-    recorder.finish()
+    recorder.finish(grid.errors)
