@@ -177,8 +177,9 @@ def serve(
         client.close()
 
 
-class _Stopped(Exception):
-    """SIGTERM or SIGINT arrived: leave the poll loop at once (even mid-request)."""
+class _Stopped(BaseException):
+    """SIGTERM or SIGINT arrived: leave the poll loop at once, even from inside Flower's
+    HTTP retries (which catch ``Exception``; like KeyboardInterrupt, this is not one)."""
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:
