@@ -1,24 +1,34 @@
-"""Flower ClientApp: trains on, and evaluates, only this node's users."""
+"""Flower ClientApp: trains on, and evaluates, only this node's users.
+
+In a simulation a node is a partition of the run's data set (node config
+``partition-id``/``num-partitions``); on an edge node it is the node's own click log
+(node config ``data-path``, see :mod:`common.node_data`), mapped onto the item
+catalogue the server sends with every message.
+"""
 
 from __future__ import annotations
+
+import logging
 
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.local_privacy import (
-    ledger_path,
+    ClientPrivacy,
     load_history,
     plan_round,
     record,
     refusal,
     save_history,
 )
+from common.catalogue import ItemCatalogue
 from common.cohort import train_cohort
 from common.federated import (
     WEIGHT_KEY,
     FederatedConfig,
     client_partition,
+    configure_app_logging,
     evaluation_sums,
     load_arrays,
     model_to_arrays,
@@ -27,6 +37,7 @@ from common.federated import (
 )
 from common.local_dp import train_local_dp
 from common.models import SequenceRecommender, build_model
+from common.node_data import NodeDataConfig, load_node_partition
 from common.partitioning import ClientPartition, load_split
 from common.privacy_accounting import rdp_epsilon
 from common.privacy_ledger import PrivacyLedger, epsilon_after
@@ -40,13 +51,23 @@ def _prepare(
     """Config, this node's partition, and the model holding the server's arrays."""
     config = FederatedConfig.from_run_config(context.run_config)
     torch.set_num_threads(config.client_threads)
-    partition = client_partition(config, context.node_config)
+    partition = _partition(config, msg, context)
     model = build_model(config.model_config(), partition.split.n_items)
     arrays = msg.content.array_records.get("arrays")
     if not isinstance(arrays, ArrayRecord):
         raise ValueError("the server message carries no ArrayRecord under 'arrays'")
     load_arrays(model, arrays)
     return config, partition, model
+
+
+def _partition(config: FederatedConfig, msg: Message, context: Context) -> ClientPartition:
+    """The edge node's own click log (node config ``data-path``), else a simulation partition."""
+    if not NodeDataConfig.applies_to(context.node_config):
+        return client_partition(config, context.node_config)
+    configure_app_logging(logging.getLogger("fedseqrec.node"))
+    settings = NodeDataConfig.from_node_config(context.node_config)
+    catalogue = ItemCatalogue.from_config(_settings(msg))
+    return load_node_partition(settings, catalogue, context.node_id)
 
 
 def _settings(msg: Message) -> ConfigRecord:
@@ -90,11 +111,10 @@ def _train_private(
 ) -> Message:
     """DP-SGD with this client's accountant history; refuse when the budget is spent."""
     windows = partition.training_windows(config.max_len, config.n_gap_buckets)
-    n_users = load_split(config.dataset).n_users
-    budget = float(context.node_config.get("budget-epsilon", config.budget_epsilon))
-    plan = plan_round(config, windows, n_users, budget)
+    privacy = ClientPrivacy.from_context(config, context, partition.partition_id)
+    plan = plan_round(config, windows, privacy)
     history = load_history(context)
-    who = f"client-{partition.partition_id}"
+    who = privacy.who
     if plan.budget and epsilon_after(history, plan.release, plan.delta) > plan.budget.epsilon:
         return refusal(msg, who, rdp_epsilon(history, plan.delta), plan.budget)
     seed = round_seed(config.seed, server_round, _seed_identity(config, partition))
@@ -105,7 +125,7 @@ def _train_private(
     )  # fmt: skip
     if (release.sampling_rate, release.steps) != (plan.release.sampling_rate, plan.release.steps):
         raise RuntimeError(f"{who}: trained {release}, but planned {plan.release}")
-    ledger = PrivacyLedger(ledger_path(config, context.node_config))
+    ledger = PrivacyLedger(privacy.ledger)
     entry = record(ledger, plan, history, who=who, run_id=str(msg.metadata.run_id),
                    server_round=server_round, clip_norm=config.clip_norm)  # fmt: skip
     save_history(context, [*history, plan.release])

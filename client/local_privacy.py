@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from flwr.app import ConfigRecord, Context, Error, Message
 
 from common.features import TrainingWindows
 from common.federated import FederatedConfig
 from common.local_dp import protected_unit, sampling_rate, steps_per_epoch
+from common.node_data import NodeDataConfig
 from common.privacy_accounting import Release, noise_for_target_epsilon
 from common.privacy_ledger import LedgerEntry, PrivacyBudget, PrivacyLedger, epsilon_after
 
@@ -62,11 +62,46 @@ class LocalPrivacyPlan:
     unit: str
 
 
+@dataclass(frozen=True)
+class ClientPrivacy:
+    """Who this client is in the ledger, where its ledger is, and its budget."""
+
+    who: str
+    ledger: Path
+    budget_epsilon: float
+    delta: float  # 0: 1 / (10 x this client's training windows)
+
+    @classmethod
+    def from_context(
+        cls, config: FederatedConfig, context: Context, partition_id: int
+    ) -> ClientPrivacy:
+        """An edge node's keys (its own ledger and budget), else the simulation's."""
+        if NodeDataConfig.applies_to(context.node_config):
+            node = NodeDataConfig.from_node_config(context.node_config)
+            return cls(
+                who=f"node-{node.data_path.stem}",
+                ledger=node.ledger_path,
+                budget_epsilon=node.budget_epsilon or config.budget_epsilon,
+                delta=node.budget_delta or config.delta,
+            )
+        return cls(
+            who=f"client-{partition_id}",
+            ledger=Path(config.results_dir) / "ledger" / "clients.jsonl",
+            budget_epsilon=config.budget_epsilon,
+            delta=config.delta,
+        )
+
+
 def plan_round(
-    config: FederatedConfig, windows: TrainingWindows, n_users: int, budget_epsilon: float
+    config: FederatedConfig, windows: TrainingWindows, privacy: ClientPrivacy
 ) -> LocalPrivacyPlan:
-    """Noise (given, or derived so that every planned round fits the target) and budget."""
-    delta = config.delta or 1.0 / (10 * n_users)
+    """Noise (given, or derived so that every planned round fits the target) and budget.
+
+    delta defaults to 1 / (10 x windows): a sample is a window (or a user, see
+    :func:`common.local_dp.protected_unit`), and delta must stay well below 1 / samples.
+    """
+    delta = privacy.delta or 1.0 / (10 * len(windows))
+    budget_epsilon = privacy.budget_epsilon
     rate = sampling_rate(windows, config.batch_size)
     steps = config.local_epochs * steps_per_epoch(windows, config.batch_size)
     noise = config.noise_multiplier
@@ -88,13 +123,6 @@ def refusal(msg: Message, who: str, spent: float, budget: PrivacyBudget) -> Mess
         f"(delta {budget.delta:g}); one more round would exceed it"
     )
     return Message(Error(code=BUDGET_EXHAUSTED, reason=reason), reply_to=msg)
-
-
-def ledger_path(config: FederatedConfig, node_config: dict[str, Any]) -> Path:
-    """The node's own ledger in deployment, the run folder's client ledger in simulation."""
-    if "ledger-path" in node_config:
-        return Path(str(node_config["ledger-path"]))
-    return Path(config.results_dir) / "ledger" / "clients.jsonl"
 
 
 def record(

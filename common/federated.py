@@ -82,6 +82,7 @@ class FederatedConfig:
     target_epsilon: float = 0.0
     delta: float = 0.0
     budget_epsilon: float = 0.0
+    deployment_nodes: int = 0
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -118,6 +119,8 @@ class FederatedConfig:
             raise ValueError(f"clip-norm must be > 0, got {self.clip_norm}")
         if not 0.0 <= self.delta < 1.0:
             raise ValueError(f"delta must be in [0, 1), got {self.delta}")
+        if self.deployment_nodes < 0:
+            raise ValueError(f"deployment-nodes must be >= 0, got {self.deployment_nodes}")
         if self.users_per_client < 1 or self.client_threads < 1:
             raise ValueError("users-per-client and client-threads must be positive")
         if not 0.0 < self.fraction_train <= 1.0 or not 0.0 <= self.fraction_evaluate <= 1.0:
@@ -143,6 +146,10 @@ class FederatedConfig:
     def num_partitions(self, n_users: int) -> int:
         """Number of clients this config gives for ``n_users`` users."""
         return count_partitions(self.partition_mode, n_users, self.users_per_client)
+
+    def federation_size(self, n_users: int) -> int:
+        """Nodes the server waits for: ``deployment-nodes``, else the simulation's clients."""
+        return self.deployment_nodes or self.num_partitions(n_users)
 
     def to_run_config(self) -> dict[str, Any]:
         """Kebab-case keys, as in ``[tool.flwr.app.config]``."""

@@ -24,6 +24,7 @@ from common.models import SequenceRecommender
 from common.run_folder import MetricsCSV, write_json
 from common.sequences import LeaveOneOutSplit
 from common.training import SELECTION_METRIC
+from server.node_errors import NodeError
 
 logger = logging.getLogger("fedseqrec.server")
 
@@ -173,11 +174,18 @@ class RunRecorder:
             shown,
         )
 
-    def finish(self, stopped: str = "", privacy: dict[str, Any] | None = None) -> dict[str, Any]:
+    def finish(
+        self,
+        stopped: str = "",
+        privacy: dict[str, Any] | None = None,
+        node_errors: list[NodeError] | None = None,
+    ) -> dict[str, Any]:
         """Test the best checkpoint and write ``summary.json`` with status completed.
 
         ``stopped`` says why the run ended before its last round (e.g. a spent privacy
-        budget); ``privacy`` is the run's privacy statement, if it had one.
+        budget); ``privacy`` is the run's privacy statement, if it had one;
+        ``node_errors`` (error replies of nodes, see :mod:`server.node_errors`) are
+        listed in the summary: a run can complete while some node failed.
         """
         best = torch.load(self.results_dir / BEST_CHECKPOINT, weights_only=True)
         self.model.load_state_dict(best["state_dict"])
@@ -201,6 +209,7 @@ class RunRecorder:
             "stopped_early": stopped or None,
             "budget_refusals": sum(self.refusals.values()),
             "privacy": privacy,
+            "node_errors": [error.to_json() for error in node_errors or []],
         }
         write_json(self.results_dir / "summary.json", summary)
         logger.info(
@@ -212,10 +221,23 @@ class RunRecorder:
         return summary
 
 
-def record_failure(results_dir: Path, error: BaseException) -> None:
-    """Write ``summary.json`` with status failed, so that the launcher can say why."""
+def record_failure(
+    results_dir: Path, error: BaseException, node_errors: list[NodeError] | None = None
+) -> None:
+    """Write ``summary.json`` with status failed, so that the launcher can say why.
+
+    The reason names every node that sent an error reply (once per node and reason),
+    since a node's failure is usually why no round could be aggregated.
+    """
     results_dir.mkdir(parents=True, exist_ok=True)
+    node_errors = node_errors or []
+    distinct = {(e.node_id, e.reason): e for e in node_errors}
+    reason = "; ".join([f"{type(error).__name__}: {error}", *map(str, distinct.values())])
     write_json(
         results_dir / "summary.json",
-        {"status": "failed", "error": f"{type(error).__name__}: {error}"},
+        {
+            "status": "failed",
+            "error": reason,
+            "node_errors": [e.to_json() for e in node_errors],
+        },
     )

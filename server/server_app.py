@@ -11,6 +11,7 @@ from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
+from common.catalogue import ItemCatalogue
 from common.federated import (
     FederatedConfig,
     build_strategy,
@@ -21,6 +22,7 @@ from common.models import build_model
 from common.partitioning import load_split
 from server.budget_refusals import BudgetRefusals
 from server.cohort_aggregation import CohortAggregation
+from server.node_errors import ErrorRecordingGrid
 from server.run_recorder import RunRecorder, record_failure
 from server.user_level_privacy import PrivacyBudgetSpent, UserLevelPrivacy
 
@@ -43,19 +45,25 @@ def main(grid: Grid, context: Context) -> None:
         raise ValueError(
             f"run-config key 'results-dir' must be an absolute folder, got {config.results_dir!r}"
         )
+    recording_grid = ErrorRecordingGrid(grid)
     try:
-        run_federation(grid, config, results_dir)
+        run_federation(recording_grid, config, results_dir)
     except Exception as error:
-        record_failure(results_dir, error)
+        record_failure(results_dir, error, recording_grid.errors)
         raise
 
 
-def run_federation(grid: Grid, config: FederatedConfig, results_dir: Path) -> None:
-    """Build the model, strategy and recorder, run all rounds, write the summary."""
+def run_federation(grid: ErrorRecordingGrid, config: FederatedConfig, results_dir: Path) -> None:
+    """Build the model, strategy and recorder, run all rounds, write the summary.
+
+    Every message carries the item catalogue, so that edge nodes can map their own
+    click logs onto the model's items (:mod:`common.catalogue`).
+    """
     random.seed(config.seed)  # Flower samples nodes with the `random` module
     torch.manual_seed(config.seed)
     split = load_split(config.dataset)
-    num_partitions = config.num_partitions(split.n_users)
+    num_partitions = config.federation_size(split.n_users)
+    catalogue = ItemCatalogue.from_dataset(config.dataset).to_config()
     model = build_model(config.model_config(), split.n_items)
     cohorts = config.partition_mode == "cohort"
     expected = max(int((split.n_users if cohorts else num_partitions) * config.fraction_train), 1)
@@ -97,8 +105,8 @@ def run_federation(grid: Grid, config: FederatedConfig, results_dir: Path) -> No
             grid=grid,
             initial_arrays=model_to_arrays(model),
             num_rounds=config.num_server_rounds,
-            train_config=ConfigRecord({"stage": "train"}),
-            evaluate_config=ConfigRecord({"stage": "valid"}),
+            train_config=ConfigRecord({"stage": "train", **catalogue}),
+            evaluate_config=ConfigRecord({"stage": "valid", **catalogue}),
             evaluate_fn=recorder.evaluate,
         )
     except PrivacyBudgetSpent as reason:
@@ -107,4 +115,5 @@ def run_federation(grid: Grid, config: FederatedConfig, results_dir: Path) -> No
     recorder.finish(
         stopped=stopped,
         privacy=privacy.summary() if privacy else None,
+        node_errors=grid.errors,
     )

@@ -130,12 +130,19 @@ class LocalSuperLink:
 
     def _stop(self) -> None:
         """Stop the SuperLink and its own children (its process group, which we created)."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        group = os.getpgid(self.process.pid)
-        os.killpg(group, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(group, signal.SIGKILL)
-            self.process.wait()
+        if self.process is not None:
+            stop_process_group(self.process)
+
+
+def stop_process_group(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    """SIGTERM a process started with ``start_new_session=True`` and its whole group;
+    SIGKILL whatever is left after ``timeout`` seconds."""
+    if process.poll() is not None:
+        return
+    group = os.getpgid(process.pid)
+    os.killpg(group, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(group, signal.SIGKILL)
+        process.wait()

@@ -52,9 +52,10 @@ def test_local_dp_composes_across_rounds_and_clients_refuse_past_their_budget(
     cycle_log: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
-    delta = 1 / (10 * 20)
     part = load_partition(str(cycle_log), 2, 0, 42)
-    rate = sampling_rate(training_windows(part.split.train, 20, n_gap_buckets=0), 4)
+    windows = training_windows(part.split.train, 20, n_gap_buckets=0)
+    delta = 1 / (10 * len(windows))  # both clients hold 10 one-window users
+    rate = sampling_rate(windows, 4)
     steps = int(round(1 / rate))
     one = Release(1.0, rate, steps)
     budget = (rdp_epsilon([one] * 2, delta) + rdp_epsilon([one] * 3, delta)) / 2

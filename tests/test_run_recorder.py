@@ -13,6 +13,7 @@ from flwr.app import MetricRecord, RecordDict
 from common.federated import FederatedConfig, model_to_arrays
 from common.models import build_model
 from common.partitioning import load_split
+from server.node_errors import NodeError
 from server.run_recorder import BEST_CHECKPOINT, CHECKPOINT, RunRecorder, record_failure
 
 
@@ -66,7 +67,22 @@ def test_a_round_without_replies_fails_the_run(cycle_log: Path, tmp_path: Path) 
     assert summary == {
         "status": "failed",
         "error": "RuntimeError: round 1: no client returned a training result",
+        "node_errors": [],
     }
+
+
+def test_a_failed_run_names_the_failed_nodes_once(tmp_path: Path) -> None:
+    reason = "<class 'common.loaders.DataFormatError'>:<'n.csv, line 3: field 'item' is empty'>"
+    errors = [NodeError(7, server_round, "train", reason) for server_round in (1, 2)]
+
+    record_failure(tmp_path, RuntimeError("round 2: no client returned a training result"), errors)
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["error"] == (
+        "RuntimeError: round 2: no client returned a training result; "
+        f"node 7 failed in round 2 (train): {reason}"
+    )
+    assert [e["server_round"] for e in summary["node_errors"]] == [1, 2]
 
 
 def test_results_dir_must_be_absolute(cycle_log: Path) -> None:

@@ -1,0 +1,1 @@
+"""Deployment tooling, not part of the Flower app: certificates, warm SuperExec, launchers."""
