@@ -19,6 +19,7 @@ from common.federated import (
 from common.models import build_model
 from common.partitioning import load_split
 from server.run_recorder import RunRecorder, record_failure
+from server.secure_aggregation import run_secure_aggregation
 
 logger = logging.getLogger("fedseqrec.server")
 
@@ -40,13 +41,15 @@ def main(grid: Grid, context: Context) -> None:
             f"run-config key 'results-dir' must be an absolute folder, got {config.results_dir!r}"
         )
     try:
-        run_federation(grid, config, results_dir)
+        run_federation(grid, config, results_dir, context)
     except Exception as error:
         record_failure(results_dir, error)
         raise
 
 
-def run_federation(grid: Grid, config: FederatedConfig, results_dir: Path) -> None:
+def run_federation(
+    grid: Grid, config: FederatedConfig, results_dir: Path, context: Context
+) -> None:
     """Build the model, strategy and recorder, run all rounds, write the summary."""
     random.seed(config.seed)  # Flower samples nodes with the `random` module
     torch.manual_seed(config.seed)
@@ -65,6 +68,10 @@ def run_federation(grid: Grid, config: FederatedConfig, results_dir: Path) -> No
         config.partition_mode,
         expected,
     )
+    if config.secure_aggregation:
+        run_secure_aggregation(grid, context, config, recorder, num_partitions)
+        recorder.finish()
+        return
     strategy = build_strategy(
         config, num_partitions, recorder.aggregate_train, recorder.aggregate_evaluate
     )
