@@ -126,13 +126,14 @@ def _run(settings: dict[str, Any], root: Path, label: str) -> Path:
 def twin_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     """The same one-round run twice, same seed: plain FedAvg, then SecAgg+."""
     root = tmp_path_factory.mktemp("secagg")
-    settings = {"dataset": str(write_cycle_log(root / "cycle.csv")), **SECURE_RUN}
+    dataset = write_cycle_log(root / "cycle.csv")
+    settings = {"dataset": str(dataset), **SECURE_RUN}
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FLWR_HOME", str(root / "flwr-home"))
         yield {
             "plain": _run(settings, root, "plain"),
             "secure": _run({**settings, "secure-aggregation": True}, root, "secure"),
-            "dataset": Path(settings["dataset"]),
+            "dataset": dataset,
         }
 
 
