@@ -22,6 +22,7 @@ from client.local_privacy import (
     refusal,
     save_history,
 )
+from client.secure_client import secure_client_app, uses_secure_aggregation
 from common.catalogue import ItemCatalogue
 from common.cohort import train_cohort
 from common.federated import (
@@ -78,6 +79,8 @@ def _settings(msg: Message) -> ConfigRecord:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Local epochs on this node's windows; reply the new arrays, loss and example count."""
+    if uses_secure_aggregation(context):  # SecAgg+ stages, legacy messages
+        return secure_client_app(msg, context)
     config, partition, model = _prepare(msg, context)
     settings = _settings(msg)
     server_round = int(settings.get("server-round", 0))  # type: ignore[arg-type]

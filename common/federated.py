@@ -33,6 +33,7 @@ from common.partitioning import (
     load_partition,
     load_split,
 )
+from common.secure_aggregation import check_secure_aggregation
 from common.sequences import LeaveOneOutSplit
 from common.training import train_epoch
 
@@ -83,6 +84,12 @@ class FederatedConfig:
     delta: float = 0.0
     budget_epsilon: float = 0.0
     deployment_nodes: int = 0
+    secure_aggregation: bool = False
+    secagg_num_shares: float = 3.0
+    secagg_reconstruction_threshold: float = 2.0
+    secagg_clipping_range: float = 8.0
+    secagg_quantization_range: int = 2**22
+    secagg_max_weight: float = 10000.0
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -130,6 +137,12 @@ class FederatedConfig:
         if self.lr <= 0 or self.server_lr <= 0 or self.server_tau <= 0 or self.proximal_mu < 0:
             raise ValueError("lr, server-lr and server-tau must be > 0, proximal-mu >= 0")
         self.model_config()  # validates the architecture keys
+        check_secure_aggregation(self)
+        if self.secure_aggregation and (self.partition_mode == "cohort" or self.dp != "none"):
+            raise ValueError(
+                "secure-aggregation runs on the legacy FedAvg path: it needs partition-mode "
+                "cross-device or cross-silo and dp = 'none'"
+            )
 
     def model_config(self) -> ModelConfig:
         """The architecture part of the config."""

@@ -24,6 +24,7 @@ from server.budget_refusals import BudgetRefusals
 from server.cohort_aggregation import CohortAggregation
 from server.node_errors import ErrorRecordingGrid
 from server.run_recorder import RunRecorder, record_failure
+from server.secure_aggregation import run_secure_aggregation
 from server.user_level_privacy import PrivacyBudgetSpent, UserLevelPrivacy
 
 logger = logging.getLogger("fedseqrec.server")
@@ -47,13 +48,15 @@ def main(grid: Grid, context: Context) -> None:
         )
     recording_grid = ErrorRecordingGrid(grid)
     try:
-        run_federation(recording_grid, config, results_dir)
+        run_federation(recording_grid, config, results_dir, context)
     except Exception as error:
         record_failure(results_dir, error, recording_grid.errors)
         raise
 
 
-def run_federation(grid: ErrorRecordingGrid, config: FederatedConfig, results_dir: Path) -> None:
+def run_federation(
+    grid: ErrorRecordingGrid, config: FederatedConfig, results_dir: Path, context: Context
+) -> None:
     """Build the model, strategy and recorder, run all rounds, write the summary.
 
     Every message carries the item catalogue, so that edge nodes can map their own
@@ -78,6 +81,10 @@ def run_federation(grid: ErrorRecordingGrid, config: FederatedConfig, results_di
         config.partition_mode,
         expected,
     )
+    if config.secure_aggregation:
+        run_secure_aggregation(grid, context, config, recorder, num_partitions)
+        recorder.finish(node_errors=grid.errors)
+        return
     flower_strategy = build_strategy(
         config, num_partitions, recorder.aggregate_train, recorder.aggregate_evaluate
     )
