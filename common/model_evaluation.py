@@ -75,12 +75,16 @@ def evaluation_mode(model: torch.nn.Module) -> Iterator[None]:
 
 
 def model_scorer(model: SequenceRecommender, max_len: int, n_gap_buckets: int) -> Scorer:
-    """Adapt a SequenceRecommender to the scorer interface (eval mode, last window)."""
+    """Adapt a SequenceRecommender to the scorer interface (eval mode, last window).
+
+    Inputs go to the model's device; scores come back on the CPU, where ranking runs.
+    """
+    device = model.items.weight.device
 
     def score(histories: list[np.ndarray], times: list[np.ndarray] | None) -> Tensor:
         items, gaps = last_window(histories, max_len, times, n_gap_buckets)
-        gap_tensor = torch.as_tensor(gaps) if gaps is not None else None
-        return model.scores(torch.as_tensor(items), gap_tensor)
+        gap_tensor = torch.as_tensor(gaps, device=device) if gaps is not None else None
+        return model.scores(torch.as_tensor(items, device=device), gap_tensor).cpu()
 
     return score
 

@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     fields = [*dataclasses.fields(ModelConfig), *dataclasses.fields(TrainConfig)]
     for field in sorted(fields, key=lambda f: f.name):
         if field.name in MODEL_KEYS | TRAIN_KEYS:
-            kind = float if field.type == "float" else int
+            kind = {"float": float, "int": int}.get(str(field.type), str)
             parser.add_argument("--" + field.name.replace("_", "-"), type=kind)
     return parser
 
@@ -94,6 +94,7 @@ def configs_from(settings: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
 def run(settings: dict[str, Any]) -> tuple[Path, TrainResult]:
     """Train as configured and write the run folder."""
     model_config, train_config = configs_from(settings)
+    train_config.torch_device()  # no CUDA: fail before anything is written
     if settings.get("threads"):
         torch.set_num_threads(int(settings["threads"]))
     dataset = build_sequences(load_dataset(settings["dataset"]), str(settings["dataset"]))
@@ -129,8 +130,9 @@ def run(settings: dict[str, Any]) -> tuple[Path, TrainResult]:
         return bar.update
 
     result = train_centralized(split, model_config, train_config, on_epoch, progress, model)
+    state = {key: value.cpu() for key, value in result.model.state_dict().items()}
     torch.save(
-        {"model_config": dataclasses.asdict(model_config), "state_dict": result.model.state_dict()},
+        {"model_config": dataclasses.asdict(model_config), "state_dict": state},
         run_dir / "checkpoint.pt",
     )
     write_json(

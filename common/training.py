@@ -19,11 +19,19 @@ from common.sequences import LeaveOneOutSplit
 logger = logging.getLogger(__name__)
 
 SELECTION_METRIC = "ndcg@10"
+OPTIMIZERS = ("adam", "adamw")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings of a centralized run."""
+    """Optimisation settings of a centralized run.
+
+    ``optimizer="adam"`` adds ``weight_decay`` as an L2 term to every gradient;
+    ``"adamw"`` decays weights directly (decoupled), matrices and embeddings only, never
+    biases or layer-norm gains. ``label_smoothing`` changes the training loss only;
+    evaluation and checkpoint selection are unaffected. ``device`` is where the model
+    trains (``cpu``, ``cuda``, ``cuda:1``); evaluation runs there too.
+    """
 
     epochs: int = 200
     batch_size: int = 128
@@ -34,6 +42,9 @@ class TrainConfig:
     seed: int = 42
     lr_patience: int = 0
     lr_factor: float = 0.3
+    optimizer: str = "adam"
+    label_smoothing: float = 0.0
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_every < 1:
@@ -42,6 +53,23 @@ class TrainConfig:
             raise ValueError("lr must be > 0, weight_decay >= 0 and patience >= 1")
         if self.lr_patience < 0 or not 0.0 < self.lr_factor < 1.0:
             raise ValueError("lr_patience must be >= 0 (0 = off) and lr_factor in (0, 1)")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
+            )
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        try:
+            torch.device(self.device)
+        except RuntimeError:
+            raise ValueError(f"device must be like cpu or cuda:0, got {self.device!r}") from None
+
+    def torch_device(self) -> torch.device:
+        """The training device; asking for CUDA where there is none is a ValueError."""
+        device = torch.device(self.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r} asked for, but CUDA is not available")
+        return device
 
 
 @dataclass
@@ -91,14 +119,18 @@ def train_epoch(
     batch_size: int,
     rng: np.random.Generator,
     progress: Callable[[int], None] | None = None,
+    label_smoothing: float = 0.0,
 ) -> float:
-    """One pass over all windows; returns the mean training loss."""
+    """One pass over all windows, on the model's device; returns the mean training loss."""
     model.train()
+    device = model.items.weight.device
     total, batches = 0.0, 0
     for rows in length_bucketed_batches(windows, batch_size, rng):
         items, targets, gaps = trimmed_batch(windows, rows)
+        items, targets = items.to(device), targets.to(device)
+        gaps = gaps.to(device) if gaps is not None else None
         optimizer.zero_grad(set_to_none=True)
-        loss = next_item_loss(model, items, targets, gaps)
+        loss = next_item_loss(model, items, targets, gaps, label_smoothing=label_smoothing)
         loss.backward()
         optimizer.step()
         total += float(loss.detach())
@@ -106,6 +138,20 @@ def train_epoch(
         if progress is not None:
             progress(len(rows))
     return total / max(batches, 1)
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam (L2 weight decay on everything) or AdamW (decoupled, on matrices only)."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(
+            model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
+        )
+    parameters = list(model.parameters())
+    groups = [
+        {"params": [p for p in parameters if p.ndim >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, fused=True)
 
 
 @dataclass
@@ -135,9 +181,8 @@ def train_centralized(
     windows = training_windows(
         split.train, model_config.max_len, split.times, model_config.n_gap_buckets
     )
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
-    )
+    model.to(config.torch_device())
+    optimizer = build_optimizer(model, config)
     scheduler = (
         torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max", factor=config.lr_factor, patience=config.lr_patience, eps=0.0
@@ -150,7 +195,9 @@ def train_centralized(
     for epoch in range(1, config.epochs + 1):
         progress = progress_factory(epoch, len(windows)) if progress_factory else None
         started = time.perf_counter()
-        loss = train_epoch(model, optimizer, windows, config.batch_size, rng, progress)
+        loss = train_epoch(
+            model, optimizer, windows, config.batch_size, rng, progress, config.label_smoothing
+        )
         lr = float(optimizer.param_groups[0]["lr"])
         record = EpochRecord(epoch, loss, time.perf_counter() - started, lr)
         if epoch % config.eval_every == 0 or epoch == config.epochs:

@@ -8,7 +8,14 @@ from opacus import PrivacyEngine
 from opacus.utils.per_sample_gradients_utils import check_per_sample_gradients_are_correct
 from torch import Tensor, nn
 
-from common.models import MODEL_NAMES, ModelConfig, build_model, chunked_loss, next_item_loss
+from common.models import (
+    MODEL_NAMES,
+    ModelConfig,
+    SequenceRecommender,
+    build_model,
+    chunked_loss,
+    next_item_loss,
+)
 
 N_ITEMS = 11
 
@@ -16,7 +23,7 @@ N_ITEMS = 11
 class ItemLogits(nn.Module):
     """Wraps a recommender so Opacus's checker sees scores at every position."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: SequenceRecommender) -> None:
         super().__init__()
         self.model = model
 
@@ -65,8 +72,30 @@ def test_dense_and_gathered_losses_agree(name: str, monkeypatch: pytest.MonkeyPa
     assert torch.allclose(gathered, dense, atol=1e-6)
 
 
-def test_attention_is_causal() -> None:
-    model = build_model(ModelConfig(name="attention", dim=8, max_len=6, dropout=0.0), N_ITEMS)
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_attention_layouts_have_exact_per_sample_gradients(norm: str) -> None:
+    torch.manual_seed(0)
+    config = ModelConfig(
+        name="attention", dim=8, heads=2, dropout=0.0, max_len=6, ffn_multiplier=4, norm=norm
+    )
+    model = build_model(config, N_ITEMS)
+    assert tuple(model.state_dict()["blocks.0.feed_forward.0.weight"].shape) == (32, 8)
+    assert check_per_sample_gradients_are_correct(
+        tiny_batch(), ItemLogits(model), batch_first=True, atol=1e-5, rtol=1e-4
+    )
+
+
+def test_label_smoothing_needs_the_plain_loss() -> None:
+    model = build_model(ModelConfig(name="attention", dim=8, max_len=6), N_ITEMS)
+    items = tiny_batch()
+    with pytest.raises(ValueError, match="only supported without per_sample"):
+        next_item_loss(model, items, items, per_sample=True, label_smoothing=0.1)
+
+
+@pytest.mark.parametrize("norm", ["sasrec", "pre", "post"])
+def test_attention_is_causal(norm: str) -> None:
+    config = ModelConfig(name="attention", dim=8, max_len=6, dropout=0.0, norm=norm)
+    model = build_model(config, N_ITEMS)
     model.eval()
     items = tiny_batch()
     changed = items.clone()
@@ -118,5 +147,9 @@ def test_trains_under_opacus_privacy_engine(name: str) -> None:
 def test_invalid_config_is_rejected() -> None:
     with pytest.raises(ValueError, match="model must be one of"):
         ModelConfig(name="gru")
+    with pytest.raises(ValueError, match="norm must be one of sasrec, pre, post, got 'mid'"):
+        ModelConfig(norm="mid")
+    with pytest.raises(ValueError, match="ffn_multiplier must be positive, got 0"):
+        ModelConfig(ffn_multiplier=0)
     with pytest.raises(ValueError, match="dropout"):
         ModelConfig(dropout=1.5)

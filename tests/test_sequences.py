@@ -33,8 +33,9 @@ def test_leave_one_out_targets_and_inputs() -> None:
     assert list(split.train[0]) == [1, 2, 3]
     assert (split.valid_target[0], split.test_target[0]) == (4, 5)
     assert list(split.inputs("test")[0]) == [1, 2, 3, 4]
-    assert split.input_times("test") is not None
-    assert list(split.input_times("test")[0]) == [1, 2, 3, 4]
+    times = split.input_times("test")
+    assert times is not None
+    assert list(times[0]) == [1, 2, 3, 4]
 
 
 def test_short_users_kept_for_training_and_counted(caplog: pytest.LogCaptureFixture) -> None:

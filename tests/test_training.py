@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from common.features import training_windows
 from common.model_evaluation import evaluate_long_horizon
-from common.models import ModelConfig
+from common.models import ModelConfig, build_model
 from common.sequences import LeaveOneOutSplit
-from common.training import TrainConfig, length_bucketed_batches, train_centralized, trimmed_batch
+from common.training import (
+    TrainConfig,
+    build_optimizer,
+    length_bucketed_batches,
+    train_centralized,
+    trimmed_batch,
+)
 
 
 def cyclic_split(n_users: int = 40, n_items: int = 12, length: int = 10) -> LeaveOneOutSplit:
@@ -71,3 +78,51 @@ def test_learning_rate_falls_when_validation_stalls() -> None:
 def test_bad_schedule_settings_are_rejected() -> None:
     with pytest.raises(ValueError, match="lr_factor"):
         TrainConfig(lr_factor=1.5)
+
+
+def test_adamw_decays_matrices_and_embeddings_but_not_biases_or_norms() -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(dim=8, max_len=8), 12)
+    optimizer = build_optimizer(model, TrainConfig(optimizer="adamw", lr=0.1, weight_decay=0.5))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for parameter in model.parameters():
+        parameter.grad = torch.zeros_like(parameter)
+    optimizer.step()
+    for name, parameter in model.named_parameters():
+        factor = 1.0 - 0.1 * 0.5 if parameter.ndim >= 2 else 1.0
+        assert torch.allclose(parameter, before[name] * factor), name
+    assert isinstance(optimizer, torch.optim.AdamW)
+
+
+def test_label_smoothing_still_learns_the_cycle() -> None:
+    split = cyclic_split()
+    model_config = ModelConfig(dim=16, layers=1, dropout=0.0, max_len=8, norm="pre")
+    config = TrainConfig(epochs=40, lr=0.02, patience=40, label_smoothing=0.1)
+    result = train_centralized(split, model_config, config)
+    assert result.test["hr@5"] > 0.9
+    assert result.history[-1].train_loss > 0.1 * np.log(12)  # smoothing keeps a floor
+
+
+def test_bad_optimizer_smoothing_and_device_are_rejected() -> None:
+    with pytest.raises(ValueError, match="optimizer must be one of adam, adamw, got 'sgd'"):
+        TrainConfig(optimizer="sgd")
+    with pytest.raises(ValueError, match="label_smoothing must be in"):
+        TrainConfig(label_smoothing=-0.1)
+    with pytest.raises(ValueError, match="device must be like cpu or cuda:0, got 'gpu'"):
+        TrainConfig(device="gpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="'cuda' asked for, but CUDA is not available"):
+        train_centralized(cyclic_split(), ModelConfig(dim=8, max_len=8), TrainConfig(device="cuda"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_trains_and_evaluates_on_cuda() -> None:
+    split = cyclic_split()
+    model_config = ModelConfig(dim=16, layers=1, dropout=0.0, max_len=8)
+    config = TrainConfig(epochs=40, lr=0.02, patience=40, device="cuda")
+    result = train_centralized(split, model_config, config)
+    assert result.model.items.weight.is_cuda
+    assert result.test["hr@5"] > 0.9

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.models.attention import AttentionRecommender
+from common.models.attention import NORM_PLACEMENTS, AttentionRecommender
 from common.models.base import SequenceRecommender, next_item_loss
 from common.models.lstm import LSTMRecommender
 from common.models.multiscale import MultiScaleRecommender
@@ -31,12 +31,18 @@ class ModelConfig:
     dropout: float = 0.2
     max_len: int = 50
     n_gap_buckets: int = 0
+    ffn_multiplier: int = 1  # attention: feed-forward width / dim
+    norm: str = "sasrec"  # attention: layer-norm placement, one of NORM_PLACEMENTS
 
     def __post_init__(self) -> None:
         if self.name not in MODEL_NAMES:
             raise ValueError(f"model must be one of {', '.join(MODEL_NAMES)}, got {self.name!r}")
         if self.dim < 1 or self.layers < 1 or self.heads < 1 or self.max_len < 1:
             raise ValueError("dim, layers, heads and max_len must be positive")
+        if self.ffn_multiplier < 1:
+            raise ValueError(f"ffn_multiplier must be positive, got {self.ffn_multiplier}")
+        if self.norm not in NORM_PLACEMENTS:
+            raise ValueError(f"norm must be one of {', '.join(NORM_PLACEMENTS)}, got {self.norm!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -50,5 +56,12 @@ def build_model(config: ModelConfig, n_items: int) -> SequenceRecommender:
             n_items, config.dim, config.dropout, n_gap_buckets=config.n_gap_buckets
         )
     return AttentionRecommender(
-        n_items, config.dim, config.layers, config.heads, config.dropout, config.max_len
+        n_items,
+        config.dim,
+        config.layers,
+        config.heads,
+        config.dropout,
+        config.max_len,
+        config.ffn_multiplier,
+        config.norm,
     )

@@ -13,6 +13,8 @@ from torch import Tensor, nn
 
 from common.models.base import SequenceRecommender
 
+NORM_PLACEMENTS = ("sasrec", "pre", "post")
+
 
 def causal_padding_mask(items: Tensor) -> Tensor:
     """Boolean (B, 1, L, L) mask: a position sees itself and earlier non-padding items.
@@ -56,29 +58,52 @@ class CausalSelfAttention(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    """Pre-norm block: attention and a point-wise feed-forward, both residual."""
+    """Attention and a point-wise feed-forward, both residual, with layer norms placed by
+    ``norm``.
 
-    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+    - ``sasrec`` (SASRec's own): queries are normed, the attention residual starts from
+      them, the feed-forward is pre-norm.
+    - ``pre``: both sub-layers pre-norm (``x + f(norm(x))``), the usual modern layout.
+    - ``post``: both sub-layers post-norm (``norm(x + f(x))``), as in BERT.
+
+    The feed-forward is ``ffn_multiplier * dim`` wide (SASRec: 1, Transformer: 4).
+    """
+
+    def __init__(
+        self, dim: int, heads: int, dropout: float, ffn_multiplier: int = 1, norm: str = "sasrec"
+    ) -> None:
         super().__init__()
+        if norm not in NORM_PLACEMENTS:
+            raise ValueError(f"norm must be one of {', '.join(NORM_PLACEMENTS)}, got {norm!r}")
+        self.norm = norm
         self.attention_norm = nn.LayerNorm(dim)
         self.attention = CausalSelfAttention(dim, heads, dropout)
         self.feed_forward_norm = nn.LayerNorm(dim)
         self.feed_forward = nn.Sequential(
-            nn.Linear(dim, dim),
+            nn.Linear(dim, ffn_multiplier * dim),
             nn.GELU(),
             nn.Dropout(dropout),
-            nn.Linear(dim, dim),
+            nn.Linear(ffn_multiplier * dim, dim),
         )
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        if self.norm == "post":
+            x = self.attention_norm(x + self.dropout(self.attention(x, x, mask)))
+            return self.feed_forward_norm(x + self.dropout(self.feed_forward(x)))
         normed = self.attention_norm(x)
-        x = normed + self.dropout(self.attention(normed, x, mask))
+        if self.norm == "pre":
+            x = x + self.dropout(self.attention(normed, normed, mask))
+        else:
+            x = normed + self.dropout(self.attention(normed, x, mask))
         return x + self.dropout(self.feed_forward(self.feed_forward_norm(x)))
 
 
 class AttentionRecommender(SequenceRecommender):
-    """SASRec: item + learned position embeddings, causal attention blocks, final norm."""
+    """SASRec: item + learned position embeddings, causal attention blocks, final norm.
+
+    With ``norm="post"`` the embeddings are normed instead of the output (BERT layout).
+    """
 
     def __init__(
         self,
@@ -88,13 +113,19 @@ class AttentionRecommender(SequenceRecommender):
         heads: int = 1,
         dropout: float = 0.2,
         max_len: int = 50,
+        ffn_multiplier: int = 1,
+        norm: str = "sasrec",
     ) -> None:
         super().__init__(n_items, dim)
         self.max_len = max_len
         self.positions = nn.Embedding(max_len, dim)
         self.dropout = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(AttentionBlock(dim, heads, dropout) for _ in range(layers))
-        self.final_norm = nn.LayerNorm(dim)
+        self.blocks = nn.ModuleList(
+            AttentionBlock(dim, heads, dropout, ffn_multiplier, norm) for _ in range(layers)
+        )
+        post = norm == "post"
+        self.embedding_norm: nn.Module = nn.LayerNorm(dim) if post else nn.Identity()
+        self.final_norm: nn.Module = nn.Identity() if post else nn.LayerNorm(dim)
 
     def forward(self, items: Tensor, gaps: Tensor | None = None) -> Tensor:
         length = items.shape[1]
@@ -104,7 +135,8 @@ class AttentionRecommender(SequenceRecommender):
         positions = torch.arange(self.max_len - length, self.max_len, device=items.device)
         real = (items > 0).unsqueeze(-1)
         x = self.items(items) * self.items.dim**0.5
-        x = self.dropout(x + self.positions(positions.expand_as(items))) * real
+        x = self.embedding_norm(x + self.positions(positions.expand_as(items)))
+        x = self.dropout(x) * real
         mask = causal_padding_mask(items)
         for block in self.blocks:
             x = block(x, mask) * real

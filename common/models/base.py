@@ -42,7 +42,9 @@ class SequenceRecommender(nn.Module, ABC):
         """Scores (B, n_items + 1) for the next item after each row; padding is -inf."""
         hidden = self(items, gaps)[:, -1]
         logits = self.item_logits(hidden)
-        padding = torch.full((logits.shape[0], 1), float("-inf"), dtype=logits.dtype)
+        padding = torch.full(
+            (logits.shape[0], 1), float("-inf"), dtype=logits.dtype, device=logits.device
+        )
         return torch.cat([padding, logits], dim=1)
 
     def fusion_weights(self) -> dict[str, float]:
@@ -56,6 +58,7 @@ def next_item_loss(
     targets: Tensor,
     gaps: Tensor | None = None,
     per_sample: bool = False,
+    label_smoothing: float = 0.0,
 ) -> Tensor:
     """Cross-entropy over all items at every non-padding position.
 
@@ -63,12 +66,17 @@ def next_item_loss(
     holds the full logits matrix (:mod:`common.models.chunked_loss`). With
     ``per_sample`` the scores keep the batch dimension, as Opacus's per-sample
     gradient hooks require, and the loss is the mean over positions of each sample,
-    averaged over the batch.
+    averaged over the batch. ``label_smoothing`` (plain training only) spreads that share
+    of each target's probability mass uniformly over all items.
     """
+    if per_sample and label_smoothing:
+        raise ValueError("label smoothing is only supported without per_sample")
     hidden = model(items, gaps)
     mask = targets > 0
     if not per_sample:
-        return chunked_cross_entropy(hidden[mask], model.items.weight[1:], targets[mask] - 1)
+        return chunked_cross_entropy(
+            hidden[mask], model.items.weight[1:], targets[mask] - 1, label_smoothing=label_smoothing
+        )
     return (row_cross_entropy(model, hidden, targets) / mask.sum(1).clamp(min=1)).mean()
 
 

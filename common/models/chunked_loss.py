@@ -9,7 +9,11 @@ per-sample gradients and takes the dense path.
 
 Where the CPU has native bfloat16 matrix units (AVX512-BF16, AMX), the three matrix
 products run in bfloat16 with float32 softmax and float32 gradient accumulation, as
-mixed-precision training does on GPUs; elsewhere everything stays float32.
+mixed-precision training does on GPUs; elsewhere everything stays float32. On a CUDA
+device the products run in bfloat16 where the GPU supports it, like the CPU path.
+
+Optional label smoothing (training only) mixes the one-hot target with the uniform
+distribution over all items: loss = (1 - e) * CE + e * mean over items of -log p.
 """
 
 from __future__ import annotations
@@ -39,8 +43,9 @@ class ChunkedLinearCrossEntropy(Function):
         targets: Tensor,
         chunk_size: int,
         dtype: torch.dtype,
+        smoothing: float,
     ) -> Tensor:
-        count = hidden.shape[0]
+        count, n_classes = hidden.shape[0], weight.shape[0]
         low_hidden, low_weight = hidden.to(dtype), weight.to(dtype)
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros_like(weight)
@@ -50,12 +55,20 @@ class ChunkedLinearCrossEntropy(Function):
             chunk, target = low_hidden[rows], targets[rows]
             logits = (chunk @ low_weight.T).float()
             picked = logits.gather(1, target[:, None]).squeeze(1)
+            # Smoothed target: (1 - e) on the true item + e / n_classes on every item.
+            expected = (1.0 - smoothing) * picked
+            if smoothing:
+                expected = expected + smoothing * logits.mean(dim=1)
             maxima = logits.amax(dim=1, keepdim=True)
             probabilities = logits.sub_(maxima).exp_()  # in place: one exp per logit
             sums = probabilities.sum(dim=1, keepdim=True)
-            total += (maxima + sums.log()).squeeze(1).sub(picked).sum().double()
+            log_normaliser = (maxima + sums.log()).squeeze(1)
+            total += log_normaliser.sub(expected).sum().double()
             probabilities /= sums * count
-            probabilities[torch.arange(len(target)), target] -= 1.0 / count
+            if smoothing:
+                probabilities -= smoothing / (n_classes * count)
+            rows_here = torch.arange(len(target), device=target.device)
+            probabilities[rows_here, target] -= (1.0 - smoothing) / count
             low_probabilities = probabilities.to(dtype)
             grad_hidden[rows] = low_probabilities @ low_weight
             grad_weight += low_probabilities.T @ chunk
@@ -65,9 +78,9 @@ class ChunkedLinearCrossEntropy(Function):
     @staticmethod
     def backward(  # type: ignore[override]
         ctx: Any, grad_output: Tensor
-    ) -> tuple[Tensor, Tensor, None, None, None]:
+    ) -> tuple[Tensor, Tensor, None, None, None, None]:
         grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_output, grad_weight * grad_output, None, None, None
+        return grad_hidden * grad_output, grad_weight * grad_output, None, None, None, None
 
 
 def chunked_cross_entropy(
@@ -76,16 +89,22 @@ def chunked_cross_entropy(
     targets: Tensor,
     chunk_size: int = DEFAULT_CHUNK,
     low_precision: bool | None = None,
+    label_smoothing: float = 0.0,
 ) -> Tensor:
     """Mean over rows of CE(hidden @ weight.T, targets), computed chunk by chunk.
 
-    ``low_precision=None`` picks bfloat16 products where the CPU has them natively.
+    ``low_precision=None`` picks bfloat16 products where the device has them natively.
+    ``label_smoothing`` in [0, 1) matches ``F.cross_entropy(..., label_smoothing=...)``.
     """
     if hidden.shape[0] == 0:
         raise ValueError("no positions to score")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     if low_precision is None:
-        low_precision = fast_bfloat16_available()
+        low_precision = (
+            torch.cuda.is_bf16_supported() if hidden.is_cuda else fast_bfloat16_available()
+        )
     dtype = torch.bfloat16 if low_precision else hidden.dtype
     return ChunkedLinearCrossEntropy.apply(  # type: ignore[no-any-return]
-        hidden, weight, targets, chunk_size, dtype
+        hidden, weight, targets, chunk_size, dtype, label_smoothing
     )
