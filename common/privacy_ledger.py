@@ -115,11 +115,18 @@ def entry_from_json(text: str) -> LedgerEntry:
 
 
 def _is_truncated(text: str) -> bool:
-    """Whether a line is a JSON object cut short (a crash mid-write), not a corrupt one."""
+    """Whether a line is a record cut short (a crash mid-write), not a corrupt one.
+
+    Records are flat JSON objects, so a cut one opens with ``{`` but does not close,
+    unless the cut fell inside a string value.
+    """
+    stripped = text.strip()
     try:
-        json.loads(text)
+        json.loads(stripped)
     except json.JSONDecodeError as error:
-        return text.lstrip().startswith("{") and error.pos >= len(text.rstrip())
+        if not stripped.startswith("{") or error.msg == "Extra data":
+            return False
+        return not stripped.endswith("}") or error.msg.startswith("Unterminated string")
     return False
 
 

@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -35,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WRITER = """
 import sys
 from pathlib import Path
+from typing import Any
 from common.privacy_ledger import LedgerEntry, PrivacyLedger
 path, who, count, pad = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 ledger, number = PrivacyLedger(path), 0
@@ -139,6 +141,16 @@ def test_a_truncated_last_line_is_skipped_and_sealed_by_the_next_append(
     assert read_ledger(ledger.path) == [first, after_crash]
 
 
+def test_every_cut_of_a_record_is_recognised_as_truncated(tmp_path: Path) -> None:
+    # Prepare: the id holds a "}" so that some cuts end with one
+    first, cut_one = make_entry(), make_entry(who="n}1", round_number=2).to_json()
+    path = tmp_path / "ledger.jsonl"
+    # Execute / Assert: each cut-off last line is skipped, never an error
+    for length in range(1, len(cut_one)):
+        path.write_text(first.to_json() + "\n" + cut_one[:length])
+        assert read_ledger(path) == [first], cut_one[:length]
+
+
 DROP = object()
 
 
@@ -184,7 +196,12 @@ def test_record_release_refuses_over_budget_and_writes_nothing(tmp_path: Path) -
     ledger = PrivacyLedger(tmp_path / "ledger.jsonl")
     budget = PrivacyBudget(epsilon=2.0, delta=DELTA)
     release = Release(2.0, 0.05, 20)  # epsilon 0.60 after one round, 1.81 after 11
-    fields = {"run_id": "r", "unit": "user", "mechanism": "dp-sgd", "clip_norm": 1.0}
+    fields: dict[str, Any] = {
+        "run_id": "r",
+        "unit": "user",
+        "mechanism": "dp-sgd",
+        "clip_norm": 1.0,
+    }
     # Execute
     recorded = []
     with pytest.raises(BudgetExceededError, match="over the budget of 2"):
@@ -234,7 +251,12 @@ def test_a_budgeted_client_never_exceeds_and_trains_whenever_it_can(
     asks: list[tuple[float, float, int]], budget_epsilon: float
 ) -> None:
     budget = PrivacyBudget(budget_epsilon, DELTA)
-    fields = {"run_id": "r", "unit": "user", "mechanism": "dp-sgd", "clip_norm": 1.0}
+    fields: dict[str, Any] = {
+        "run_id": "r",
+        "unit": "user",
+        "mechanism": "dp-sgd",
+        "clip_norm": 1.0,
+    }
     with tempfile.TemporaryDirectory() as folder:
         ledger = PrivacyLedger(Path(folder) / "ledger.jsonl")
         trained: list[Release] = []
