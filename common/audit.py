@@ -27,6 +27,8 @@ from common.privacy_audit import (
 )
 from common.privacy_ledger import LedgerError
 
+PASSED = "PASSED: every recorded epsilon matches RDP, none is below PLD, no budget is exceeded."
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's arguments."""
@@ -86,8 +88,7 @@ def render(report: AuditReport) -> str:
     lines.extend(_distribution_lines(report))
     lines.append("")
     if report.passed:
-        lines.append("PASSED: every recorded epsilon matches RDP, none is below PLD, no budget")
-        lines[-1] += " is exceeded."
+        lines.append(PASSED)
     else:
         lines.append(f"FAILED: {len(report.failures)} problem(s)")
         lines.extend(f"  {failure}" for failure in report.failures)

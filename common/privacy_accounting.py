@@ -125,8 +125,10 @@ def epsilon_from_rdp(curve: np.ndarray, delta: float) -> float:
 
 
 def rdp_epsilon(releases: Sequence[Release], delta: float) -> float:
-    """Epsilon of all releases composed, exactly as Opacus's ``RDPAccountant`` computes it:
-    RDP curves add up over releases, then one conversion to (epsilon, delta)."""
+    """Epsilon of all releases composed, exactly as Opacus's ``RDPAccountant`` computes it.
+
+    RDP curves add up over releases, then one conversion to (epsilon, delta).
+    """
     _check_delta(delta)
     if not releases:
         return 0.0
