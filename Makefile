@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m simulations.launch --preset ml100k-fedavg
+	$(PY) -m simulations.launch --preset ml100k-dp
 
 test: $(STAMP)
 	$(PY) -m pytest

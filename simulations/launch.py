@@ -192,6 +192,22 @@ def run_simulation(
         return process.wait()
 
 
+def privacy_report(results_dir: Path) -> None:
+    """Audit the run's ledgers with the independent accountant and print the guarantee.
+
+    The report also goes to ``audit.json`` in the run folder; a failed audit fails the
+    launch, because the epsilon the run printed would then not be supported.
+    """
+    from common.audit import render, report_dict
+    from common.privacy_audit import audit_ledgers, find_ledgers
+
+    report = audit_ledgers(find_ledgers(results_dir))
+    write_json(results_dir / "audit.json", report_dict(report))
+    print(render(report))
+    if not report.passed:
+        raise LaunchError(f"privacy audit failed, see {results_dir / 'audit.json'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Command-line flags of the launcher."""
     parser = argparse.ArgumentParser(prog="python -m simulations.launch", description=__doc__)
@@ -227,6 +243,8 @@ def launch(args: argparse.Namespace) -> dict[str, Any]:
         raise LaunchError(f"flwr run exited with code {code}: {failure_line(log)!r} (see {log})")
     summary = check_outcome(results_dir)
     write_plots(results_dir)
+    if (results_dir / "ledger").is_dir():
+        privacy_report(results_dir)
     logger.info(
         "done: best round %d, test HR@10 %.4f NDCG@10 %.4f -> %s",
         summary["best_round"],

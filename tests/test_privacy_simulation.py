@@ -45,6 +45,7 @@ def test_user_level_dp_records_each_round_and_stops_before_the_budget(
     assert summary["privacy"]["epsilon"] == pytest.approx(entries[-1].epsilon)
     assert entries[-1].epsilon <= budget
     assert summary["privacy"]["delta"] == pytest.approx(delta)
+    assert json.loads((folder / "audit.json").read_text())["passed"]  # the launcher audited
 
 
 @pytest.mark.simulation

@@ -1,0 +1,156 @@
+"""Privacy-utility benchmark: test accuracy at user-level epsilon 1, 2, 4, 8 and without DP.
+
+``python benchmarks/privacy.py [--only utility throughput] [--datasets ml-100k beauty]``
+writes ``benchmarks/results/privacy.json`` (sections merged into an existing file) and
+``benchmarks/results/privacy.png``:
+
+- ``utility``: per data set, its ``<dataset>-dp`` preset (user-level DP-FedAvg over
+  cohorts, delta = 1 / (10 x users)) run once per target epsilon and once with
+  ``dp = "none"``; test HR@10 / NDCG@10, the epsilon the run recorded, and whether the
+  independent audit of its ledger passed.
+- ``throughput``: training examples per second of Opacus DP-SGD (local DP) against
+  plain training of the same model on the same ML-100k windows.
+
+Every utility point is a real simulation through :mod:`simulations.launch`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from common.features import training_windows  # noqa: E402
+from common.federated import FederatedConfig, train_local  # noqa: E402
+from common.local_dp import train_local_dp  # noqa: E402
+from common.models import MODEL_NAMES, build_model  # noqa: E402
+from common.partitioning import load_split  # noqa: E402
+from common.run_folder import plot_series  # noqa: E402
+from simulations.launch import build_parser, launch  # noqa: E402
+
+RESULTS = ROOT / "results" / "privacy.json"
+RUNS = ROOT / "runs"
+EPSILONS = (1.0, 2.0, 4.0, 8.0)
+PRESETS = {"ml-100k": "ml100k-dp", "beauty": "beauty-dp"}
+THROUGHPUT = {"dim": 64, "max-len": 50, "batch-size": 64, "lr": 0.01, "optimizer": "sgd",
+              "dropout": 0.0}  # fmt: skip
+
+
+def utility_point(dataset: str, epsilon: float | None, port: int) -> dict[str, Any]:
+    """One simulation of the data set's DP preset at ``epsilon`` (None: no DP)."""
+    overrides = [f"target-epsilon={epsilon}"] if epsilon else ['dp="none"']
+    args = build_parser().parse_args(
+        ["--preset", PRESETS[dataset], "--results", str(RUNS), "--port", str(port)]
+        + [f"--set={item}" for item in overrides]
+    )
+    started = time.perf_counter()
+    summary = launch(args)
+    privacy = summary.get("privacy") or {}
+    audit_file = Path(summary["config"]["results-dir"]) / "audit.json"
+    return {
+        "target_epsilon": epsilon,
+        "epsilon": privacy.get("epsilon"),
+        "delta": privacy.get("delta"),
+        "noise_multiplier": privacy.get("noise_multiplier"),
+        "rounds": summary["rounds"],
+        "stopped_early": summary.get("stopped_early"),
+        "audit_passed": json.loads(audit_file.read_text())["passed"] if epsilon else None,
+        "test": {key: summary["test"][key] for key in ("hr@10", "ndcg@10")},
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def utility(dataset: str, port: int) -> list[dict[str, Any]]:
+    """Every epsilon, then no DP, on one data set."""
+    points = []
+    for epsilon in (*EPSILONS, None):
+        points.append(utility_point(dataset, epsilon, port))
+        print(json.dumps({dataset: points[-1]}))
+    return points
+
+
+def examples_per_second(name: str, private: bool) -> float:
+    """Training examples per second of one model, plain or with Opacus DP-SGD."""
+    config = FederatedConfig.from_run_config({**THROUGHPUT, "model": name})
+    split = load_split("ml-100k")
+    windows = training_windows(split.train[:300], config.max_len, n_gap_buckets=0)
+    examples = int((windows.targets > 0).sum())
+    torch.manual_seed(0)
+    model = build_model(config.model_config(), split.n_items)
+    started = time.perf_counter()
+    if private:
+        train_local_dp(
+            model, windows, epochs=1, batch_size=config.batch_size, lr=config.lr,
+            optimizer_name="sgd", noise_multiplier=1.0, clip_norm=1.0, seed=0,
+        )  # fmt: skip
+    else:
+        train_local(model, windows, config, seed=0)
+    return examples / (time.perf_counter() - started)
+
+
+def throughput() -> dict[str, Any]:
+    """DP-SGD examples per second relative to plain training, per model."""
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    rows = {}
+    for name in MODEL_NAMES:
+        plain = float(np.median([examples_per_second(name, False) for _ in range(3)]))
+        private = float(np.median([examples_per_second(name, True) for _ in range(3)]))
+        rows[name] = {
+            "plain_examples_per_s": round(plain, 1),
+            "dp_sgd_examples_per_s": round(private, 1),
+            "ratio": round(private / plain, 3),
+        }
+        print(name, rows[name])
+    return {"settings": THROUGHPUT, "models": rows}
+
+
+def plot(results: dict[str, Any]) -> None:
+    """Test HR@10 against user-level epsilon, one line per data set."""
+    series = {
+        dataset: [p["test"]["hr@10"] for p in points if p["target_epsilon"]]
+        for dataset, points in results.get("utility", {}).items()
+    }
+    if series:
+        plot_series(ROOT / "results" / "privacy.png", list(EPSILONS), series,
+                    "user-level epsilon", "test HR@10 under user-level DP")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the selected sections and merge them into ``privacy.json``."""
+    parser = argparse.ArgumentParser(prog="python benchmarks/privacy.py", description=__doc__)
+    parser.add_argument("--only", nargs="+", default=["utility", "throughput"],
+                        choices=["utility", "throughput"])  # fmt: skip
+    parser.add_argument("--datasets", nargs="+", default=["ml-100k"], choices=list(PRESETS))
+    parser.add_argument("--port", type=int, default=39491)
+    args = parser.parse_args(argv)
+    results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    if "throughput" in args.only:
+        results["throughput"] = throughput()
+        write(results)
+    if "utility" in args.only:
+        results.setdefault("utility", {})
+        for dataset in args.datasets:
+            results["utility"][dataset] = utility(dataset, args.port)
+            write(results)
+    plot(results)
+    return 0
+
+
+def write(results: dict[str, Any]) -> None:
+    """Write the results file (sections are kept between partial runs)."""
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
