@@ -6,6 +6,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from common.compression import UPDATE_BYTES_KEY, encode_update
 from common.federated import (
     WEIGHT_KEY,
     FederatedConfig,
@@ -44,16 +45,22 @@ def _settings(msg: Message) -> ConfigRecord:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Local epochs on this node's windows; reply the new arrays, loss and example count."""
+    """Local epochs on this node's windows; reply the (compressed) arrays, loss, examples."""
     config, partition, model = _prepare(msg, context)
     settings = _settings(msg)
     server_round = int(settings.get("server-round", 0))  # type: ignore[arg-type]
+    server_round += int(settings.get("round-offset", 0))  # type: ignore[arg-type]
     proximal_mu = float(settings.get("proximal-mu", 0.0))  # type: ignore[arg-type]
     windows = partition.training_windows(config.max_len, config.n_gap_buckets)
     seed = round_seed(config.seed, server_round, partition.partition_id)
     loss, examples = train_local(model, windows, config, seed, proximal_mu)
-    metrics = MetricRecord({"train_loss": loss, WEIGHT_KEY: examples})
-    content = RecordDict({"arrays": model_to_arrays(model), "metrics": metrics})
+    sent = encode_update(
+        model_to_arrays(model), msg.content.array_records["arrays"], config.update_compression
+    )
+    metrics = MetricRecord(
+        {"train_loss": loss, WEIGHT_KEY: examples, UPDATE_BYTES_KEY: sent.count_bytes()}
+    )
+    content = RecordDict({"arrays": sent, "metrics": metrics})
     return Message(content=content, reply_to=msg)
 
 

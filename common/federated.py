@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
+from common.compression import COMPRESSIONS
 from common.evaluation import RankingAccumulator
 from common.features import TrainingWindows
 from common.model_evaluation import (
@@ -74,6 +75,8 @@ class FederatedConfig:
     partition_mode: str = "cross-device"
     users_per_client: int = 100
     client_threads: int = 1
+    update_compression: str = "none"
+    initial_checkpoint: str = ""
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -100,6 +103,11 @@ class FederatedConfig:
             raise ValueError("fraction-train must be in (0, 1] and fraction-evaluate in [0, 1]")
         if self.lr <= 0 or self.server_lr <= 0 or self.server_tau <= 0 or self.proximal_mu < 0:
             raise ValueError("lr, server-lr and server-tau must be > 0, proximal-mu >= 0")
+        if self.update_compression not in COMPRESSIONS:
+            raise ValueError(
+                f"update-compression must be one of {', '.join(COMPRESSIONS)}, "
+                f"got {self.update_compression!r}"
+            )
         self.model_config()  # validates the architecture keys
 
     def model_config(self) -> ModelConfig:
