@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; bad input is one line on stderr and exit status 2."""
-    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", force=True)
     args = build_parser().parse_args(argv)
     try:
         checkpoint = load_checkpoint(args.checkpoint)

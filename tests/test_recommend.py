@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import socket
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -66,15 +68,16 @@ def test_k_larger_than_the_catalogue_lists_every_unseen_item(trained_checkpoint:
 
 
 def test_unknown_items_are_skipped_with_a_warning(
-    trained_checkpoint: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+    trained_checkpoint: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = main(["--checkpoint", str(trained_checkpoint), "--items", "i3,new1,i4", "--json"])
 
-    payload = json.loads(capsys.readouterr().out)
+    out, err = capsys.readouterr()
+    payload = json.loads(out)
     assert code == 0 and payload["skipped"] == ["new1"] and payload["round"] == 2
     assert len(payload["recommendations"]) == 10
     assert payload["recommendations"][0]["item"] == "i5"
-    assert "skipped item(s) new1: not in the checkpoint's catalogue" in caplog.text
+    assert err.startswith("warning: skipped item(s) new1: not in the checkpoint's catalogue")
 
 
 def test_only_unknown_items_is_one_line_and_exit_2(
@@ -137,3 +140,11 @@ def test_a_missing_checkpoint_is_one_line_and_exit_2(
 
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == [f"error: {tmp_path / 'none.pt'}: checkpoint file not found"]
+
+
+def test_the_console_script_points_at_this_command() -> None:
+    pyproject = tomllib.loads(
+        (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+    )
+    module, _, name = pyproject["project"]["scripts"]["fedseqrec-recommend"].partition(":")
+    assert getattr(importlib.import_module(module), name) is main
