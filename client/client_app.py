@@ -25,6 +25,7 @@ from client.local_privacy import (
 from client.secure_client import secure_client_app, uses_secure_aggregation
 from common.catalogue import ItemCatalogue
 from common.cohort import train_cohort
+from common.compression import UPDATE_BYTES_KEY, encode_update
 from common.federated import (
     WEIGHT_KEY,
     FederatedConfig,
@@ -84,6 +85,7 @@ def train(msg: Message, context: Context) -> Message:
     config, partition, model = _prepare(msg, context)
     settings = _settings(msg)
     server_round = int(settings.get("server-round", 0))  # type: ignore[arg-type]
+    server_round += int(settings.get("round-offset", 0))  # type: ignore[arg-type]
     if config.partition_mode == "cohort":
         return _train_cohort(msg, config, partition, model, server_round)
     if config.dp == "local":
@@ -92,8 +94,13 @@ def train(msg: Message, context: Context) -> Message:
     windows = partition.training_windows(config.max_len, config.n_gap_buckets)
     seed = round_seed(config.seed, server_round, _seed_identity(config, partition))
     loss, examples = train_local(model, windows, config, seed, proximal_mu)
-    metrics = MetricRecord({"train_loss": loss, WEIGHT_KEY: examples})
-    content = RecordDict({"arrays": model_to_arrays(model), "metrics": metrics})
+    sent = encode_update(
+        model_to_arrays(model), msg.content.array_records["arrays"], config.update_compression
+    )
+    metrics = MetricRecord(
+        {"train_loss": loss, WEIGHT_KEY: examples, UPDATE_BYTES_KEY: sent.count_bytes()}
+    )
+    content = RecordDict({"arrays": sent, "metrics": metrics})
     return Message(content=content, reply_to=msg)
 
 
@@ -116,7 +123,8 @@ def _train_private(
     windows = partition.training_windows(config.max_len, config.n_gap_buckets)
     privacy = ClientPrivacy.from_context(config, context, partition.partition_id)
     plan = plan_round(config, windows, privacy)
-    history = load_history(context)
+    ledger = PrivacyLedger(privacy.ledger)
+    history = load_history(context, ledger, privacy.who)
     who = privacy.who
     if plan.budget and epsilon_after(history, plan.release, plan.delta) > plan.budget.epsilon:
         return refusal(msg, who, rdp_epsilon(history, plan.delta), plan.budget)
@@ -128,14 +136,21 @@ def _train_private(
     )  # fmt: skip
     if (release.sampling_rate, release.steps) != (plan.release.sampling_rate, plan.release.steps):
         raise RuntimeError(f"{who}: trained {release}, but planned {plan.release}")
-    ledger = PrivacyLedger(privacy.ledger)
     entry = record(ledger, plan, history, who=who, run_id=str(msg.metadata.run_id),
                    server_round=server_round, clip_norm=config.clip_norm)  # fmt: skip
     save_history(context, [*history, plan.release])
-    metrics = MetricRecord(
-        {"train_loss": loss, WEIGHT_KEY: int((windows.targets > 0).sum()), "epsilon": entry.epsilon}
+    sent = encode_update(
+        model_to_arrays(model), msg.content.array_records["arrays"], config.update_compression
     )
-    content = RecordDict({"arrays": model_to_arrays(model), "metrics": metrics})
+    metrics = MetricRecord(
+        {
+            "train_loss": loss,
+            WEIGHT_KEY: int((windows.targets > 0).sum()),
+            "epsilon": entry.epsilon,
+            UPDATE_BYTES_KEY: sent.count_bytes(),
+        }
+    )
+    content = RecordDict({"arrays": sent, "metrics": metrics})
     return Message(content=content, reply_to=msg)
 
 

@@ -27,11 +27,18 @@ BUDGET_EXHAUSTED = 4001  # Flower error code of a refusal: this client's budget 
 EXHAUSTED_PREFIX = "privacy budget exhausted"
 
 
-def load_history(context: Context) -> list[Release]:
-    """Every release this client made in this run, from ``context.state``."""
+def load_history(context: Context, ledger: PrivacyLedger, who: str) -> list[Release]:
+    """Every release this client made, from ``context.state``.
+
+    On the client's first round of a run the state is empty: it starts from the
+    client's earlier releases in its ledger, so that a node's epsilon keeps composing
+    over runs (continual learning) and not only within one.
+    """
     record = context.state.config_records.get(STATE_KEY)
     if record is None:
-        return []
+        history = ledger.releases(who)
+        save_history(context, history)
+        return history
     noises, rates, steps = (record[key] for key in ("noise", "rate", "steps"))
     if not (isinstance(noises, list) and isinstance(rates, list) and isinstance(steps, list)):
         raise ValueError(f"context.state[{STATE_KEY!r}] is malformed: {record!r}")

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
+from common.compression import COMPRESSIONS
 from common.evaluation import RankingAccumulator
 from common.features import TrainingWindows
 from common.model_evaluation import (
@@ -90,6 +91,8 @@ class FederatedConfig:
     secagg_clipping_range: float = 8.0
     secagg_quantization_range: int = 2**22
     secagg_max_weight: float = 10000.0
+    update_compression: str = "none"
+    initial_checkpoint: str = ""
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -136,8 +139,20 @@ class FederatedConfig:
             raise ValueError(f"server-momentum must be in [0, 1), got {self.server_momentum}")
         if self.lr <= 0 or self.server_lr <= 0 or self.server_tau <= 0 or self.proximal_mu < 0:
             raise ValueError("lr, server-lr and server-tau must be > 0, proximal-mu >= 0")
+        if self.update_compression not in COMPRESSIONS:
+            raise ValueError(
+                f"update-compression must be one of {', '.join(COMPRESSIONS)}, "
+                f"got {self.update_compression!r}"
+            )
         self.model_config()  # validates the architecture keys
         check_secure_aggregation(self)
+        if self.update_compression != "none" and (
+            self.partition_mode == "cohort" or self.secure_aggregation
+        ):
+            raise ValueError(
+                "update-compression applies to per-client model updates: not with "
+                "partition-mode = 'cohort' or secure-aggregation"
+            )
         if self.secure_aggregation and (self.partition_mode == "cohort" or self.dp != "none"):
             raise ValueError(
                 "secure-aggregation runs on the legacy FedAvg path: it needs partition-mode "

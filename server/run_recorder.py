@@ -8,8 +8,8 @@ round 1), so these two hooks see each round's replies, loss and global model.
 from __future__ import annotations
 
 import logging
-import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,8 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
+from common.checkpoints import Checkpoint, ItemId, dataset_item_ids, save_checkpoint
+from common.compression import UPDATE_BYTES_KEY
 from common.evaluation import RankingAccumulator
 from common.federated import FederatedConfig, load_arrays, metrics_from_sums, sum_metric_records
 from common.model_evaluation import evaluate_model, flatten_metrics
@@ -31,6 +33,8 @@ logger = logging.getLogger("fedseqrec.server")
 METRIC_NAMES = list(flatten_metrics(RankingAccumulator(), RankingAccumulator()))
 ROUND_COLUMNS = [
     "round", "clients", "examples", "refused", "train_loss", "round_seconds", "eval_seconds",
+    "update_bytes",  # array bytes the clients sent this round (ArrayRecord.count_bytes)
+    "update_bytes_per_client",
 ]  # fmt: skip
 COLUMNS = (
     ROUND_COLUMNS
@@ -41,13 +45,6 @@ CHECKPOINT = "checkpoint.pt"
 BEST_CHECKPOINT = "best_checkpoint.pt"
 
 
-def save_checkpoint(path: Path, model: SequenceRecommender, server_round: int) -> None:
-    """Write ``{round, state_dict}`` atomically (temporary file + rename)."""
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save({"round": server_round, "state_dict": model.state_dict()}, temporary)
-    os.replace(temporary, path)
-
-
 def _scalar(value: object) -> float:
     """A metric value as a float; lists are not expected here."""
     if not isinstance(value, int | float):
@@ -56,7 +53,12 @@ def _scalar(value: object) -> float:
 
 
 class RunRecorder:
-    """Evaluates, checkpoints and logs each round into ``results_dir``."""
+    """Evaluates, checkpoints and logs each round into ``results_dir``.
+
+    ``item_ids`` is the catalogue written into every checkpoint (read from the data set
+    when not given). A run continued from a checkpoint of round R passes
+    ``round_offset=R``: its rows and checkpoints are numbered R, R + 1, ...
+    """
 
     def __init__(
         self,
@@ -65,6 +67,8 @@ class RunRecorder:
         split: LeaveOneOutSplit,
         config: FederatedConfig,
         expected_clients: int,
+        item_ids: Sequence[ItemId] | None = None,
+        round_offset: int = 0,
     ) -> None:
         if not results_dir.is_absolute():
             raise ValueError(f"results-dir must be an absolute path, got {str(results_dir)!r}")
@@ -74,6 +78,12 @@ class RunRecorder:
         self.split = split
         self.config = config
         self.expected_clients = expected_clients
+        self.item_ids = list(item_ids) if item_ids is not None else dataset_item_ids(config.dataset)
+        if len(self.item_ids) != split.n_items:
+            raise ValueError(
+                f"catalogue of {len(self.item_ids)} item ids for {split.n_items} items"
+            )
+        self.round_offset = round_offset
         self.csv = MetricsCSV(results_dir / "metrics.csv", COLUMNS)
         self.best_score, self.best_round = -1.0, -1
         self.untrained: dict[str, float] = {}
@@ -99,6 +109,15 @@ class RunRecorder:
             "examples": examples,
             "train_loss": _scalar(aggregated.get("train_loss", float("nan"))),
         }
+        sent = [
+            _scalar(metrics[UPDATE_BYTES_KEY])
+            for r in records
+            for metrics in r.metric_records.values()
+            if UPDATE_BYTES_KEY in metrics
+        ]
+        if sent:
+            self._train["update_bytes"] = sum(sent)
+            self._train["update_bytes_per_client"] = sum(sent) / len(sent)
         return aggregated
 
     def note_refusals(self, server_round: int, refused: int) -> None:
@@ -126,18 +145,31 @@ class RunRecorder:
             valid = evaluate_model(
                 self.model, self.split, "valid", self.config.max_len, self.config.n_gap_buckets
             )
-        save_checkpoint(self.results_dir / CHECKPOINT, self.model, server_round)
+        numbered = self.round_offset + server_round
+        self._save(CHECKPOINT, numbered, valid)
         if valid and valid[SELECTION_METRIC] > self.best_score:
-            self.best_score, self.best_round = valid[SELECTION_METRIC], server_round
-            save_checkpoint(self.results_dir / BEST_CHECKPOINT, self.model, server_round)
+            self.best_score, self.best_round = valid[SELECTION_METRIC], numbered
+            self._save(BEST_CHECKPOINT, numbered, valid)
         if server_round == 0:
             self.untrained = valid
         else:
             self.round_seconds.append(round_seconds)
         eval_seconds = time.perf_counter() - started
-        self._write_row(server_round, train or {}, valid, round_seconds, eval_seconds)
+        self._write_row(numbered, train or {}, valid, round_seconds, eval_seconds)
         self._round_started = time.perf_counter()
         return MetricRecord(valid) if valid else None  # type: ignore[arg-type]
+
+    def _save(self, name: str, numbered_round: int, valid: dict[str, float]) -> None:
+        """A stand-alone checkpoint of the current model (weights, config, catalogue)."""
+        checkpoint = Checkpoint(
+            round=numbered_round,
+            state_dict=self.model.state_dict(),
+            model_config=self.config.model_config(),
+            item_ids=self.item_ids,
+            dataset=self.config.dataset,
+            valid=valid,
+        )
+        save_checkpoint(self.results_dir / name, checkpoint)
 
     def _write_row(
         self,
@@ -166,7 +198,7 @@ class RunRecorder:
         logger.info(
             "round %d/%d | clients %s | loss %s | %.2fs (+%.2fs eval) | %s",
             server_round,
-            self.config.num_server_rounds,
+            self.round_offset + self.config.num_server_rounds,
             clients,
             loss,
             round_seconds,
@@ -211,6 +243,11 @@ class RunRecorder:
             "privacy": privacy,
             "node_errors": [error.to_json() for error in node_errors or []],
         }
+        if self.config.initial_checkpoint:
+            summary["started_from"] = {
+                "checkpoint": self.config.initial_checkpoint,
+                "round": self.round_offset,
+            }
         write_json(self.results_dir / "summary.json", summary)
         logger.info(
             "best round %d: test HR@10 %.4f NDCG@10 %.4f",

@@ -12,19 +12,22 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from common.catalogue import ItemCatalogue
+from common.checkpoints import ItemId, dataset_item_ids, load_initial_checkpoint
 from common.federated import (
     FederatedConfig,
     build_strategy,
     configure_app_logging,
     model_to_arrays,
+    round_seed,
 )
-from common.models import build_model
+from common.models import SequenceRecommender, build_model
 from common.partitioning import load_split
 from server.budget_refusals import BudgetRefusals
 from server.cohort_aggregation import CohortAggregation
 from server.node_errors import ErrorRecordingGrid
 from server.run_recorder import RunRecorder, record_failure
 from server.secure_aggregation import run_secure_aggregation
+from server.update_decoding import with_update_decoding
 from server.user_level_privacy import PrivacyBudgetSpent, UserLevelPrivacy
 
 logger = logging.getLogger("fedseqrec.server")
@@ -69,8 +72,10 @@ def run_federation(
     catalogue = ItemCatalogue.from_dataset(config.dataset).to_config()
     model = build_model(config.model_config(), split.n_items)
     cohorts = config.partition_mode == "cohort"
+    item_ids = dataset_item_ids(config.dataset)
+    offset = continue_from_checkpoint(config, model, item_ids)
     expected = max(int((split.n_users if cohorts else num_partitions) * config.fraction_train), 1)
-    recorder = RunRecorder(results_dir, model, split, config, expected)
+    recorder = RunRecorder(results_dir, model, split, config, expected, item_ids, offset)
     logger.info(
         "%s on %s: %d users, %d items, %d clients (%s), %d sampled per round",
         config.strategy,
@@ -88,7 +93,7 @@ def run_federation(
     flower_strategy = build_strategy(
         config, num_partitions, recorder.aggregate_train, recorder.aggregate_evaluate
     )
-    strategy: Strategy = flower_strategy
+    strategy: Strategy = with_update_decoding(flower_strategy, config.update_compression)
     privacy = (
         UserLevelPrivacy.from_config(config, split.n_users, results_dir)
         if config.dp == "user"
@@ -112,7 +117,7 @@ def run_federation(
             grid=grid,
             initial_arrays=model_to_arrays(model),
             num_rounds=config.num_server_rounds,
-            train_config=ConfigRecord({"stage": "train", **catalogue}),
+            train_config=ConfigRecord({"stage": "train", "round-offset": offset, **catalogue}),
             evaluate_config=ConfigRecord({"stage": "valid", **catalogue}),
             evaluate_fn=recorder.evaluate,
         )
@@ -124,3 +129,20 @@ def run_federation(
         privacy=privacy.summary() if privacy else None,
         node_errors=grid.errors,
     )
+
+
+def continue_from_checkpoint(
+    config: FederatedConfig, model: SequenceRecommender, item_ids: list[ItemId]
+) -> int:
+    """Load ``initial-checkpoint`` (if set) into ``model``; returns its round (else 0).
+
+    Continual learning: nodes whose logs grew since the last run go on improving the
+    model it left. Node sampling is reseeded so the rounds do not repeat its samples.
+    """
+    if not config.initial_checkpoint:
+        return 0
+    start = load_initial_checkpoint(config.initial_checkpoint, config.model_config(), item_ids)
+    model.load_state_dict(start.state_dict)
+    random.seed(round_seed(config.seed, start.round, 0))
+    logger.info("continuing from %s (round %d)", config.initial_checkpoint, start.round)
+    return start.round

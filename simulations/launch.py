@@ -27,6 +27,7 @@ from typing import Any
 
 import tomli_w
 
+from common.checkpoints import CheckpointError, dataset_item_ids, load_initial_checkpoint
 from common.federated import FederatedConfig
 from common.loaders import BUILTIN_DATASETS, DataFormatError, builtin_path
 from common.partitioning import load_split
@@ -98,6 +99,11 @@ def resolve_config(
             )
     resolved = {**defaults, **preset, **overrides}
     resolved["dataset"] = resolve_dataset(str(resolved["dataset"]))
+    if resolved.get("initial-checkpoint"):
+        checkpoint = Path(str(resolved["initial-checkpoint"])).expanduser().resolve()
+        if not checkpoint.is_file():
+            raise LaunchError(f"initial-checkpoint {str(checkpoint)!r}: file not found")
+        resolved["initial-checkpoint"] = str(checkpoint)
     try:
         FederatedConfig.from_run_config(resolved)
     except ValueError as error:
@@ -227,7 +233,12 @@ def launch(args: argparse.Namespace) -> dict[str, Any]:
     federated = FederatedConfig.from_run_config(config)
     try:
         n_users = load_split(federated.dataset).n_users
-    except DataFormatError as error:
+        if federated.initial_checkpoint:  # the ServerApp checks again; fail before starting
+            item_ids = dataset_item_ids(federated.dataset)
+            load_initial_checkpoint(
+                federated.initial_checkpoint, federated.model_config(), item_ids
+            )
+    except (DataFormatError, CheckpointError) as error:
         raise LaunchError(str(error)) from None
     num_supernodes = federated.num_partitions(n_users)
     results_dir = new_run_dir(args.results.resolve(), label)

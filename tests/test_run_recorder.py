@@ -10,6 +10,8 @@ import pytest
 import torch
 from flwr.app import MetricRecord, RecordDict
 
+from common.checkpoints import dataset_item_ids, load_checkpoint
+from common.compression import UPDATE_BYTES_KEY
 from common.federated import FederatedConfig, model_to_arrays
 from common.models import build_model
 from common.partitioning import load_split
@@ -88,3 +90,38 @@ def test_a_failed_run_names_the_failed_nodes_once(tmp_path: Path) -> None:
 def test_results_dir_must_be_absolute(cycle_log: Path) -> None:
     with pytest.raises(ValueError, match="results-dir must be an absolute path"):
         recorder_for(cycle_log, Path("relative/results"))
+
+
+def test_bytes_sent_are_summed_and_averaged_per_round(cycle_log: Path, tmp_path: Path) -> None:
+    recorder = recorder_for(cycle_log, tmp_path)
+    arrays = model_to_arrays(recorder.model)
+    recorder.evaluate(0, arrays)
+    sent = [
+        RecordDict({"m": MetricRecord({"train_loss": 1.0, "num-examples": 5, UPDATE_BYTES_KEY: b})})
+        for b in (1000, 3000)
+    ]
+
+    recorder.aggregate_train(sent, "num-examples")
+    recorder.evaluate(1, arrays)
+
+    with (tmp_path / "metrics.csv").open(newline="") as handle:
+        row = list(csv.DictReader(handle))[1]
+    assert (row["update_bytes"], row["update_bytes_per_client"]) == ("4000.0", "2000.0")
+
+
+def test_checkpoints_stand_alone_and_rounds_continue_from_an_offset(
+    cycle_log: Path, tmp_path: Path
+) -> None:
+    config = FederatedConfig(dataset=str(cycle_log), model="lstm", dim=8, max_len=6)
+    split = load_split(config.dataset)
+    model = build_model(config.model_config(), split.n_items)
+    recorder = RunRecorder(tmp_path, model, split, config, 4, round_offset=5)
+
+    recorder.evaluate(0, model_to_arrays(model))
+
+    with (tmp_path / "metrics.csv").open(newline="") as handle:
+        assert [r["round"] for r in csv.DictReader(handle)] == ["5"]
+    checkpoint = load_checkpoint(tmp_path / CHECKPOINT)
+    assert checkpoint.round == 5 and checkpoint.model_config == config.model_config()
+    assert checkpoint.item_ids == dataset_item_ids(str(cycle_log))
+    assert checkpoint.valid["ndcg@10"] == recorder.untrained["ndcg@10"]
