@@ -11,29 +11,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp import Grid
+from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
 
 from client.local_privacy import BUDGET_EXHAUSTED
+from server.strategy_wrapper import StrategyWrapper
 from server.user_level_privacy import PrivacyBudgetSpent
 
 logger = logging.getLogger("fedseqrec.server")
 
 
-class BudgetRefusals(Strategy):
+class BudgetRefusals(StrategyWrapper):
     """Delegates to ``strategy``; reports ``(round, refusals)`` through ``report``."""
 
     def __init__(self, strategy: Strategy, report: Callable[[int, int], None]) -> None:
-        super().__init__()
-        self.strategy = strategy
+        super().__init__(strategy)
         self.report = report
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """As the wrapped strategy."""
-        return self.strategy.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -49,19 +42,3 @@ class BudgetRefusals(Strategy):
         if refused:
             logger.info("round %d: %d clients refused (budget spent)", server_round, refused)
         return self.strategy.aggregate_train(server_round, replies)
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """As the wrapped strategy."""
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        """As the wrapped strategy."""
-        return self.strategy.aggregate_evaluate(server_round, replies)
-
-    def summary(self) -> None:
-        """As the wrapped strategy."""
-        self.strategy.summary()

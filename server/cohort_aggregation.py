@@ -22,14 +22,15 @@ from collections.abc import Callable, Iterable
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import FedAvg
 
 from common.federated import WEIGHT_KEY
+from server.strategy_wrapper import StrategyWrapper
 
 logger = logging.getLogger("fedseqrec.server")
 
 
-class CohortAggregation(Strategy):
+class CohortAggregation(StrategyWrapper):
     """Sum cohort replies, optionally privatize, and hand the mean to ``strategy``.
 
     ``before_round(round)`` runs before a round is configured (it may raise to stop the
@@ -47,12 +48,12 @@ class CohortAggregation(Strategy):
         before_round: Callable[[int], None] | None = None,
         on_release: Callable[[int], object] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(strategy)
         if noise_multiplier < 0 or clip_norm <= 0:
             raise ValueError("noise_multiplier must be >= 0 and clip_norm > 0")
         if noise_multiplier > 0 and not expected_users:
             raise ValueError("user-level DP needs the expected number of sampled users")
-        self.strategy = strategy
+        self.strategy: FedAvg = strategy
         self.noise_multiplier = noise_multiplier
         self.clip_norm = clip_norm
         self.expected_users = expected_users
@@ -142,18 +143,6 @@ class CohortAggregation(Strategy):
                 value += arrays[name].numpy()
             weight += float(reply.content.metric_records["metrics"][WEIGHT_KEY])  # type: ignore[arg-type]
         return total, weight
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Federated evaluation as the wrapped strategy does it."""
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        """Federated evaluation as the wrapped strategy does it."""
-        return self.strategy.aggregate_evaluate(server_round, replies)
 
     def summary(self) -> None:
         """Log the wrapped strategy and the DP settings."""

@@ -19,16 +19,16 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from common.compression import COMPRESSIONS, decode_update
+from server.strategy_wrapper import StrategyWrapper
 
 
-class UpdateDecoding(Strategy):
+class UpdateDecoding(StrategyWrapper):
     """Decode ``method``-compressed train replies, then let ``strategy`` aggregate them."""
 
     def __init__(self, strategy: Strategy, method: str) -> None:
-        super().__init__()
+        super().__init__(strategy)
         if method not in COMPRESSIONS or method == "none":
             raise ValueError(f"method must be one of float16, int8, got {method!r}")
-        self.strategy = strategy
         self.method = method
         self._sent: dict[int, ArrayRecord] = {}
 
@@ -53,18 +53,6 @@ class UpdateDecoding(Strategy):
             raise RuntimeError(f"round {server_round}: no global arrays to decode against")
         decoded = decode_replies(replies, reference, self.method)
         return self.strategy.aggregate_train(server_round, decoded)
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Delegated unchanged."""
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        """Delegated unchanged (evaluation replies carry metrics only)."""
-        return self.strategy.aggregate_evaluate(server_round, replies)
 
 
 def decode_replies(
