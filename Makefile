@@ -25,11 +25,12 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy common server client simulations benchmarks
+	$(VENV)/bin/mypy common server client simulations benchmarks deploy
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/centralized.py
 	$(PY) benchmarks/federated.py
+	$(PY) benchmarks/privacy.py
 
 clean:
 	rm -rf $(VENV) .flwr runs results
