@@ -69,10 +69,10 @@ def run_federation(
     torch.manual_seed(config.seed)
     split = load_split(config.dataset)
     num_partitions = config.federation_size(split.n_users)
-    catalogue = ItemCatalogue.from_dataset(config.dataset).to_config()
     model = build_model(config.model_config(), split.n_items)
     cohorts = config.partition_mode == "cohort"
     item_ids = dataset_item_ids(config.dataset)
+    catalogue = ItemCatalogue.from_ids(item_ids).to_config()
     offset = continue_from_checkpoint(config, model, item_ids)
     expected = max(int((split.n_users if cohorts else num_partitions) * config.fraction_train), 1)
     recorder = RunRecorder(results_dir, model, split, config, expected, item_ids, offset)
