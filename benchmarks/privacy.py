@@ -1,6 +1,7 @@
 """Privacy-utility benchmark: test accuracy at user-level epsilon 1, 2, 4, 8 and without DP.
 
-``python benchmarks/privacy.py [--only utility throughput] [--datasets ml-100k beauty]``
+``python benchmarks/privacy.py [--only utility throughput] [--datasets ml-100k beauty]
+[--epsilons 1 2 4 8 none]``
 writes ``benchmarks/results/privacy.json`` (sections merged into an existing file) and
 ``benchmarks/results/privacy.png``:
 
@@ -70,10 +71,10 @@ def utility_point(dataset: str, epsilon: float | None, port: int) -> dict[str, A
     }
 
 
-def utility(dataset: str, port: int) -> list[dict[str, Any]]:
-    """Every epsilon, then no DP, on one data set."""
+def utility(dataset: str, port: int, epsilons: list[float | None]) -> list[dict[str, Any]]:
+    """The chosen epsilons (None: no DP) on one data set."""
     points = []
-    for epsilon in (*EPSILONS, None):
+    for epsilon in epsilons:
         points.append(utility_point(dataset, epsilon, port))
         print(json.dumps({dataset: points[-1]}))
     return points
@@ -120,6 +121,7 @@ def plot(results: dict[str, Any]) -> None:
         dataset: [p["test"]["hr@10"] for p in points if p["target_epsilon"]]
         for dataset, points in results.get("utility", {}).items()
     }
+    series = {name: ys for name, ys in series.items() if len(ys) == len(EPSILONS)}
     if series:
         plot_series(ROOT / "results" / "privacy.png", list(EPSILONS), series,
                     "user-level epsilon", "test HR@10 under user-level DP")  # fmt: skip
@@ -131,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", default=["utility", "throughput"],
                         choices=["utility", "throughput"])  # fmt: skip
     parser.add_argument("--datasets", nargs="+", default=["ml-100k"], choices=list(PRESETS))
+    parser.add_argument("--epsilons", nargs="+", default=[*map(str, EPSILONS), "none"],
+                        help="target epsilons to run, 'none' for no DP (default: all)")  # fmt: skip
     parser.add_argument("--port", type=int, default=39491)
     args = parser.parse_args(argv)
     results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
@@ -139,8 +143,14 @@ def main(argv: list[str] | None = None) -> int:
         write(results)
     if "utility" in args.only:
         results.setdefault("utility", {})
+        epsilons = [None if value == "none" else float(value) for value in args.epsilons]
         for dataset in args.datasets:
-            results["utility"][dataset] = utility(dataset, args.port)
+            points = utility(dataset, args.port, epsilons)
+            kept = [p for p in results["utility"].get(dataset, [])
+                    if p["target_epsilon"] not in epsilons]  # fmt: skip
+            results["utility"][dataset] = sorted(
+                kept + points, key=lambda p: p["target_epsilon"] or float("inf")
+            )
             write(results)
     plot(results)
     return 0

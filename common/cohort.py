@@ -11,8 +11,8 @@ Two ways to get the users' updates, chosen automatically, with the same result:
 - **vectorized**: when the local update is one SGD step on the user's whole data (one
   local epoch, ``optimizer = "sgd"``, all of a user's windows in one batch), a user's
   update is ``-lr`` times its gradient. Without clipping the weighted sum of updates is
-  one backward pass; with clipping Opacus's per-sample gradients (sample = window,
-  summed per user) give every user's gradient in one pass.
+  one backward pass; with clipping, every user's exact gradient norm and the sum of the
+  clipped gradients come from one pass too (:mod:`common.tied_clipping`).
 - **per user**: any other local training (several epochs, Adam) runs
   :func:`common.federated.train_local` once per sampled user.
 
@@ -25,23 +25,22 @@ number of sampled users (:mod:`server.user_level_dp`).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from opacus import GradSampleModule
 
 from common.features import TrainingWindows, training_windows
 from common.federated import FederatedConfig, round_seed, train_local
 from common.models import SequenceRecommender
-from common.models.base import next_item_loss, row_cross_entropy
+from common.models.base import next_item_loss
 from common.partitioning import ClientPartition
+from common.tied_clipping import clipped_gradient_sum
 from common.training import trimmed_batch
 
-ROW_BYTES_BUDGET = 128 * 2**20  # per-sample gradients held at once by the clipped path
-MAX_GROUP_ROWS = 64  # rows per pass: small groups keep similar lengths and caches warm
+SCORE_BYTES_BUDGET = 256 * 2**20  # scores over all items held at once by the clipped path
+MAX_GROUP_ROWS = 128  # rows per pass: small groups keep similar lengths and caches warm
 
 
 @dataclass(frozen=True)
@@ -132,48 +131,28 @@ def summed_sgd_update(
 def clipped_sgd_update(
     model: SequenceRecommender, windows: TrainingWindows, lr: float, clip_norm: float
 ) -> CohortUpdate:
-    """``sum_i clip(-lr * grad L_i, clip_norm)`` with per-user gradients from Opacus."""
+    """``sum_i clip(-lr * grad L_i, clip_norm)``, exact per-user norms (tied clipping)."""
     if clip_norm <= 0:
         raise ValueError(f"clip_norm must be positive, got {clip_norm}")
     examples = _examples_per_user(windows)
-    names = [name for name, _ in model.named_parameters()]
     sums = {name: torch.zeros_like(param) for name, param in model.named_parameters()}
-    n_params = sum(param.numel() for param in model.parameters())
-    max_rows = max(1, min(MAX_GROUP_ROWS, ROW_BYTES_BUDGET // (4 * n_params)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Opacus: full backward hooks on integer inputs
-        sampler = GradSampleModule(model, batch_first=True, loss_reduction="sum")
-    sampler.train()
+    width = windows.inputs.shape[1]
+    max_rows = max(1, min(MAX_GROUP_ROWS, SCORE_BYTES_BUDGET // (4 * width * model.n_items)))
+    model.train()
     total_loss, users, clipped = 0.0, 0, 0
-    try:
-        for rows in _user_groups(windows, max_rows):
-            items, targets, gaps = trimmed_batch(windows, rows)
-            owners = torch.as_tensor(windows.owners[rows])
-            group_users, local = torch.unique(owners, return_inverse=True)
-            weights = 1.0 / torch.as_tensor(examples[group_users.numpy()], dtype=torch.float32)
-            sampler.zero_grad(set_to_none=True)
-            row_loss = row_cross_entropy(model, sampler(items, gaps), targets) * weights[local]
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Full backward hook")
-                row_loss.sum().backward()
-            per_user = {}
-            for name, param in sampler.named_parameters():
-                grads = param.grad_sample  # type: ignore[attr-defined]
-                summed = torch.zeros((len(group_users), *param.shape), dtype=grads.dtype)
-                per_user[name.removeprefix("_module.")] = summed.index_add_(0, local, grads)
-            norms = (
-                lr
-                * torch.stack([g.flatten(1).pow(2).sum(1) for g in per_user.values()]).sum(0).sqrt()
-            )
-            factors = torch.clamp(clip_norm / (norms + 1e-12), max=1.0)
-            for name in names:
-                grads = per_user[name]
-                sums[name] -= lr * torch.einsum("u,u...->...", factors, grads)
-            total_loss += float(row_loss.detach().sum())
-            users += len(group_users)
-            clipped += int((factors < 1.0).sum())
-    finally:
-        sampler._close()
+    for rows in _user_groups(windows, max_rows):
+        items, targets, gaps = trimmed_batch(windows, rows)
+        owners = torch.as_tensor(windows.owners[rows])
+        group_users, local = torch.unique(owners, return_inverse=True)
+        weights = 1.0 / torch.as_tensor(examples[group_users.numpy()], dtype=torch.float32)
+        result = clipped_gradient_sum(
+            model, items, targets, gaps, local, weights[local], clip_norm, scale=lr
+        )
+        for name, value in result.grads.items():
+            sums[name] -= lr * value
+        total_loss += result.loss
+        users += len(group_users)
+        clipped += int((result.factors < 1.0).sum())
     delta = {name: value.numpy() for name, value in sums.items()}
     return CohortUpdate(delta, float(users), users, clipped, total_loss / max(users, 1))
 

@@ -50,3 +50,52 @@ def test_dp_sgd_refuses_no_noise(cycle_log: Path) -> None:
     with pytest.raises(ValueError, match="noise_multiplier > 0"):
         train_local_dp(model, windows, epochs=1, batch_size=8, lr=0.1, optimizer_name="sgd",
                        noise_multiplier=0.0, clip_norm=1.0, seed=0)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["lstm", "attention"])
+def test_a_dp_sgd_step_equals_opacus_make_private(cycle_log: Path, name: str) -> None:
+    """Same clipping, averaging and noise scale as Opacus's own DP-SGD step.
+
+    Sampling rate 1 (one batch of every window) so both take the same batch; noise is
+    compared through its standard deviation, since the two draw it differently.
+    """
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from common.models.base import row_cross_entropy
+
+    split = load_split(str(cycle_log))
+    windows = training_windows(split.train, max_len=6, n_gap_buckets=0)
+    config = ModelConfig(name=name, dim=8, layers=1, dropout=0.0, max_len=6)
+    updates = []
+    for noise in (1e-9, 2.0):
+        torch.manual_seed(0)
+        ours = build_model(config, split.n_items)
+        start = {n: p.detach().clone() for n, p in ours.named_parameters()}
+        train_local_dp(ours, windows, epochs=1, batch_size=len(windows), lr=1.0,
+                       optimizer_name="sgd", noise_multiplier=noise, clip_norm=0.05,
+                       seed=1)  # fmt: skip
+        updates.append({n: p.detach() - start[n] for n, p in ours.named_parameters()})
+
+    torch.manual_seed(0)
+    model = build_model(config, split.n_items)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    data = TensorDataset(torch.as_tensor(windows.inputs), torch.as_tensor(windows.targets))
+    loader = DataLoader(data, batch_size=len(windows))
+    private, optimizer, dp_loader = PrivacyEngine().make_private(
+        module=model, optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
+        data_loader=loader, noise_multiplier=1e-9, max_grad_norm=0.05,
+        poisson_sampling=False,
+    )  # fmt: skip
+    items, targets = next(iter(dp_loader))
+    row_loss = row_cross_entropy(model, private(items), targets)
+    (row_loss / (targets > 0).sum(1)).mean().backward()
+    optimizer.step()
+    private._close()
+    for name_, param in model.named_parameters():
+        torch.testing.assert_close(updates[0][name_], param.detach() - start[name_],
+                                   rtol=1e-4, atol=1e-7)  # fmt: skip
+    # noise: std of (noisy - noiseless) update is noise * clip / batch size, per coordinate
+    table = (updates[1]["items.weight"] - updates[0]["items.weight"])[1:]
+    expected = 2.0 * 0.05 / len(windows)
+    assert float(table.std()) == pytest.approx(expected, rel=0.1)

@@ -1,0 +1,198 @@
+"""Exact per-unit gradient clipping without materializing per-unit item-table gradients.
+
+DP needs every unit's (a user's, or one training window's) gradient norm, then the sum
+of the clipped gradients. Opacus gets norms from per-sample gradients, which for our
+item table are ``(units, items, dim)`` tensors: for Beauty's 12k items that is most of
+the work and memory of a DP step. Opacus's ghost clipping avoids that for plain layers
+but refuses tied parameters, and our table is used twice (input lookup and output
+scores). This module computes the same norms exactly from small matrices:
+
+- output use: ``O_u = sum_p g_p h_p^T`` over the unit's scored positions ``p`` (``g`` =
+  gradient of the loss w.r.t. the scores, ``h`` = hidden state), so
+  ``|O_u|^2 = sum_{p,q} (g_p . g_q)(h_p . h_q)`` (a Gram matrix per unit). Units with
+  more positions than the embedding width get ``O_u`` directly, which is then cheaper;
+- input use: ``I_u = sum_q onehot(x_q) e_q^T`` (``e`` = gradient w.r.t. the looked-up
+  vector); ``|I_u|^2`` and ``<O_u, I_u>`` need only position pairs of the same unit.
+
+Every other parameter (attention, LSTM, convolutions) is small; its per-sample gradients
+come from Opacus's ``GradSampleModule`` as usual. One forward and one backward pass give
+both the norms and the clipped sum, so dropout masks are the same for both.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from opacus import GradSampleModule
+from torch import Tensor
+
+from common.models import SequenceRecommender
+
+
+@dataclass(frozen=True)
+class ClippedSum:
+    """Sum over units of ``factor_u * grad_u`` and what clipping did."""
+
+    grads: dict[str, Tensor]
+    norms: Tensor  # per unit, of ``scale * grad_u`` (before clipping)
+    factors: Tensor  # per unit, min(1, clip_norm / norm)
+    loss: float  # the summed (weighted) loss
+
+
+@contextmanager
+def _table_frozen(model: SequenceRecommender) -> Iterator[list[Tensor]]:
+    """Freeze the item table and capture the looked-up vectors as gradient leaves.
+
+    With the table frozen, Opacus hooks skip it (no per-sample table gradients); the
+    captured lookups still receive their gradient ``e`` in the backward pass.
+    """
+    table = model.items.weight
+    lookups: list[Tensor] = []
+
+    def capture(_module: torch.nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
+        if inputs[0].dtype not in (torch.int64, torch.int32):
+            raise RuntimeError("tied clipping scores items itself; the model must not")
+        leaf = output.detach().requires_grad_(True)
+        lookups.append(leaf)
+        return leaf
+
+    table.requires_grad_(False)
+    handle = model.items.register_forward_hook(capture)
+    try:
+        yield lookups
+    finally:
+        handle.remove()
+        table.requires_grad_(True)
+
+
+def _padded(units: Tensor, n_units: int) -> tuple[Tensor, Tensor]:
+    """Index matrix (n_units, longest) of each unit's positions, -1 where there are none."""
+    order = torch.argsort(units, stable=True)
+    counts = torch.bincount(units, minlength=n_units)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(len(units)) - starts[units[order]]
+    index = torch.full((n_units, int(counts.max()) if len(units) else 0), -1, dtype=torch.long)
+    index[units[order], slot] = order
+    return index, counts
+
+
+def _gather(values: Tensor, index: Tensor) -> Tensor:
+    """Rows of ``values`` at ``index`` (n_units, slots), zeros where the index is -1."""
+    out = values[index.clamp(min=0)]
+    return out * (index >= 0).unsqueeze(-1).to(values.dtype)
+
+
+def _table_norms(
+    g: Tensor,
+    h: Tensor,
+    out_units: Tensor,
+    e: Tensor,
+    x: Tensor,
+    in_units: Tensor,
+    n_units: int,
+    dim: int,
+) -> Tensor:
+    """Squared norms of each unit's item-table gradient ``O_u + I_u`` (see module doc)."""
+    out_index, out_counts = _padded(out_units, n_units)
+    in_index, _ = _padded(in_units, n_units)
+    squares = torch.zeros(n_units, dtype=g.dtype)
+    long_units = out_counts > dim
+    for is_long in (False, True):
+        chosen = torch.nonzero(long_units == is_long).squeeze(1)
+        if len(chosen) == 0:
+            continue
+        o_index, i_index = out_index[chosen], in_index[chosen]
+        gu, hu = _gather(g, o_index), _gather(h, o_index)
+        eu, xu = _gather(e, i_index), _gather(x.unsqueeze(1), i_index).squeeze(-1)
+        same_item = (xu.unsqueeze(2) == xu.unsqueeze(1)) & (xu > 0).unsqueeze(2)
+        input_sq = ((eu @ eu.transpose(1, 2)) * same_item).sum((1, 2))
+        # <O_u, I_u> = sum_{p,q} g_p[x_q - 1] (h_p . e_q)
+        picked = torch.gather(gu, 2, (xu - 1).clamp(min=0).unsqueeze(1).expand(-1, gu.shape[1], -1))
+        picked = picked * (xu > 0).unsqueeze(1)
+        cross = (picked * (hu @ eu.transpose(1, 2))).sum((1, 2))
+        if is_long:  # |O_u|^2 directly: cheaper than the Gram once positions exceed dim
+            output_sq = (gu.transpose(1, 2) @ hu).pow(2).sum((1, 2))
+        else:
+            output_sq = ((gu @ gu.transpose(1, 2)) * (hu @ hu.transpose(1, 2))).sum((1, 2))
+        squares[chosen] = output_sq + 2 * cross + input_sq
+    return squares
+
+
+def clipped_gradient_sum(
+    model: SequenceRecommender,
+    items: Tensor,
+    targets: Tensor,
+    gaps: Tensor | None,
+    row_units: Tensor,
+    row_weights: Tensor,
+    clip_norm: float,
+    scale: float = 1.0,
+) -> ClippedSum:
+    """Clip each unit's gradient of its weighted cross-entropy and sum the clipped ones.
+
+    Row ``r`` belongs to unit ``row_units[r]`` (0..U-1) and its loss is the summed
+    cross-entropy over its real positions times ``row_weights[r]``. A unit's gradient is
+    the sum of its rows'; its norm is taken of ``scale * grad`` (``scale`` = learning
+    rate when clipping updates rather than gradients). Returns unscaled clipped sums.
+    """
+    n_units = int(row_units.max()) + 1
+    named = dict(model.named_parameters())
+    with _table_frozen(model) as lookups, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Opacus: full backward hooks on integer inputs
+        sampler = GradSampleModule(model, batch_first=True, loss_reduction="sum")
+        try:
+            hidden = sampler(items, gaps)
+            mask = targets > 0
+            rows = torch.nonzero(mask)[:, 0]
+            h = hidden[mask]
+            table = model.items.weight[1:]
+            with torch.no_grad():
+                logits = h.detach() @ table.T
+                log_probs = torch.log_softmax(logits, dim=1)
+                labels = targets[mask] - 1
+                weights = row_weights[rows]
+                loss = float((-log_probs.gather(1, labels.unsqueeze(1)).squeeze(1) * weights).sum())
+                g = log_probs.exp_()
+                g[torch.arange(len(labels)), labels] -= 1.0
+                g *= weights.unsqueeze(1)
+            torch.autograd.backward(h, g @ table)
+            body = {
+                name.removeprefix("_module."): param.grad_sample  # type: ignore[attr-defined]
+                for name, param in sampler.named_parameters()
+                if param.requires_grad
+            }
+        finally:
+            sampler._close()
+            model.zero_grad(set_to_none=True)  # autograd's summed gradients are not used
+    (lookup,) = lookups
+    assert lookup.grad is not None
+    in_mask = items > 0
+    in_rows = torch.nonzero(in_mask)[:, 0]
+    e, x = lookup.grad[in_mask], items[in_mask]
+    out_units, in_units = row_units[rows], row_units[in_rows]
+    squares = _table_norms(g, h.detach(), out_units, e, x, in_units, n_units, model.items.dim)
+    per_unit = {}
+    for name, grads in body.items():
+        per_unit[name] = torch.zeros((n_units, *grads.shape[1:]), dtype=grads.dtype).index_add_(
+            0, row_units, grads
+        )
+        squares = squares + per_unit[name].flatten(1).pow(2).sum(1)
+    norms = scale * squares.clamp(min=0).sqrt()
+    factors = torch.clamp(clip_norm / (norms + 1e-12), max=1.0)
+    sums: dict[str, Tensor] = {}
+    for name, param in named.items():
+        if name == "items.weight":
+            table_sum = torch.zeros_like(param)
+            table_sum[1:] = (g * factors[out_units].unsqueeze(1)).T @ h.detach()
+            table_sum.index_add_(0, x, e * factors[in_units].unsqueeze(1))
+            table_sum[0] = 0.0
+            sums[name] = table_sum
+        elif name in per_unit:
+            sums[name] = torch.einsum("u,u...->...", factors, per_unit[name])
+        else:
+            sums[name] = torch.zeros_like(param)
+    return ClippedSum(sums, norms, factors, loss)

@@ -1,0 +1,101 @@
+"""Exact per-unit clipping for the tied item table equals per-unit autograd."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from common.features import training_windows
+from common.models import ModelConfig, SequenceRecommender, build_model
+from common.models.base import row_cross_entropy
+from common.tied_clipping import clipped_gradient_sum
+
+N_ITEMS = 30
+
+
+def batch(gap_buckets: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, np.ndarray]:
+    """Windows of 12 users, some longer than max-len (several rows per user)."""
+    rng = np.random.default_rng(0)
+    sequences = [list(rng.integers(1, N_ITEMS + 1, size=rng.integers(2, 25))) for _ in range(12)]
+    sequences[3] = sequences[3][:4] * 3  # repeated items: the same table row several times
+    times = [list(np.cumsum(rng.integers(1, 10**4, size=len(s)))) for s in sequences]
+    windows = training_windows(sequences, 6, times if gap_buckets else None, gap_buckets)
+    gaps = torch.as_tensor(windows.gaps) if windows.gaps is not None else None
+    return torch.as_tensor(windows.inputs), torch.as_tensor(windows.targets), gaps, windows.owners
+
+
+def model_for(name: str, gap_buckets: int) -> SequenceRecommender:
+    torch.manual_seed(0)
+    config = ModelConfig(name=name, dim=8, layers=1, dropout=0.0, max_len=6,
+                         n_gap_buckets=gap_buckets)  # fmt: skip
+    return build_model(config, N_ITEMS)
+
+
+def reference(
+    model: SequenceRecommender, items: torch.Tensor, targets: torch.Tensor,
+    gaps: torch.Tensor | None, units: torch.Tensor, weights: torch.Tensor, scale: float,
+) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:  # fmt: skip
+    """Each unit's gradient by its own backward pass, and its norm times ``scale``."""
+    norms, per_unit = [], []
+    for unit in range(int(units.max()) + 1):
+        rows = units == unit
+        model.zero_grad(set_to_none=True)
+        unit_gaps = gaps[rows] if gaps is not None else None
+        loss = (row_cross_entropy(model, model(items[rows], unit_gaps), targets[rows])
+                * weights[rows]).sum()  # fmt: skip
+        loss.backward()
+        grads = {n: p.grad if p.grad is not None else torch.zeros_like(p)
+                 for n, p in model.named_parameters()}  # fmt: skip
+        norms.append(scale * torch.sqrt(sum(g.pow(2).sum() for g in grads.values())))
+        per_unit.append(grads)
+    model.zero_grad(set_to_none=True)
+    return torch.stack(norms), per_unit
+
+
+@pytest.mark.parametrize(
+    ("name", "gap_buckets"), [("attention", 0), ("lstm", 0), ("multiscale", 4)]
+)
+@pytest.mark.parametrize("per_row", [False, True])
+def test_clipped_sum_equals_per_unit_backward(name: str, gap_buckets: int, per_row: bool) -> None:
+    items, targets, gaps, owners = batch(gap_buckets)
+    model = model_for(name, gap_buckets)
+    if per_row:  # DP-SGD: every window its own unit, mean loss over its positions
+        units = torch.arange(len(items))
+        weights = 1.0 / (targets > 0).sum(1).float()
+    else:  # user-level: a user's windows together, some users longer than dim positions
+        units = torch.as_tensor(owners)
+        assert int(torch.bincount(units[torch.nonzero(targets > 0)[:, 0]]).max()) > 8
+        weights = torch.full((len(items),), 0.1)
+    expected_norms, per_unit = reference(model, items, targets, gaps, units, weights, 0.5)
+    clip = float(expected_norms.median())  # some units clipped, some not
+    expected = {name: sum(min(1.0, clip / float(norm)) * grads[name]
+                          for norm, grads in zip(expected_norms, per_unit, strict=True))
+                for name in per_unit[0]}  # fmt: skip
+    result = clipped_gradient_sum(model, items, targets, gaps, units, weights, clip, scale=0.5)
+    torch.testing.assert_close(result.norms, expected_norms, rtol=1e-4, atol=1e-6)
+    for param_name, value in expected.items():
+        torch.testing.assert_close(result.grads[param_name], value, rtol=1e-4, atol=1e-6)
+    loss = sum(float((row_cross_entropy(model, model(items[units == u]), targets[units == u])
+                      * weights[units == u]).sum()) for u in range(int(units.max()) + 1)
+               ) if gaps is None else None  # fmt: skip
+    if loss is not None:
+        assert result.loss == pytest.approx(loss, rel=1e-4)
+
+
+def test_the_model_is_left_as_it_was() -> None:
+    items, targets, gaps, owners = batch(0)
+    model = model_for("attention", 0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    clipped_gradient_sum(model, items, targets, gaps, torch.as_tensor(owners),
+                         torch.ones(len(items)), 1.0)  # fmt: skip
+    assert model.items.weight.requires_grad
+    assert not model.items._forward_hooks
+    assert all(p.grad is None for p in model.parameters())
+    for name, param in model.named_parameters():
+        assert torch.equal(param, before[name])
+        assert not hasattr(param, "grad_sample") or param.grad_sample is None
+    # an ordinary training step still works afterwards
+    loss = row_cross_entropy(model, model(items), targets).sum()
+    loss.backward()
+    assert model.items.weight.grad is not None
