@@ -4,14 +4,16 @@ flwr 1.41 runs every app through a SuperLink's Control API; for the address
 ``:local:`` it would start a detached SuperLink that outlives the command and installs
 app dependencies at run time. The launcher instead starts its own SuperLink
 (simulation runtime, in-memory state, runtime installation disabled) as a child,
-stops it when the run ends, and names it in ``$FLWR_HOME/config.toml`` as the
-connection ``fedseqrec-sim``. Simulation settings (number of SuperNodes, client
-resources) travel per run with ``flwr run --federation-config``, which is where 1.41
-wants them (``options.*`` in config.toml is deprecated).
+stops it and the simulation it started when the run ends, and names it in
+``$FLWR_HOME/config.toml`` as the connection ``fedseqrec-sim``. Simulation settings
+(number of SuperNodes, client resources) travel per run with ``flwr run
+--federation-config``, which is where 1.41 wants them (``options.*`` in config.toml is
+deprecated).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -135,14 +137,75 @@ class LocalSuperLink:
 
 
 def stop_process_group(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    """SIGTERM a process started with ``start_new_session=True`` and its whole group;
-    SIGKILL whatever is left after ``timeout`` seconds."""
+    """SIGTERM a process started with ``start_new_session=True``, its group and the groups
+    of all its descendants; SIGKILL whatever is left of them after ``timeout`` seconds.
+
+    The descendants' groups matter: Flower's SuperExec starts a session of its own, and
+    flwr-simulation (with the ServerApp) and the Ray processes run in it, so stopping
+    the SuperLink's group alone would leave the whole simulation running without it.
+    """
     if process.poll() is not None:
         return
-    group = os.getpgid(process.pid)
-    os.killpg(group, signal.SIGTERM)
+    groups = {os.getpgid(process.pid)} | descendant_groups(process.pid)
+    groups.discard(os.getpgrp())  # never our own group
+    _signal_groups(groups, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _live_groups(groups) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    _signal_groups(_live_groups(groups), signal.SIGKILL)
+    process.wait()
+
+
+def process_table() -> dict[int, tuple[int, int, str]]:
+    """Every process as pid -> (parent pid, process group, state), from /proc (Linux;
+    empty where there is no /proc)."""
+    table = {}
+    proc = Path("/proc")
+    for entry in proc.iterdir() if proc.is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:  # the command name may hold spaces and parentheses: fields follow the last ")"
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            table[int(entry.name)] = (int(fields[1]), int(fields[2]), fields[0])
+        except (OSError, IndexError, ValueError):  # exited meanwhile
+            continue
+    return table
+
+
+def descendant_groups(pid: int) -> set[int]:
+    """Process groups of every descendant of ``pid`` (empty without /proc)."""
+    table = process_table()
+    children: dict[int, list[int]] = {}
+    for child, (parent, _, _) in table.items():
+        children.setdefault(parent, []).append(child)
+    groups: set[int] = set()
+    pending = list(children.get(pid, []))
+    while pending:
+        child = pending.pop()
+        groups.add(table[child][1])
+        pending.extend(children.get(child, []))
+    return groups
+
+
+def _live_groups(groups: set[int]) -> set[int]:
+    """Those of ``groups`` with a member that has not exited (zombies do not count)."""
+    table = process_table()
+    if not table:  # no /proc: ask the kernel, zombies included
+        return {group for group in groups if _group_exists(group)}
+    return {
+        group for _, group, state in table.values() if group in groups and state not in ("Z", "X")
+    }
+
+
+def _group_exists(group: int) -> bool:
     try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(group, signal.SIGKILL)
-        process.wait()
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _signal_groups(groups: set[int], signal_number: int) -> None:
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal_number)

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 import tomllib
 from pathlib import Path
 
@@ -19,7 +25,30 @@ from simulations.launch import (
     parse_overrides,
     resolve_config,
 )
-from simulations.superlink import CONNECTION, ensure_connection
+from simulations.superlink import (
+    CONNECTION,
+    ensure_connection,
+    process_table,
+    stop_process_group,
+)
+
+# Like the SuperLink: its child (SuperExec) starts a session of its own, and a grandchild
+# (flwr-simulation, Ray) lives in that session; this one ignores SIGTERM.
+SESSION_TREE = textwrap.dedent(
+    """
+    import os, signal, subprocess, sys, time
+    role, pids = sys.argv[1], sys.argv[2]
+    if role == "root":
+        subprocess.Popen([sys.executable, __file__, "session", pids], start_new_session=True)
+    elif role == "session":
+        subprocess.Popen([sys.executable, __file__, "stubborn", pids])
+    else:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with open(pids, "a") as handle:
+        handle.write(f"{os.getpid()}\\n")
+    time.sleep(120)  # bounded, should the test fail before it stops them
+    """
+)
 
 
 @pytest.mark.parametrize("name", ["ml100k-fedavg", "beauty-fedavg", "beauty-fedadam"])
@@ -96,3 +125,31 @@ def test_presets_folder_holds_the_three_presets() -> None:
         "beauty-fedavg",
         "beauty-fedadam",
     }
+
+
+def _running(pid: int) -> bool:
+    """Whether a process exists and has not exited (a zombie has)."""
+    return process_table().get(pid, (0, 0, "X"))[2] not in ("Z", "X")
+
+
+def test_stopping_the_superlink_stops_the_sessions_its_descendants_started(
+    tmp_path: Path,
+) -> None:
+    # Prepare: root -> child in a new session -> grandchild that ignores SIGTERM
+    script, pids = tmp_path / "tree.py", tmp_path / "pids"
+    script.write_text(SESSION_TREE)
+    root = subprocess.Popen(
+        [sys.executable, str(script), "root", str(pids)], start_new_session=True
+    )
+    deadline = time.monotonic() + 30
+    while not pids.exists() or pids.read_text().count("\n") < 3:
+        assert time.monotonic() < deadline, "the process tree never started"
+        time.sleep(0.05)
+    tree = [int(line) for line in pids.read_text().split()]
+    sessions = {os.getsid(pid) for pid in tree}
+    # Execute
+    stop_process_group(root, timeout=1.0)
+    # Assert: all three are gone, the one ignoring SIGTERM by SIGKILL after the timeout
+    assert len(sessions) == 2 and root.pid in tree
+    assert root.returncode == -signal.SIGTERM
+    assert [pid for pid in tree if _running(pid)] == []
