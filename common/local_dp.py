@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from opacus.optimizers import DPOptimizer
 from opacus.data_loader import DPDataLoader
+from opacus.optimizers import DPOptimizer
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
