@@ -14,8 +14,9 @@
    the loss-threshold membership test; the threshold is chosen on a held-out half of
    the canaries and Clopper-Pearson bounds on the other half give an empirical epsilon
    lower bound (:mod:`common.membership_inference`).
-4. Compares it with the theoretical epsilon of the run's ledger (recomputed by the
-   privacy audit), writes ``canary_audit.json`` in the run folder and prints a report.
+4. Compares it with the theoretical epsilon of the run's ledger (as the launcher's
+   privacy audit recomputed it, ``audit.json``), writes ``canary_audit.json`` in the
+   run folder and prints a report.
 
 The final checkpoint is audited, not the best one: the best round is chosen on every
 user's validation item outside the DP mechanism, the last round's model is exactly what
@@ -27,6 +28,7 @@ bug), 2 when the audit could not run (one line on stderr).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import signal
@@ -42,10 +44,11 @@ from common.checkpoints import load_checkpoint
 from common.federated import FederatedConfig
 from common.loaders import load_dataset
 from common.membership_inference import MembershipAudit, audit_membership
-from common.privacy_audit import SERVER, audit_ledgers, find_ledgers
+from common.privacy_audit import SERVER
 from common.run_folder import new_run_dir, write_json
 from common.sequences import build_sequences
 from simulations.launch import (
+    AUDIT_FILE,
     PROJECT_ROOT,
     LaunchError,
     app_defaults,
@@ -143,19 +146,23 @@ class CanaryAudit:
 
 
 def run_guarantee(results_dir: Path, dp: str, n_users: int) -> Guarantee:
-    """The server ledger's final guarantee, recomputed by the privacy audit.
+    """The server's final guarantee from the privacy audit the launcher wrote.
 
     Without DP there is no guarantee; delta is then the default a DP run of the same
     users would have had, so the empirical bound is stated at a comparable delta.
     """
     if dp == "none":
         return Guarantee("none", math.inf, math.inf, 1.0 / (10 * n_users))
-    report = audit_ledgers(find_ledgers(results_dir))
-    server = next((party for party in report.parties if party.who == SERVER), None)
+    report = json.loads((results_dir / AUDIT_FILE).read_text())
+    server = next((party for party in report["parties"] if party["who"] == SERVER), None)
     if server is None:
-        raise LaunchError(f"{results_dir}: the ledger has no server entries to compare with")
-    entry = server.last.entry
-    return Guarantee(entry.mechanism, entry.epsilon, server.last.pld_epsilon, entry.delta)
+        raise LaunchError(f"{results_dir / AUDIT_FILE}: no server guarantee to compare with")
+    return Guarantee(
+        server["mechanism"],
+        float(server["epsilon"]),  # "inf" in the file for a release without noise
+        float(server["pld_epsilon"]),
+        float(server["delta"]),
+    )
 
 
 def same_cohort_count(federated: FederatedConfig, real_users: int, canaries: CanarySet) -> int:

@@ -45,6 +45,7 @@ logger = logging.getLogger("fedseqrec.launch")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 LAUNCHER_KEYS = ("results-dir",)
+AUDIT_FILE = "audit.json"  # the privacy audit of a run's ledgers, in its run folder
 
 
 class LaunchError(Exception):
@@ -208,10 +209,10 @@ def privacy_report(results_dir: Path) -> None:
     from common.privacy_audit import audit_ledgers, find_ledgers
 
     report = audit_ledgers(find_ledgers(results_dir))
-    write_json(results_dir / "audit.json", report_dict(report))
+    write_json(results_dir / AUDIT_FILE, report_dict(report))
     print(render(report))
     if not report.passed:
-        raise LaunchError(f"privacy audit failed, see {results_dir / 'audit.json'}")
+        raise LaunchError(f"privacy audit failed, see {results_dir / AUDIT_FILE}")
 
 
 def build_parser() -> argparse.ArgumentParser:

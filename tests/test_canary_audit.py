@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from common.canaries import canary_losses, make_canaries, write_planted_log
+from common.canaries import CanarySet, canary_losses, make_canaries, write_planted_log
 from common.checkpoints import Checkpoint
+from common.federated import FederatedConfig
 from common.loaders import load_dataset
 from common.membership_inference import (
     audit_membership,
@@ -23,7 +24,7 @@ from common.models import ModelConfig, build_model, next_item_loss
 from common.privacy_ledger import read_ledger
 from common.sequences import build_sequences
 from simulations import canary_audit
-from simulations.canary_audit import CanaryAudit, Guarantee, main, render
+from simulations.canary_audit import CanaryAudit, Guarantee, main, render, same_cohort_count
 from tests.conftest import write_cycle_log
 from tests.test_simulation import free_port
 
@@ -191,6 +192,16 @@ def test_canary_loss_is_the_mean_cross_entropy_of_its_training_part() -> None:
 # --- the command ------------------------------------------------------------------------
 
 
+def test_cohort_presets_keep_their_number_of_cohorts_with_the_canaries() -> None:
+    config = FederatedConfig(partition_mode="cohort", users_per_client=472)  # ml100k-dp
+    canaries = make_canaries(np.arange(1, 944), np.arange(1, 1683), 200, 20, seed=0)
+
+    per_cohort = same_cohort_count(config, 943, canaries)
+
+    assert per_cohort == 522
+    assert config.num_partitions(943) == 2 == math.ceil((943 + 100) / per_cohort)
+
+
 def test_bad_canary_settings_are_one_line_errors_before_any_run(
     cycle_log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -217,7 +228,7 @@ def test_a_bound_above_the_theoretical_epsilon_fails_the_audit(
     losses = np.where(is_member, 1.0, 5.0) + np.linspace(0, 0.5, 200)
     membership = audit_membership(losses, is_member, 1e-4)
     canaries = make_canaries(np.arange(10), np.arange(30), 200, 5, seed=0)
-    canaries = type(canaries)(canaries.user_ids, canaries.sequences, is_member, 0)
+    canaries = CanarySet(canaries.user_ids, canaries.sequences, is_member, 0)
     broken = CanaryAudit(
         tmp_path, "fake", "user", 10, canaries, 5, tmp_path / "u.data", 3,
         {"hr@10": 0.0, "ndcg@10": 0.0}, Guarantee("dp-fedavg", 1.0, 0.9, 1e-4), membership,
