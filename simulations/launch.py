@@ -45,6 +45,7 @@ logger = logging.getLogger("fedseqrec.launch")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 LAUNCHER_KEYS = ("results-dir",)
+AUDIT_FILE = "audit.json"  # the privacy audit of a run's ledgers, in its run folder
 
 
 class LaunchError(Exception):
@@ -208,10 +209,10 @@ def privacy_report(results_dir: Path) -> None:
     from common.privacy_audit import audit_ledgers, find_ledgers
 
     report = audit_ledgers(find_ledgers(results_dir))
-    write_json(results_dir / "audit.json", report_dict(report))
+    write_json(results_dir / AUDIT_FILE, report_dict(report))
     print(render(report))
     if not report.passed:
-        raise LaunchError(f"privacy audit failed, see {results_dir / 'audit.json'}")
+        raise LaunchError(f"privacy audit failed, see {results_dir / AUDIT_FILE}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,6 +231,13 @@ def launch(args: argparse.Namespace) -> dict[str, Any]:
     """Resolve, run and check one simulation; returns its summary."""
     label, preset = load_preset(args.preset)
     config = resolve_config(app_defaults(), preset, parse_overrides(args.set), label)
+    n_users = check_inputs(config)
+    results_dir = new_run_dir(args.results.resolve(), label)
+    return launch_in(results_dir, label, config, n_users, args.port)
+
+
+def check_inputs(config: dict[str, Any]) -> int:
+    """Read the data set (and any initial checkpoint) before starting; returns its users."""
     federated = FederatedConfig.from_run_config(config)
     try:
         n_users = load_split(federated.dataset).n_users
@@ -240,15 +248,22 @@ def launch(args: argparse.Namespace) -> dict[str, Any]:
             )
     except (DataFormatError, CheckpointError) as error:
         raise LaunchError(str(error)) from None
+    return n_users
+
+
+def launch_in(
+    results_dir: Path, label: str, config: dict[str, Any], n_users: int, port: int
+) -> dict[str, Any]:
+    """Run a resolved config in an existing run folder, check it, plot, audit its ledgers."""
+    federated = FederatedConfig.from_run_config(config)
     num_supernodes = federated.num_partitions(n_users)
-    results_dir = new_run_dir(args.results.resolve(), label)
-    config["results-dir"] = str(results_dir)
+    config = {**config, "results-dir": str(results_dir)}
     write_json(
         results_dir / "config.json",
         {"preset": label, "run_config": config, "num_supernodes": num_supernodes},
     )
     logger.info("run %s: %d users -> %d clients", results_dir, n_users, num_supernodes)
-    code = run_simulation(config, results_dir, num_supernodes, args.port)
+    code = run_simulation(config, results_dir, num_supernodes, port)
     if code != 0:
         log = results_dir / "flwr.log"
         raise LaunchError(f"flwr run exited with code {code}: {failure_line(log)!r} (see {log})")
