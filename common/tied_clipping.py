@@ -31,6 +31,13 @@ from opacus import GradSampleModule
 from torch import Tensor
 
 from common.models import SequenceRecommender
+from common.models.chunked_loss import fast_bfloat16_available
+
+# The scores and the gradient sent back into the model may use bfloat16 products where
+# the CPU has native units, as plain training does: they only define the gradient.
+# Norms and clipped sums are float32 products of exactly those values, so every unit's
+# clipped contribution stays within the clipping norm.
+PRODUCT_DTYPE = torch.bfloat16 if fast_bfloat16_available() else torch.float32
 
 
 @dataclass(frozen=True)
@@ -69,21 +76,29 @@ def _table_frozen(model: SequenceRecommender) -> Iterator[list[Tensor]]:
         table.requires_grad_(True)
 
 
-def _padded(units: Tensor, n_units: int) -> tuple[Tensor, Tensor]:
-    """Index matrix (n_units, longest) of each unit's positions, -1 where there are none."""
+def _slots(units: Tensor, n_units: int) -> tuple[Tensor, Tensor]:
+    """Each position's rank among its unit's positions, and every unit's position count."""
     order = torch.argsort(units, stable=True)
     counts = torch.bincount(units, minlength=n_units)
     starts = torch.cumsum(counts, 0) - counts
-    slot = torch.arange(len(units)) - starts[units[order]]
-    index = torch.full((n_units, int(counts.max()) if len(units) else 0), -1, dtype=torch.long)
-    index[units[order], slot] = order
-    return index, counts
+    slot = torch.empty_like(units)
+    slot[order] = torch.arange(len(units)) - starts[units[order]]
+    return slot, counts
 
 
-def _gather(values: Tensor, index: Tensor) -> Tensor:
-    """Rows of ``values`` at ``index`` (n_units, slots), zeros where the index is -1."""
-    out = values[index.clamp(min=0)]
-    return out * (index >= 0).unsqueeze(-1).to(values.dtype)
+def _padded(values: Tensor, units: Tensor, slot: Tensor, compact: Tensor, width: int) -> Tensor:
+    """The chosen units' positions as a zero-padded ``(chosen, width, ...)`` tensor.
+
+    ``compact`` maps a unit to its row among the chosen units (-1: not chosen).
+    """
+    rows = compact[units]
+    keep = rows >= 0
+    out = values.new_zeros((int(compact.max()) + 1, width, *values.shape[1:]))
+    if bool(keep.all()):
+        out[rows, slot] = values
+    else:
+        out[rows[keep], slot[keep]] = values[keep]
+    return out
 
 
 def _table_norms(
@@ -97,17 +112,21 @@ def _table_norms(
     dim: int,
 ) -> Tensor:
     """Squared norms of each unit's item-table gradient ``O_u + I_u`` (see module doc)."""
-    out_index, out_counts = _padded(out_units, n_units)
-    in_index, _ = _padded(in_units, n_units)
+    out_slot, out_counts = _slots(out_units, n_units)
+    in_slot, in_counts = _slots(in_units, n_units)
     squares = torch.zeros(n_units, dtype=g.dtype)
     long_units = out_counts > dim
     for is_long in (False, True):
         chosen = torch.nonzero(long_units == is_long).squeeze(1)
         if len(chosen) == 0:
             continue
-        o_index, i_index = out_index[chosen], in_index[chosen]
-        gu, hu = _gather(g, o_index), _gather(h, o_index)
-        eu, xu = _gather(e, i_index), _gather(x.unsqueeze(1), i_index).squeeze(-1)
+        compact = torch.full((n_units,), -1, dtype=torch.long)
+        compact[chosen] = torch.arange(len(chosen))
+        out_width, in_width = int(out_counts[chosen].max()), int(in_counts[chosen].max())
+        gu = _padded(g, out_units, out_slot, compact, out_width)
+        hu = _padded(h, out_units, out_slot, compact, out_width)
+        eu = _padded(e, in_units, in_slot, compact, in_width)
+        xu = _padded(x, in_units, in_slot, compact, in_width)
         same_item = (xu.unsqueeze(2) == xu.unsqueeze(1)) & (xu > 0).unsqueeze(2)
         input_sq = ((eu @ eu.transpose(1, 2)) * same_item).sum((1, 2))
         # <O_u, I_u> = sum_{p,q} g_p[x_q - 1] (h_p . e_q)
@@ -131,6 +150,7 @@ def clipped_gradient_sum(
     row_weights: Tensor,
     clip_norm: float,
     scale: float = 1.0,
+    product_dtype: torch.dtype | None = None,
 ) -> ClippedSum:
     """Clip each unit's gradient of its weighted cross-entropy and sum the clipped ones.
 
@@ -138,7 +158,10 @@ def clipped_gradient_sum(
     cross-entropy over its real positions times ``row_weights[r]``. A unit's gradient is
     the sum of its rows'; its norm is taken of ``scale * grad`` (``scale`` = learning
     rate when clipping updates rather than gradients). Returns unscaled clipped sums.
+    ``product_dtype`` is the type of the score and back-propagated products (default:
+    bfloat16 where the CPU has native units, else float32).
     """
+    low = product_dtype or PRODUCT_DTYPE
     n_units = int(row_units.max()) + 1
     named = dict(model.named_parameters())
     with _table_frozen(model) as lookups, warnings.catch_warnings():
@@ -150,8 +173,9 @@ def clipped_gradient_sum(
             rows = torch.nonzero(mask)[:, 0]
             h = hidden[mask]
             table = model.items.weight[1:]
+            low_table = table.to(low)
             with torch.no_grad():
-                logits = h.detach() @ table.T
+                logits = (h.detach().to(low) @ low_table.T).float()
                 log_probs = torch.log_softmax(logits, dim=1)
                 labels = targets[mask] - 1
                 weights = row_weights[rows]
@@ -159,11 +183,11 @@ def clipped_gradient_sum(
                 g = log_probs.exp_()
                 g[torch.arange(len(labels)), labels] -= 1.0
                 g *= weights.unsqueeze(1)
-            torch.autograd.backward(h, g @ table)
-            body = {
+            torch.autograd.backward(h, (g.to(low) @ low_table).float())
+            body = {  # parameters the forward pass did not use have no samples: zero
                 name.removeprefix("_module."): param.grad_sample  # type: ignore[attr-defined]
                 for name, param in sampler.named_parameters()
-                if param.requires_grad
+                if param.requires_grad and getattr(param, "grad_sample", None) is not None
             }
         finally:
             sampler._close()

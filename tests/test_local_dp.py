@@ -53,17 +53,21 @@ def test_dp_sgd_refuses_no_noise(cycle_log: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["lstm", "attention"])
-def test_a_dp_sgd_step_equals_opacus_make_private(cycle_log: Path, name: str) -> None:
+def test_a_dp_sgd_step_equals_opacus_make_private(
+    cycle_log: Path, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Same clipping, averaging and noise scale as Opacus's own DP-SGD step.
 
     Sampling rate 1 (one batch of every window) so both take the same batch; noise is
-    compared through its standard deviation, since the two draw it differently.
+    compared through its standard deviation, since the two draw it differently. Scores in
+    float32 as Opacus computes them (by default they may be bfloat16 products).
     """
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
 
     from common.models.base import row_cross_entropy
 
+    monkeypatch.setattr("common.tied_clipping.PRODUCT_DTYPE", torch.float32)
     split = load_split(str(cycle_log))
     windows = training_windows(split.train, max_len=6, n_gap_buckets=0)
     config = ModelConfig(name=name, dim=8, layers=1, dropout=0.0, max_len=6)

@@ -72,7 +72,8 @@ def test_clipped_sum_equals_per_unit_backward(name: str, gap_buckets: int, per_r
     expected = {name: sum(min(1.0, clip / float(norm)) * grads[name]
                           for norm, grads in zip(expected_norms, per_unit, strict=True))
                 for name in per_unit[0]}  # fmt: skip
-    result = clipped_gradient_sum(model, items, targets, gaps, units, weights, clip, scale=0.5)
+    result = clipped_gradient_sum(model, items, targets, gaps, units, weights, clip, scale=0.5,
+                                  product_dtype=torch.float32)  # fmt: skip
     torch.testing.assert_close(result.norms, expected_norms, rtol=1e-4, atol=1e-6)
     for param_name, value in expected.items():
         torch.testing.assert_close(result.grads[param_name], value, rtol=1e-4, atol=1e-6)
@@ -81,6 +82,29 @@ def test_clipped_sum_equals_per_unit_backward(name: str, gap_buckets: int, per_r
                ) if gaps is None else None  # fmt: skip
     if loss is not None:
         assert result.loss == pytest.approx(loss, rel=1e-4)
+
+
+@pytest.mark.parametrize("name", ["attention", "lstm", "multiscale"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_the_norm_is_the_norm_of_what_is_summed(name: str, dtype: torch.dtype) -> None:
+    """With bfloat16 scores the gradient is approximate, but the clipping stays exact:
+    a unit's reported norm is the norm of the contribution it adds to the sum."""
+    items, targets, gaps, owners = batch(4 if name == "multiscale" else 0)
+    model = model_for(name, 4 if name == "multiscale" else 0)
+    for rows in (owners == 3, np.arange(len(items)) == 0, np.ones(len(items), dtype=bool)):
+        rows_t = torch.as_tensor(rows)
+        unit_gaps = gaps[rows_t] if gaps is not None else None
+        result = clipped_gradient_sum(
+            model, items[rows_t], targets[rows_t], unit_gaps,
+            torch.zeros(int(rows.sum()), dtype=torch.long), torch.ones(int(rows.sum())),
+            clip_norm=1e9, scale=0.5, product_dtype=dtype,
+        )  # fmt: skip
+        summed = torch.sqrt(sum(g.double().pow(2).sum() for g in result.grads.values()))
+        assert float(result.norms[0]) == pytest.approx(0.5 * float(summed), rel=1e-5)
+        exact = reference(model, items[rows_t], targets[rows_t], unit_gaps,
+                          torch.zeros(int(rows.sum()), dtype=torch.long),
+                          torch.ones(int(rows.sum())), 0.5)[0]  # fmt: skip
+        assert float(result.norms[0]) == pytest.approx(float(exact[0]), rel=2e-2)
 
 
 def test_the_model_is_left_as_it_was() -> None:
