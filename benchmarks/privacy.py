@@ -42,6 +42,7 @@ from simulations.launch import build_parser, launch  # noqa: E402
 RESULTS = ROOT / "results" / "privacy.json"
 RUNS = ROOT / "runs"
 EPSILONS = (1.0, 2.0, 4.0, 8.0)
+THROUGHPUT_REPEATS = 7  # one epoch takes well under a second: medians of several
 PRESETS = {"ml-100k": "ml100k-dp", "beauty": "beauty-dp"}
 THROUGHPUT = {"dim": 64, "max-len": 50, "batch-size": 64, "lr": 0.01, "optimizer": "sgd",
               "dropout": 0.0}  # fmt: skip
@@ -104,15 +105,18 @@ def throughput() -> dict[str, Any]:
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     rows = {}
     for name in MODEL_NAMES:
-        plain = float(np.median([examples_per_second(name, False) for _ in range(3)]))
-        private = float(np.median([examples_per_second(name, True) for _ in range(3)]))
+        # alternate plain and private, 7 of each, so drift in machine speed hits both alike
+        pairs = [(examples_per_second(name, False), examples_per_second(name, True))
+                 for _ in range(THROUGHPUT_REPEATS)]  # fmt: skip
+        plain = float(np.median([pair[0] for pair in pairs]))
+        private = float(np.median([pair[1] for pair in pairs]))
         rows[name] = {
             "plain_examples_per_s": round(plain, 1),
             "dp_sgd_examples_per_s": round(private, 1),
             "ratio": round(private / plain, 3),
         }
         print(name, rows[name])
-    return {"settings": THROUGHPUT, "models": rows}
+    return {"settings": THROUGHPUT, "repeats": THROUGHPUT_REPEATS, "models": rows}
 
 
 def plot(results: dict[str, Any]) -> None:

@@ -38,6 +38,7 @@ from common.models.chunked_loss import fast_bfloat16_available
 # Norms and clipped sums are float32 products of exactly those values, so every unit's
 # clipped contribution stays within the clipping norm.
 PRODUCT_DTYPE = torch.bfloat16 if fast_bfloat16_available() else torch.float32
+DENSE_FRACTION = 0.75  # real positions above which scoring padding too is cheaper
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,22 @@ def _padded(values: Tensor, units: Tensor, slot: Tensor, compact: Tensor, width:
     return out
 
 
+def _unit_squares(gu: Tensor, hu: Tensor, eu: Tensor, xu: Tensor, is_long: bool) -> Tensor:
+    """``|O_u + I_u|^2`` from per-unit padded scores gradients, hidden states, lookup
+    gradients and looked-up items (padding: zero gradient, item 0)."""
+    same_item = (xu.unsqueeze(2) == xu.unsqueeze(1)) & (xu > 0).unsqueeze(2)
+    input_sq = ((eu @ eu.transpose(1, 2)) * same_item).sum((1, 2))
+    # <O_u, I_u> = sum_{p,q} g_p[x_q - 1] (h_p . e_q)
+    picked = torch.gather(gu, 2, (xu - 1).clamp(min=0).unsqueeze(1).expand(-1, gu.shape[1], -1))
+    picked = picked * (xu > 0).unsqueeze(1)
+    cross = (picked * (hu @ eu.transpose(1, 2))).sum((1, 2))
+    if is_long:  # |O_u|^2 directly: cheaper than the Gram once positions exceed dim
+        output_sq = (gu.transpose(1, 2) @ hu).pow(2).sum((1, 2))
+    else:
+        output_sq = ((gu @ gu.transpose(1, 2)) * (hu @ hu.transpose(1, 2))).sum((1, 2))
+    return output_sq + 2 * cross + input_sq
+
+
 def _table_norms(
     g: Tensor,
     h: Tensor,
@@ -127,17 +144,7 @@ def _table_norms(
         hu = _padded(h, out_units, out_slot, compact, out_width)
         eu = _padded(e, in_units, in_slot, compact, in_width)
         xu = _padded(x, in_units, in_slot, compact, in_width)
-        same_item = (xu.unsqueeze(2) == xu.unsqueeze(1)) & (xu > 0).unsqueeze(2)
-        input_sq = ((eu @ eu.transpose(1, 2)) * same_item).sum((1, 2))
-        # <O_u, I_u> = sum_{p,q} g_p[x_q - 1] (h_p . e_q)
-        picked = torch.gather(gu, 2, (xu - 1).clamp(min=0).unsqueeze(1).expand(-1, gu.shape[1], -1))
-        picked = picked * (xu > 0).unsqueeze(1)
-        cross = (picked * (hu @ eu.transpose(1, 2))).sum((1, 2))
-        if is_long:  # |O_u|^2 directly: cheaper than the Gram once positions exceed dim
-            output_sq = (gu.transpose(1, 2) @ hu).pow(2).sum((1, 2))
-        else:
-            output_sq = ((gu @ gu.transpose(1, 2)) * (hu @ hu.transpose(1, 2))).sum((1, 2))
-        squares[chosen] = output_sq + 2 * cross + input_sq
+        squares[chosen] = _unit_squares(gu, hu, eu, xu, is_long)
     return squares
 
 
@@ -170,15 +177,20 @@ def clipped_gradient_sum(
         try:
             hidden = sampler(items, gaps)
             mask = targets > 0
-            rows = torch.nonzero(mask)[:, 0]
-            h = hidden[mask]
+            # one unit per row and few padding positions: score every position (padding
+            # weighs 0) and keep the (row, position) grid, which is already per unit
+            one_per_row = n_units == len(items) and torch.equal(row_units, torch.arange(len(items)))
+            grid = one_per_row and float(mask.float().mean()) >= DENSE_FRACTION
+            scored = torch.ones_like(mask) if grid else mask
+            rows = torch.nonzero(scored)[:, 0]
+            h = hidden.reshape(-1, hidden.shape[-1]) if grid else hidden[mask]
             table = model.items.weight[1:]
             low_table = table.to(low)
             with torch.no_grad():
                 logits = (h.detach().to(low) @ low_table.T).float()
                 log_probs = torch.log_softmax(logits, dim=1)
-                labels = targets[mask] - 1
-                weights = row_weights[rows]
+                labels = (targets[scored] - 1).clamp(min=0)
+                weights = row_weights[rows] * mask[scored]
                 loss = float((-log_probs.gather(1, labels.unsqueeze(1)).squeeze(1) * weights).sum())
                 g = log_probs.exp_()
                 g[torch.arange(len(labels)), labels] -= 1.0
@@ -194,15 +206,26 @@ def clipped_gradient_sum(
             model.zero_grad(set_to_none=True)  # autograd's summed gradients are not used
     (lookup,) = lookups
     assert lookup.grad is not None
-    in_mask = items > 0
+    in_mask = torch.ones_like(items, dtype=torch.bool) if grid else items > 0
     in_rows = torch.nonzero(in_mask)[:, 0]
     e, x = lookup.grad[in_mask], items[in_mask]
     out_units, in_units = row_units[rows], row_units[in_rows]
-    squares = _table_norms(g, h.detach(), out_units, e, x, in_units, n_units, model.items.dim)
+    if grid:
+        width = items.shape[1]
+        squares = _unit_squares(
+            g.view(n_units, width, -1), h.detach().view(n_units, width, -1),
+            e.view(n_units, width, -1), x.view(n_units, width), width > model.items.dim,
+        )  # fmt: skip
+    else:
+        squares = _table_norms(g, h.detach(), out_units, e, x, in_units, n_units, model.items.dim)
     per_unit = {}
     for name, grads in body.items():
-        per_unit[name] = torch.zeros((n_units, *grads.shape[1:]), dtype=grads.dtype).index_add_(
-            0, row_units, grads
+        per_unit[name] = (
+            grads
+            if one_per_row
+            else torch.zeros((n_units, *grads.shape[1:]), dtype=grads.dtype).index_add_(
+                0, row_units, grads
+            )
         )
         squares = squares + per_unit[name].flatten(1).pow(2).sum(1)
     norms = scale * squares.clamp(min=0).sqrt()

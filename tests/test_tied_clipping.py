@@ -56,8 +56,13 @@ def reference(
 @pytest.mark.parametrize(
     ("name", "gap_buckets"), [("attention", 0), ("lstm", 0), ("multiscale", 4)]
 )
-@pytest.mark.parametrize("per_row", [False, True])
-def test_clipped_sum_equals_per_unit_backward(name: str, gap_buckets: int, per_row: bool) -> None:
+@pytest.mark.parametrize(("per_row", "dense_fraction"), [(False, 0.75), (True, 0.0), (True, 2.0)])
+def test_clipped_sum_equals_per_unit_backward(
+    name: str, gap_buckets: int, per_row: bool, dense_fraction: float,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    # per row, dense_fraction 0 always scores the whole (row, position) grid, 2 never does
+    monkeypatch.setattr("common.tied_clipping.DENSE_FRACTION", dense_fraction)
     items, targets, gaps, owners = batch(gap_buckets)
     model = model_for(name, gap_buckets)
     if per_row:  # DP-SGD: every window its own unit, mean loss over its positions
