@@ -26,7 +26,7 @@ from common.sequences import build_sequences
 from simulations import canary_audit
 from simulations.canary_audit import CanaryAudit, Guarantee, main, render, same_cohort_count
 from tests.conftest import write_cycle_log
-from tests.test_simulation import free_port
+from tests.test_simulation import free_port, write_preset
 
 
 def members_first(n: int) -> np.ndarray:
@@ -262,9 +262,9 @@ MEMORISING = {"model": "lstm", "dim": 32, "max-len": 40, "dropout": 0.0,
 def run_canary_audit(tmp_path: Path, settings: dict[str, object]) -> tuple[int, dict]:
     """Audit one tiny run with 100 canaries of 30 items; (exit code, canary_audit.json)."""
     data = write_cycle_log(tmp_path / "cycle.csv", n_users=20, n_items=200, length=14)
-    preset = tmp_path / "memorising.toml"
-    settings = {"dataset": str(data), **MEMORISING, **settings}
-    preset.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items()))
+    preset = write_preset(
+        tmp_path / "memorising.toml", {"dataset": str(data), **MEMORISING, **settings}
+    )
     results = tmp_path / "results"
     code = main(["--preset", str(preset), "--canaries", "100", "--canary-length", "30",
                  "--results", str(results), "--port", str(free_port())])  # fmt: skip

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from simulations.launch import main
-from tests.test_simulation import free_port
+from tests.test_simulation import free_port, write_preset
 
 RUN = {"model": "lstm", "dim": 8, "max-len": 20, "dropout": 0.0, "num-server-rounds": 2,
        "fraction-train": 1.0, "local-epochs": 1, "optimizer": "sgd", "lr": 0.5,
@@ -18,8 +18,7 @@ RUN = {"model": "lstm", "dim": 8, "max-len": 20, "dropout": 0.0, "num-server-rou
 
 def run(tmp_path: Path, name: str, settings: dict[str, object]) -> Path:
     """Launch one tiny simulation and return its run folder."""
-    preset = tmp_path / f"{name}.toml"
-    preset.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items()))
+    preset = write_preset(tmp_path / f"{name}.toml", settings)
     results = tmp_path / name
     code = main(["--preset", str(preset), "--results", str(results), "--port", str(free_port())])
     assert code == 0

@@ -19,7 +19,7 @@ from common.partitioning import load_split
 from server.run_recorder import CHECKPOINT, RunRecorder
 from server.server_app import continue_from_checkpoint
 from simulations.launch import main
-from tests.test_simulation import TINY_RUN, free_port
+from tests.test_simulation import TINY_RUN, free_port, write_preset
 
 
 def saved_checkpoint(config: FederatedConfig, path: Path, seed: int = 3) -> Checkpoint:
@@ -85,9 +85,8 @@ def test_int8_run_then_a_run_continued_from_its_checkpoint(
     cycle_log: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
-    preset = tmp_path / "tiny.toml"
     settings = {"dataset": str(cycle_log), **TINY_RUN, "update-compression": "int8"}
-    preset.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items()))
+    preset = write_preset(tmp_path / "tiny.toml", settings)
     first_root, second_root = tmp_path / "first", tmp_path / "second"
     port = str(free_port())
 

@@ -28,7 +28,7 @@ from common.privacy_ledger import read_ledger
 from simulations.launch import PROJECT_ROOT
 from simulations.superlink import flower_env, process_table
 from tests.test_privacy_simulation import BASE
-from tests.test_simulation import free_port
+from tests.test_simulation import free_port, write_preset
 
 MARKER = "FEDSEQREC_KILL_TEST"
 STARTUP_SECONDS = 180.0  # a launch takes about 20 s on 2 idle cores, 60 s on busy ones
@@ -105,8 +105,7 @@ def launched(tmp_path: Path, dp: str, dataset: Path) -> Iterator[Launch]:
     """``python -m simulations.launch`` in a session of its own; killed whatever happens."""
     settings = {"dataset": str(dataset), **BASE, **SETTINGS[dp], "dp": dp,
                 "num-server-rounds": ROUNDS}  # fmt: skip
-    preset = tmp_path / f"{dp}-dp.toml"
-    preset.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items()))
+    preset = write_preset(tmp_path / f"{dp}-dp.toml", settings)
     results, log, port = tmp_path / "results", tmp_path / "launch.log", free_port()
     env = {**flower_env(), MARKER: uuid.uuid4().hex}
     command = [sys.executable, "-m", "simulations.launch", "--preset", str(preset),

@@ -25,7 +25,7 @@ from common.secure_aggregation import (
 from server.secure_aggregation import client_reason
 from simulations.launch import main
 from tests.conftest import TINY_ITEMS, write_cycle_log
-from tests.test_simulation import free_port
+from tests.test_simulation import free_port, write_preset
 
 # 20 users, 3 per client: 7 clients of 33 or 22 examples (unequal FedAvg weights).
 SECURE_RUN = {"model": "lstm", "dim": 8, "max-len": 10, "dropout": 0.0, "num-server-rounds": 1,
@@ -113,8 +113,7 @@ def test_client_reason_unwraps_the_ray_traceback() -> None:
 
 def _run(settings: dict[str, Any], root: Path, label: str) -> Path:
     """One launcher run of ``settings`` under ``root/label``; returns its run folder."""
-    preset = root / f"{label}.toml"
-    preset.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items()))
+    preset = write_preset(root / f"{label}.toml", settings)
     results = root / label
     code = main(["--preset", str(preset), "--results", str(results), "--port", str(free_port())])
     assert code == 0, label

@@ -21,6 +21,12 @@ TINY_RUN = {"model": "lstm", "dim": 8, "max-len": 10, "dropout": 0.0, "num-serve
             "fraction-train": 1.0, "local-epochs": 10, "lr": 0.1, "batch-size": 16}  # fmt: skip
 
 
+def write_preset(path: Path, settings: dict[str, object]) -> Path:
+    """A preset file (one ``key = value`` line per setting) for the launcher."""
+    path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items()))
+    return path
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as probe:
@@ -61,9 +67,8 @@ def test_flower_simulation_trains_and_reports(
     cycle_log: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
-    preset = tmp_path / "tiny.toml"
     settings = {"dataset": str(cycle_log), **TINY_RUN}
-    preset.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items()))
+    preset = write_preset(tmp_path / "tiny.toml", settings)
     results = tmp_path / "results"
 
     code = main(["--preset", str(preset), "--results", str(results), "--port", str(free_port())])
