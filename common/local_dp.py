@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from opacus.data_loader import DPDataLoader
 from opacus.optimizers import DPOptimizer
-from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from common.features import TrainingWindows
 from common.models import SequenceRecommender
 from common.tied_clipping import clipped_gradient_sum
+from common.training import trimmed_batch
 
 
 @dataclass(frozen=True)
@@ -56,13 +56,6 @@ def protected_unit(windows: TrainingWindows) -> str:
     return "window"
 
 
-def _dataset(windows: TrainingWindows) -> TensorDataset:
-    tensors = [torch.as_tensor(windows.inputs), torch.as_tensor(windows.targets)]
-    if windows.gaps is not None:
-        tensors.append(torch.as_tensor(windows.gaps))
-    return TensorDataset(*tensors)
-
-
 def train_local_dp(
     model: SequenceRecommender,
     windows: TrainingWindows,
@@ -87,7 +80,9 @@ def train_local_dp(
     rate = sampling_rate(windows, batch_size)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    loader = DataLoader(_dataset(windows), batch_size=batch_size, generator=generator)
+    # batches of window indices: the windows themselves come trimmed of shared padding
+    indices = TensorDataset(torch.arange(len(windows)))
+    loader = DataLoader(indices, batch_size=batch_size, generator=generator)
     dp_loader = DPDataLoader.from_data_loader(loader, generator=generator)
     if abs(dp_loader.sample_rate - rate) > 1e-12:
         raise RuntimeError(f"accounted rate {rate} differs from Opacus's {dp_loader.sample_rate}")
@@ -112,7 +107,7 @@ def train_local_dp(
             if len(batch[0]) == 0:  # an empty Poisson batch still releases noise
                 sums = {name: torch.zeros_like(param) for name, param in params.items()}
             else:
-                items, targets, gaps = _trimmed(batch)
+                items, targets, gaps = trimmed_batch(windows, batch[0].numpy())
                 result = clipped_gradient_sum(
                     model, items, targets, gaps,
                     row_units=torch.arange(len(items)),
@@ -132,11 +127,3 @@ def train_local_dp(
     for param in params.values():
         param.summed_grad = None  # type: ignore[attr-defined]
     return float(np.mean(losses)) if losses else 0.0, LocalRelease(noise_multiplier, rate, steps)
-
-
-def _trimmed(batch: list[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
-    """A batch without the leading columns that are padding in every row."""
-    items, targets = batch[0], batch[1]
-    width = int((items > 0).sum(1).max())
-    gaps = batch[2][:, -width:] if len(batch) > 2 else None
-    return items[:, -width:], targets[:, -width:], gaps
