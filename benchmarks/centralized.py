@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from common.loaders import load_dataset  # noqa: E402
 from common.model_evaluation import UNEXCLUDED_SUFFIX, evaluate_baselines  # noqa: E402
 from common.models import MODEL_NAMES  # noqa: E402
+from common.run_folder import write_json  # noqa: E402
 from common.sequences import build_sequences, leave_one_out_split  # noqa: E402
 from common.train_cli import load_settings, run  # noqa: E402
 
@@ -95,7 +96,7 @@ def main() -> int:
                 entry[model] = json.loads(child.stdout.strip().splitlines()[-1])
                 print(f"{dataset} {model}: {json.dumps(entry[model])}", flush=True)
                 RESULTS.parent.mkdir(parents=True, exist_ok=True)
-                RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+                write_json(RESULTS, results)
     print(f"wrote {RESULTS}")
     return 0
 

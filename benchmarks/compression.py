@@ -26,6 +26,7 @@ from common.compression import COMPRESSIONS  # noqa: E402
 from common.federated import FederatedConfig, model_to_arrays  # noqa: E402
 from common.models import build_model  # noqa: E402
 from common.partitioning import load_split  # noqa: E402
+from common.run_folder import write_json  # noqa: E402
 from simulations.launch import build_parser, launch  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "compression.json"
@@ -82,7 +83,7 @@ def main() -> int:
     for entry in results["runs"].values():
         entry["uplink_vs_none"] = round(entry["uplink_bytes_per_client_per_round"] / plain, 4)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    write_json(RESULTS, results)
     print(f"wrote {RESULTS}")
     return 0
 
