@@ -9,7 +9,7 @@ from opacus.layers import DPLSTM
 from opacus.utils.per_sample_gradients_utils import check_per_sample_gradients_are_correct
 from torch import Tensor, nn
 
-from common.models import recurrent
+from common.models import ModelConfig, build_model, recurrent
 from common.models.recurrent import SequenceLSTM
 
 IN, HIDDEN, BATCH, STEPS = 3, 4, 5, 6
@@ -108,6 +108,14 @@ def test_per_sample_gradients_when_the_input_needs_no_grad(layers: int) -> None:
     lstm = SequenceLSTM(IN, HIDDEN, layers)
     with pytest.warns(UserWarning, match="no inputs require gradients"):
         assert check_per_sample_gradients_are_correct(padded_batch(), lstm, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["lstm", "multiscale"])
+def test_models_hold_one_copy_of_every_weight(name: str) -> None:
+    model = build_model(ModelConfig(name=name, dim=8, layers=2), n_items=20)
+    state = model.state_dict()
+    assert list(state) == [n for n, _ in model.named_parameters()]
+    assert len({t.data_ptr() for t in state.values()}) == len(state)
 
 
 def test_plain_training_captures_nothing() -> None:

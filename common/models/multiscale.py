@@ -15,11 +15,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from opacus.grad_sample import register_grad_sampler
-from opacus.layers import DPLSTM
 from torch import Tensor, nn
 
 from common.features import consecutive_cosine
 from common.models.base import SequenceRecommender
+from common.models.recurrent import SequenceLSTM
 
 SCALE_NAMES = ("short", "medium", "long")
 
@@ -81,7 +81,7 @@ class MultiScaleRecommender(SequenceRecommender):
         self.similarity = nn.Linear(1, dim) if use_similarity else None
         self.short = CausalConv(dim, short_kernel, dilation=1)
         self.medium = CausalConv(dim, medium_kernel, dilation=medium_dilation)
-        self.long = DPLSTM(dim, dim, batch_first=True)
+        self.long = SequenceLSTM(dim, dim)
         self.fusion = ScaleFusion(len(SCALE_NAMES))
         self.norm = nn.LayerNorm(dim)
 
@@ -93,7 +93,7 @@ class MultiScaleRecommender(SequenceRecommender):
         if self.gap_embedding is not None and gaps is not None:
             x = x + self.gap_embedding(gaps)
         x = self.dropout(x) * (items > 0).unsqueeze(-1)
-        long, _ = self.long(x)
+        long = self.long(x)
         branches = torch.stack([F.gelu(self.short(x)), F.gelu(self.medium(x)), long], dim=-1)
         return self.norm(self.dropout(self.fusion(branches)) + x)
 
