@@ -52,7 +52,7 @@ def test_dp_sgd_refuses_no_noise(cycle_log: Path) -> None:
                        noise_multiplier=0.0, clip_norm=1.0, seed=0)  # fmt: skip
 
 
-@pytest.mark.parametrize("name", ["lstm", "attention"])
+@pytest.mark.parametrize("name", ["lstm", "multiscale", "attention"])
 def test_a_dp_sgd_step_equals_opacus_make_private(
     cycle_log: Path, name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

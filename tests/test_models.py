@@ -15,6 +15,7 @@ from common.models import (
     build_model,
     chunked_loss,
     next_item_loss,
+    recurrent,
 )
 
 N_ITEMS = 11
@@ -40,7 +41,13 @@ def tiny_batch() -> Tensor:
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_per_sample_gradients_match_micro_batches(name: str) -> None:
+def test_per_sample_gradients_match_micro_batches(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_recompute(*_args: object) -> None:
+        raise AssertionError("LSTM inputs require grad: the captured deltas must be used")
+
+    monkeypatch.setattr(recurrent, "_recomputed_deltas", no_recompute)
     torch.manual_seed(0)
     config = ModelConfig(name=name, dim=8, layers=2, heads=2, dropout=0.0, max_len=6)
     model = build_model(config, N_ITEMS)
