@@ -17,6 +17,12 @@ scores). This module computes the same norms exactly from small matrices:
 Every other parameter (attention, LSTM, convolutions) is small; its per-sample gradients
 come from Opacus's ``GradSampleModule`` as usual. One forward and one backward pass give
 both the norms and the clipped sum, so dropout masks are the same for both.
+
+With bfloat16 products the score gradients ``g`` are rounded to bfloat16 once, and that
+rounded ``g`` is the gradient everywhere (back-propagation, norms, sums). The Gram matrix
+``g_p . g_q`` then comes from a bfloat16 product (float32 accumulation, checked at import)
+whose output rounding is bounded: the norm used for clipping is an upper bound of the
+norm of what the unit adds, so no unit adds more than the clipping norm.
 """
 
 from __future__ import annotations
@@ -37,8 +43,25 @@ from common.models.chunked_loss import fast_bfloat16_available
 # the CPU has native units, as plain training does: they only define the gradient.
 # Norms and clipped sums are float32 products of exactly those values, so every unit's
 # clipped contribution stays within the clipping norm.
-PRODUCT_DTYPE = torch.bfloat16 if fast_bfloat16_available() else torch.float32
 DENSE_FRACTION = 0.75  # real positions above which scoring padding too is cheaper
+SCORE_CHUNK = 128  # positions scored at a time, so each chunk of scores stays in cache
+# Relative error allowed for a bfloat16 Gram entry: its output rounding is at most 2**-8
+# of the exact (float32-accumulated) value; 2**-7 leaves a margin.
+GRAM_ROUNDING = 2.0**-7
+
+
+def bfloat16_products_accumulate_in_float32() -> bool:
+    """Whether bfloat16 matrix products sum in float32 (as oneDNN does) rather than in
+    bfloat16, whose sums stop growing at 256 ones. The Gram bound relies on it."""
+    ones = torch.ones(1, 1, 1024, dtype=torch.bfloat16)
+    return float((ones @ ones.transpose(1, 2)).item()) == 1024.0
+
+
+PRODUCT_DTYPE = (
+    torch.bfloat16
+    if fast_bfloat16_available() and bfloat16_products_accumulate_in_float32()
+    else torch.float32
+)
 
 
 @dataclass(frozen=True)
@@ -104,18 +127,53 @@ def _padded(values: Tensor, units: Tensor, slot: Tensor, compact: Tensor, width:
 
 def _unit_squares(gu: Tensor, hu: Tensor, eu: Tensor, xu: Tensor, is_long: bool) -> Tensor:
     """``|O_u + I_u|^2`` from per-unit padded scores gradients, hidden states, lookup
-    gradients and looked-up items (padding: zero gradient, item 0)."""
+    gradients and looked-up items (padding: zero gradient, item 0).
+
+    With bfloat16 ``gu`` the result is an upper bound (module doc), else exact.
+    """
     same_item = (xu.unsqueeze(2) == xu.unsqueeze(1)) & (xu > 0).unsqueeze(2)
     input_sq = ((eu @ eu.transpose(1, 2)) * same_item).sum((1, 2))
     # <O_u, I_u> = sum_{p,q} g_p[x_q - 1] (h_p . e_q)
     picked = torch.gather(gu, 2, (xu - 1).clamp(min=0).unsqueeze(1).expand(-1, gu.shape[1], -1))
-    picked = picked * (xu > 0).unsqueeze(1)
+    picked = picked.float() * (xu > 0).unsqueeze(1)
     cross = (picked * (hu @ eu.transpose(1, 2))).sum((1, 2))
     if is_long:  # |O_u|^2 directly: cheaper than the Gram once positions exceed dim
-        output_sq = (gu.transpose(1, 2) @ hu).pow(2).sum((1, 2))
+        output_sq = (gu.float().transpose(1, 2) @ hu).pow(2).sum((1, 2))
     else:
-        output_sq = ((gu @ gu.transpose(1, 2)) * (hu @ hu.transpose(1, 2))).sum((1, 2))
+        g_gram, h_gram = (gu @ gu.transpose(1, 2)).float(), hu @ hu.transpose(1, 2)
+        output_sq = (g_gram * h_gram).sum((1, 2))
+        if gu.dtype != torch.float32:  # each rounded entry is within GRAM_ROUNDING of exact
+            output_sq = output_sq + GRAM_ROUNDING * (g_gram.abs() * h_gram.abs()).sum((1, 2))
     return output_sq + 2 * cross + input_sq
+
+
+def _score_gradients(
+    h: Tensor, table: Tensor, labels: Tensor, weights: Tensor, low: torch.dtype
+) -> tuple[Tensor, Tensor, float]:
+    """Gradient of the weighted cross-entropy w.r.t. the scores (in ``low``), the
+    gradient sent back into ``h`` (from exactly those values), and the loss.
+
+    Chunk by chunk, as plain training's loss does, so scores stay in cache.
+    """
+    low_h, low_table = h.to(low), table.to(low)
+    g = torch.empty((len(h), len(table)), dtype=low)
+    grad_h = torch.empty_like(h)
+    loss = torch.zeros((), dtype=torch.float64)
+    for start in range(0, len(h), SCORE_CHUNK):
+        rows = slice(start, start + SCORE_CHUNK)
+        label, weight = labels[rows], weights[rows]
+        logits = (low_h[rows] @ low_table.T).float()
+        picked = logits.gather(1, label.unsqueeze(1)).squeeze(1)
+        maxima = logits.amax(dim=1, keepdim=True)
+        probabilities = logits.sub_(maxima).exp_()  # in place: one exp per score
+        sums = probabilities.sum(dim=1, keepdim=True)
+        log_normaliser = (maxima + sums.log()).squeeze(1)
+        loss += ((log_normaliser - picked) * weight).sum().double()
+        probabilities *= weight.unsqueeze(1) / sums
+        probabilities[torch.arange(len(label)), label] -= weight
+        g[rows] = probabilities
+        grad_h[rows] = (g[rows] @ low_table).float()
+    return g, grad_h, float(loss)
 
 
 def _table_norms(
@@ -131,7 +189,7 @@ def _table_norms(
     """Squared norms of each unit's item-table gradient ``O_u + I_u`` (see module doc)."""
     out_slot, out_counts = _slots(out_units, n_units)
     in_slot, in_counts = _slots(in_units, n_units)
-    squares = torch.zeros(n_units, dtype=g.dtype)
+    squares = torch.zeros(n_units, dtype=torch.float32)
     long_units = out_counts > dim
     for is_long in (False, True):
         chosen = torch.nonzero(long_units == is_long).squeeze(1)
@@ -184,18 +242,12 @@ def clipped_gradient_sum(
             scored = torch.ones_like(mask) if grid else mask
             rows = torch.nonzero(scored)[:, 0]
             h = hidden.reshape(-1, hidden.shape[-1]) if grid else hidden[mask]
-            table = model.items.weight[1:]
-            low_table = table.to(low)
             with torch.no_grad():
-                logits = (h.detach().to(low) @ low_table.T).float()
-                log_probs = torch.log_softmax(logits, dim=1)
-                labels = (targets[scored] - 1).clamp(min=0)
-                weights = row_weights[rows] * mask[scored]
-                loss = float((-log_probs.gather(1, labels.unsqueeze(1)).squeeze(1) * weights).sum())
-                g = log_probs.exp_()
-                g[torch.arange(len(labels)), labels] -= 1.0
-                g *= weights.unsqueeze(1)
-            torch.autograd.backward(h, (g.to(low) @ low_table).float())
+                g, grad_h, loss = _score_gradients(
+                    h.detach(), model.items.weight[1:], (targets[scored] - 1).clamp(min=0),
+                    row_weights[rows] * mask[scored], low,
+                )  # fmt: skip
+            torch.autograd.backward(h, grad_h)
             body = {  # parameters the forward pass did not use have no samples: zero
                 name.removeprefix("_module."): param.grad_sample  # type: ignore[attr-defined]
                 for name, param in sampler.named_parameters()
@@ -234,7 +286,7 @@ def clipped_gradient_sum(
     for name, param in named.items():
         if name == "items.weight":
             table_sum = torch.zeros_like(param)
-            table_sum[1:] = (g * factors[out_units].unsqueeze(1)).T @ h.detach()
+            table_sum[1:] = g.T.float() @ (h.detach() * factors[out_units].unsqueeze(1))
             table_sum.index_add_(0, x, e * factors[in_units].unsqueeze(1))
             table_sum[0] = 0.0
             sums[name] = table_sum
