@@ -17,6 +17,7 @@ from common.models import (
     next_item_loss,
     recurrent,
 )
+from common.models.multiscale import TapConv1d, tap_conv_grad_sample
 
 N_ITEMS = 11
 
@@ -160,3 +161,21 @@ def test_invalid_config_is_rejected() -> None:
         ModelConfig(ffn_multiplier=0)
     with pytest.raises(ValueError, match="dropout"):
         ModelConfig(dropout=1.5)
+
+
+@pytest.mark.parametrize(("kernel", "dilation"), [(3, 1), (5, 4)])
+def test_tap_convolution_per_sample_gradients_equal_one_backward_per_sample(
+    kernel: int, dilation: int
+) -> None:
+    torch.manual_seed(0)
+    layer = TapConv1d(4, 3, kernel, dilation=dilation)
+    inputs = torch.randn(5, 4, 7 + (kernel - 1) * dilation)
+    backprops = torch.randn(5, 3, 7)
+    ours = tap_conv_grad_sample(layer, [inputs], backprops)
+    for sample in range(5):
+        layer.zero_grad()
+        (layer(inputs[sample : sample + 1]) * backprops[sample]).sum().backward()
+        assert layer.bias is not None
+        for param in (layer.weight, layer.bias):
+            assert param.grad is not None
+            torch.testing.assert_close(ours[param][sample], param.grad, rtol=1e-5, atol=1e-6)

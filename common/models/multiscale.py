@@ -24,13 +24,36 @@ from common.models.recurrent import SequenceLSTM
 SCALE_NAMES = ("short", "medium", "long")
 
 
+class TapConv1d(nn.Conv1d):
+    """A plain ``nn.Conv1d`` (stride 1, no padding, one group) whose per-sample gradients
+    Opacus takes tap by tap (below) instead of through its generic unfold."""
+
+
+@register_grad_sampler(TapConv1d)
+def tap_conv_grad_sample(
+    layer: TapConv1d, activations: list[Tensor], backprops: Tensor
+) -> dict[Tensor, Tensor]:
+    """Per sample, ``grad W[:, :, j] = sum_t backprop_t x_{t + j * dilation}^T``: one
+    batched product per kernel tap on shifted views, no unfolded copy of the input."""
+    inputs = activations[0].to(backprops.dtype)  # (B, in, T + span - 1)
+    length, dilation = backprops.shape[2], layer.dilation[0]
+    taps = [
+        torch.bmm(backprops, inputs[:, :, j * dilation : j * dilation + length].transpose(1, 2))
+        for j in range(layer.kernel_size[0])
+    ]
+    grads: dict[Tensor, Tensor] = {layer.weight: torch.stack(taps, dim=-1)}
+    if layer.bias is not None:
+        grads[layer.bias] = backprops.sum(2)
+    return grads
+
+
 class CausalConv(nn.Module):
     """Conv1d over (B, L, dim) that only looks at the current and earlier positions."""
 
     def __init__(self, dim: int, kernel_size: int, dilation: int) -> None:
         super().__init__()
         self.left_padding = (kernel_size - 1) * dilation
-        self.conv = nn.Conv1d(dim, dim, kernel_size, dilation=dilation)
+        self.conv = TapConv1d(dim, dim, kernel_size, dilation=dilation)
 
     def forward(self, x: Tensor) -> Tensor:
         padded = F.pad(x.transpose(1, 2), (self.left_padding, 0))
