@@ -2,7 +2,9 @@
 
 Each (data set, model) pair trains in its own subprocess with the settings in
 ``benchmarks/configs/<dataset>-<model>.toml`` (usable as ``fedseqrec-train --config``),
-so its peak RSS is its own. Writes ``benchmarks/results/centralized.json``.
+so its peak RSS is its own. Writes ``benchmarks/results/centralized.json``. Besides the
+three models, ``--models`` takes variants that have a config of their own, such as
+``attention-tuned`` or ``attention-prefix`` for Beauty (the config names the model).
 
     python benchmarks/centralized.py [--datasets ml-100k beauty] [--models attention ...]
 """
@@ -35,10 +37,24 @@ DATASETS = ("ml-100k", "beauty")
 REPORTED = ("hr@10", "ndcg@10", "hr@10" + UNEXCLUDED_SUFFIX, "ndcg@10" + UNEXCLUDED_SUFFIX)
 
 
+def variants() -> list[str]:
+    """Every model or variant with a config for at least one data set."""
+    names = {
+        path.stem.removeprefix(f"{dataset}-")
+        for path in CONFIGS.glob("*.toml")
+        for dataset in DATASETS
+        if path.stem.startswith(f"{dataset}-")
+    }
+    return sorted(names | set(MODEL_NAMES))
+
+
 def train_one(dataset: str, model: str, out: Path) -> dict[str, Any]:
     """Train one configured pair in this process and summarise it."""
-    settings = {"dataset": dataset, "model": model, "out": out}
-    settings.update(load_settings(CONFIGS / f"{dataset}-{model}.toml"))
+    config = CONFIGS / f"{dataset}-{model}.toml"
+    if not config.exists():
+        raise SystemExit(f"{config}: no such config ({model} has none for {dataset})")
+    settings = {"dataset": dataset, "model": model.split("-")[0], "out": out}
+    settings.update(load_settings(config))
     started = time.perf_counter()
     run_dir, result = run(settings)
     epochs = result.history
@@ -70,7 +86,7 @@ def baselines(dataset: str) -> dict[str, dict[str, float]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
-    parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES)
+    parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=variants())
     parser.add_argument("--one", nargs=2, metavar=("DATASET", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:

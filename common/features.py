@@ -101,6 +101,47 @@ def training_windows(
     )
 
 
+def prefix_windows(
+    sequences: list[np.ndarray],
+    max_len: int,
+    times: list[np.ndarray] | None = None,
+    n_gap_buckets: int = 32,
+) -> TrainingWindows:
+    """One window per training target: the (at most ``max_len``) items before it, with
+    the target in the last column only.
+
+    Every target is then predicted from the most recent position, as at evaluation,
+    where :func:`training_windows` predicts most targets from earlier positions. Costs
+    about the mean sequence length times more encoder work per epoch; the scored
+    positions are the same. ``n_gap_buckets = 0`` means no time-gap features.
+    """
+    if max_len < 1:
+        raise ValueError(f"max_len must be positive, got {max_len}")
+    if not n_gap_buckets:
+        times = None
+    count = sum(max(len(sequence) - 1, 0) for sequence in sequences)
+    inputs = np.zeros((count, max_len), dtype=np.int64)
+    targets = np.zeros((count, max_len), dtype=np.int64)
+    gaps = np.zeros((count, max_len), dtype=np.int64) if times is not None else None
+    owners = np.zeros(count, dtype=np.int64)
+    row = 0
+    for user, sequence in enumerate(sequences):
+        buckets = (
+            log_bucket_gaps(times[user][: len(sequence)], n_gap_buckets)
+            if times is not None
+            else None
+        )
+        for end in range(1, len(sequence)):
+            start = max(0, end - max_len)
+            inputs[row, max_len - (end - start) :] = sequence[start:end]
+            targets[row, -1] = sequence[end]
+            if gaps is not None and buckets is not None:
+                gaps[row, max_len - (end - start) :] = buckets[start:end]
+            owners[row] = user
+            row += 1
+    return TrainingWindows(inputs=inputs, targets=targets, gaps=gaps, owners=owners)
+
+
 def last_window(
     sequences: list[np.ndarray],
     max_len: int,

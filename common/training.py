@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from common.features import TrainingWindows, training_windows
+from common.features import TrainingWindows, prefix_windows, training_windows
 from common.model_evaluation import evaluate_model
 from common.models import ModelConfig, SequenceRecommender, build_model, next_item_loss
 from common.sequences import LeaveOneOutSplit
@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 SELECTION_METRIC = "ndcg@10"
 OPTIMIZERS = ("adam", "adamw")
+WINDOWS = {"sequence": training_windows, "prefix": prefix_windows}
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,10 @@ class TrainConfig:
     ``"adamw"`` decays weights directly (decoupled), matrices and embeddings only, never
     biases or layer-norm gains. ``label_smoothing`` changes the training loss only;
     evaluation and checkpoint selection are unaffected. ``device`` is where the model
-    trains (``cpu``, ``cuda``, ``cuda:1``); evaluation runs there too.
+    trains (``cpu``, ``cuda``, ``cuda:1``); evaluation runs there too. ``windows`` says
+    how sequences become examples: ``sequence`` (a target at every position of each
+    window) or ``prefix`` (one window per target, predicted from the last position, as
+    at evaluation; :func:`common.features.prefix_windows`).
     """
 
     epochs: int = 200
@@ -45,6 +49,7 @@ class TrainConfig:
     optimizer: str = "adam"
     label_smoothing: float = 0.0
     device: str = "cpu"
+    windows: str = "sequence"
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_every < 1:
@@ -57,6 +62,8 @@ class TrainConfig:
             raise ValueError(
                 f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
             )
+        if self.windows not in WINDOWS:
+            raise ValueError(f"windows must be one of {', '.join(WINDOWS)}, got {self.windows!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         try:
@@ -178,7 +185,7 @@ def train_centralized(
     rng = np.random.default_rng(config.seed)
     if model is None:
         model = build_model(model_config, split.n_items)
-    windows = training_windows(
+    windows = WINDOWS[config.windows](
         split.train, model_config.max_len, split.times, model_config.n_gap_buckets
     )
     model.to(config.torch_device())

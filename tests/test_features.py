@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from common.features import consecutive_cosine, last_window, log_bucket_gaps, training_windows
+from common.features import (
+    consecutive_cosine,
+    last_window,
+    log_bucket_gaps,
+    prefix_windows,
+    training_windows,
+)
 
 
 def test_short_sequence_gives_one_left_padded_window() -> None:
@@ -59,3 +65,25 @@ def test_zero_gap_buckets_means_no_gap_features() -> None:
     _, gaps = last_window([np.array([1, 2, 3])], 3, times=times, n_gap_buckets=0)
     assert windows.gaps is None
     assert gaps is None
+
+
+def test_prefix_windows_predict_every_target_once_from_the_last_position() -> None:
+    sequences = [np.arange(1, 8), np.array([9]), np.array([3, 4])]
+    windows = prefix_windows(sequences, max_len=4)
+    assert windows.owners.tolist() == [0] * 6 + [2]
+    assert (windows.targets[:, :-1] == 0).all()
+    assert windows.targets[:, -1].tolist() == [2, 3, 4, 5, 6, 7, 4]
+    assert windows.inputs[0].tolist() == [0, 0, 0, 1]
+    assert windows.inputs[5].tolist() == [3, 4, 5, 6]  # truncated to the last max_len
+    assert windows.inputs[6].tolist() == [0, 0, 0, 3]
+    # the same targets as the sequence windows, each once
+    sequence_targets = training_windows(sequences, max_len=4).targets
+    assert sorted(windows.targets[:, -1]) == sorted(sequence_targets[sequence_targets > 0])
+
+
+def test_prefix_windows_carry_aligned_gaps() -> None:
+    times = [np.array([0, 60, 120])]
+    windows = prefix_windows([np.array([1, 2, 3])], 3, times=times, n_gap_buckets=8)
+    assert windows.gaps is not None
+    assert windows.gaps.tolist() == [[0, 0, 1], [0, 1, 3]]
+    assert prefix_windows([np.array([1, 2, 3])], 3, times=times, n_gap_buckets=0).gaps is None

@@ -103,6 +103,14 @@ def test_label_smoothing_still_learns_the_cycle() -> None:
     assert result.history[-1].train_loss > 0.1 * np.log(12)  # smoothing keeps a floor
 
 
+@pytest.mark.parametrize("name", ["lstm", "attention"])
+def test_prefix_windows_learn_the_cycle(name: str) -> None:
+    split = cyclic_split()
+    model_config = ModelConfig(name=name, dim=16, layers=1, dropout=0.0, max_len=8)
+    config = TrainConfig(epochs=15, lr=0.02, patience=15, windows="prefix")
+    assert train_centralized(split, model_config, config).test["hr@5"] > 0.9
+
+
 def test_bad_optimizer_smoothing_and_device_are_rejected() -> None:
     with pytest.raises(ValueError, match="optimizer must be one of adam, adamw, got 'sgd'"):
         TrainConfig(optimizer="sgd")
@@ -110,6 +118,8 @@ def test_bad_optimizer_smoothing_and_device_are_rejected() -> None:
         TrainConfig(label_smoothing=-0.1)
     with pytest.raises(ValueError, match="device must be like cpu or cuda:0, got 'gpu'"):
         TrainConfig(device="gpu")
+    with pytest.raises(ValueError, match="windows must be one of sequence, prefix, got 'all'"):
+        TrainConfig(windows="all")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
