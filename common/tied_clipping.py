@@ -41,8 +41,9 @@ from common.models.chunked_loss import fast_bfloat16_available
 
 # The scores and the gradient sent back into the model may use bfloat16 products where
 # the CPU has native units, as plain training does: they only define the gradient.
-# Norms and clipped sums are float32 products of exactly those values, so every unit's
-# clipped contribution stays within the clipping norm.
+# Clipped sums are float32 products of exactly those values, and norms are exact or
+# (bfloat16 Gram) bounded from above, so every unit's clipped contribution stays within
+# the clipping norm.
 DENSE_FRACTION = 0.75  # real positions above which scoring padding too is cheaper
 SCORE_CHUNK = 128  # positions scored at a time, so each chunk of scores stays in cache
 # Relative error allowed for a bfloat16 Gram entry: its output rounding is at most 2**-8
