@@ -6,6 +6,7 @@ is where every model reads its prediction for the next item.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +59,63 @@ def _left_pad(rows: list[np.ndarray], length: int) -> np.ndarray:
     return padded
 
 
+def _gap_buckets(
+    sequences: list[np.ndarray], times: list[np.ndarray] | None, n_gap_buckets: int
+) -> list[np.ndarray] | None:
+    """Each sequence's gap buckets, or None without timestamps or gap features."""
+    if times is None or not n_gap_buckets:
+        return None
+    return [
+        log_bucket_gaps(user_times[: len(sequence)], n_gap_buckets)
+        for sequence, user_times in zip(sequences, times, strict=True)
+    ]
+
+
+def _sequence_cuts(length: int, max_len: int) -> Iterator[tuple[slice, slice]]:
+    """(inputs, targets) slices of non-overlapping windows, from the end backwards."""
+    end = length
+    while end >= 2:
+        start = max(0, end - max_len - 1)
+        yield slice(start, end - 1), slice(start + 1, end)
+        end = start + 1 if start > 0 else 0
+
+
+def _prefix_cuts(length: int, max_len: int) -> Iterator[tuple[slice, slice]]:
+    """(inputs, target) slices: every target after the items (at most max_len) before it."""
+    for end in range(1, length):
+        yield slice(max(0, end - max_len), end), slice(end, end + 1)
+
+
+def _cut_windows(
+    sequences: list[np.ndarray],
+    max_len: int,
+    times: list[np.ndarray] | None,
+    n_gap_buckets: int,
+    cuts: Callable[[int, int], Iterator[tuple[slice, slice]]],
+) -> TrainingWindows:
+    """Windows of every sequence as ``cuts`` slices them, left-padded to ``max_len``."""
+    if max_len < 1:
+        raise ValueError(f"max_len must be positive, got {max_len}")
+    buckets = _gap_buckets(sequences, times, n_gap_buckets)
+    inputs: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
+    gaps: list[np.ndarray] = []
+    owners: list[int] = []
+    for user, sequence in enumerate(sequences):
+        for source, target in cuts(len(sequence), max_len):
+            inputs.append(sequence[source])
+            targets.append(sequence[target])
+            if buckets is not None:
+                gaps.append(buckets[user][source])
+            owners.append(user)
+    return TrainingWindows(
+        inputs=_left_pad(inputs, max_len),
+        targets=_left_pad(targets, max_len),
+        gaps=_left_pad(gaps, max_len) if buckets is not None else None,
+        owners=np.asarray(owners, dtype=np.int64),
+    )
+
+
 def training_windows(
     sequences: list[np.ndarray],
     max_len: int,
@@ -70,35 +128,7 @@ def training_windows(
     is predicted exactly once and the most recent window always has full context.
     ``n_gap_buckets = 0`` means no time-gap features (``times`` is then ignored).
     """
-    if max_len < 1:
-        raise ValueError(f"max_len must be positive, got {max_len}")
-    if not n_gap_buckets:
-        times = None
-    inputs: list[np.ndarray] = []
-    targets: list[np.ndarray] = []
-    gaps: list[np.ndarray] = []
-    owners: list[int] = []
-    for user, sequence in enumerate(sequences):
-        buckets = (
-            log_bucket_gaps(times[user][: len(sequence)], n_gap_buckets)
-            if times is not None
-            else None
-        )
-        end = len(sequence)
-        while end >= 2:
-            start = max(0, end - max_len - 1)
-            inputs.append(sequence[start : end - 1])
-            targets.append(sequence[start + 1 : end])
-            if buckets is not None:
-                gaps.append(buckets[start : end - 1])
-            owners.append(user)
-            end = start + 1 if start > 0 else 0
-    return TrainingWindows(
-        inputs=_left_pad(inputs, max_len),
-        targets=_left_pad(targets, max_len),
-        gaps=_left_pad(gaps, max_len) if times is not None else None,
-        owners=np.asarray(owners, dtype=np.int64),
-    )
+    return _cut_windows(sequences, max_len, times, n_gap_buckets, _sequence_cuts)
 
 
 def prefix_windows(
@@ -115,31 +145,7 @@ def prefix_windows(
     about the mean sequence length times more encoder work per epoch; the scored
     positions are the same. ``n_gap_buckets = 0`` means no time-gap features.
     """
-    if max_len < 1:
-        raise ValueError(f"max_len must be positive, got {max_len}")
-    if not n_gap_buckets:
-        times = None
-    count = sum(max(len(sequence) - 1, 0) for sequence in sequences)
-    inputs = np.zeros((count, max_len), dtype=np.int64)
-    targets = np.zeros((count, max_len), dtype=np.int64)
-    gaps = np.zeros((count, max_len), dtype=np.int64) if times is not None else None
-    owners = np.zeros(count, dtype=np.int64)
-    row = 0
-    for user, sequence in enumerate(sequences):
-        buckets = (
-            log_bucket_gaps(times[user][: len(sequence)], n_gap_buckets)
-            if times is not None
-            else None
-        )
-        for end in range(1, len(sequence)):
-            start = max(0, end - max_len)
-            inputs[row, max_len - (end - start) :] = sequence[start:end]
-            targets[row, -1] = sequence[end]
-            if gaps is not None and buckets is not None:
-                gaps[row, max_len - (end - start) :] = buckets[start:end]
-            owners[row] = user
-            row += 1
-    return TrainingWindows(inputs=inputs, targets=targets, gaps=gaps, owners=owners)
+    return _cut_windows(sequences, max_len, times, n_gap_buckets, _prefix_cuts)
 
 
 def last_window(
@@ -153,13 +159,10 @@ def last_window(
     ``n_gap_buckets = 0`` means no time-gap features (``times`` is then ignored).
     """
     items = _left_pad([sequence[-max_len:] for sequence in sequences], max_len)
-    if times is None or not n_gap_buckets:
+    buckets = _gap_buckets(sequences, times, n_gap_buckets)
+    if buckets is None:
         return items, None
-    gaps = [
-        log_bucket_gaps(user_times[: len(sequence)], n_gap_buckets)[-max_len:]
-        for sequence, user_times in zip(sequences, times, strict=True)
-    ]
-    return items, _left_pad(gaps, max_len)
+    return items, _left_pad([user_buckets[-max_len:] for user_buckets in buckets], max_len)
 
 
 def consecutive_cosine(items: Tensor, embeddings: Tensor) -> Tensor:
