@@ -37,7 +37,7 @@ from opacus import GradSampleModule
 from torch import Tensor
 
 from common.models import SequenceRecommender
-from common.models.chunked_loss import fast_bfloat16_available
+from common.models.chunked_loss import exp_scores, fast_bfloat16_available
 
 # The scores and the gradient sent back into the model may use bfloat16 products where
 # the CPU has native units, as plain training does: they only define the gradient.
@@ -163,12 +163,7 @@ def _score_gradients(
     for start in range(0, len(h), SCORE_CHUNK):
         rows = slice(start, start + SCORE_CHUNK)
         label, weight = labels[rows], weights[rows]
-        logits = (low_h[rows] @ low_table.T).float()
-        picked = logits.gather(1, label.unsqueeze(1)).squeeze(1)
-        maxima = logits.amax(dim=1, keepdim=True)
-        probabilities = logits.sub_(maxima).exp_()  # in place: one exp per score
-        sums = probabilities.sum(dim=1, keepdim=True)
-        log_normaliser = (maxima + sums.log()).squeeze(1)
+        probabilities, sums, log_normaliser, picked, _ = exp_scores(low_h[rows], low_table, label)
         loss += ((log_normaliser - picked) * weight).sum().double()
         probabilities *= weight.unsqueeze(1) / sums
         probabilities[torch.arange(len(label)), label] -= weight

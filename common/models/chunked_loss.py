@@ -32,6 +32,25 @@ def fast_bfloat16_available() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def exp_scores(
+    low_hidden: Tensor, low_weight: Tensor, targets: Tensor, with_mean: bool = False
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+    """One chunk's scores ``low_hidden @ low_weight.T`` (float32), shifted by each row's
+    maximum and exponentiated in place (one exp per score).
+
+    Returns the exponentiated scores, their row sums, each row's log normaliser, the
+    target's score and (``with_mean``) each row's mean score; callers normalise the
+    exponentials with whatever scale they need in one pass.
+    """
+    logits = (low_hidden @ low_weight.T).float()
+    picked = logits.gather(1, targets[:, None]).squeeze(1)
+    mean = logits.mean(dim=1) if with_mean else None
+    maxima = logits.amax(dim=1, keepdim=True)
+    exponentials = logits.sub_(maxima).exp_()
+    sums = exponentials.sum(dim=1, keepdim=True)
+    return exponentials, sums, (maxima + sums.log()).squeeze(1), picked, mean
+
+
 class ChunkedLinearCrossEntropy(Function):
     """Mean cross-entropy of ``hidden @ weight.T`` against ``targets`` (column indices)."""
 
@@ -53,16 +72,13 @@ class ChunkedLinearCrossEntropy(Function):
         for start in range(0, count, chunk_size):
             rows = slice(start, start + chunk_size)
             chunk, target = low_hidden[rows], targets[rows]
-            logits = (chunk @ low_weight.T).float()
-            picked = logits.gather(1, target[:, None]).squeeze(1)
+            probabilities, sums, log_normaliser, picked, mean = exp_scores(
+                chunk, low_weight, target, with_mean=bool(smoothing)
+            )
             # Smoothed target: (1 - e) on the true item + e / n_classes on every item.
             expected = (1.0 - smoothing) * picked
-            if smoothing:
-                expected = expected + smoothing * logits.mean(dim=1)
-            maxima = logits.amax(dim=1, keepdim=True)
-            probabilities = logits.sub_(maxima).exp_()  # in place: one exp per logit
-            sums = probabilities.sum(dim=1, keepdim=True)
-            log_normaliser = (maxima + sums.log()).squeeze(1)
+            if mean is not None:
+                expected = expected + smoothing * mean
             total += log_normaliser.sub(expected).sum().double()
             probabilities /= sums * count
             if smoothing:
