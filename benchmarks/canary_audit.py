@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT.parent))
 
 from common.run_folder import write_json  # noqa: E402
 from simulations.canary_audit import build_parser, render, run_audit  # noqa: E402
+from simulations.launch import unwind_on_sigterm  # noqa: E402
 
 RESULTS = ROOT / "results" / "canary_audit.json"
 RUNS = ROOT / "runs"
@@ -61,6 +62,7 @@ def run_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the selected cases one after the other, writing the results after each."""
+    unwind_on_sigterm()  # a SIGTERM stops the running simulation too
     parser = argparse.ArgumentParser(prog="python benchmarks/canary_audit.py", description=__doc__)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--canaries", type=int, default=200)

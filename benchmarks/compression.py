@@ -27,7 +27,7 @@ from common.federated import FederatedConfig, model_to_arrays  # noqa: E402
 from common.models import build_model  # noqa: E402
 from common.partitioning import load_split  # noqa: E402
 from common.run_folder import write_json  # noqa: E402
-from simulations.launch import build_parser, launch  # noqa: E402
+from simulations.launch import build_parser, launch, unwind_on_sigterm  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "compression.json"
 
@@ -70,6 +70,7 @@ def run_one(preset: str, overrides: list[str], method: str, root: Path) -> dict[
 
 
 def main() -> int:
+    unwind_on_sigterm()  # a SIGTERM stops the running simulation too
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", default="ml100k-silo")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

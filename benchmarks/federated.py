@@ -37,7 +37,7 @@ from benchmarks.process_memory import PeakMemory  # noqa: E402
 from common.federated import FederatedConfig, round_seed, train_local  # noqa: E402
 from common.models import build_model  # noqa: E402
 from common.partitioning import load_partition, load_split  # noqa: E402
-from simulations.launch import build_parser, launch  # noqa: E402
+from simulations.launch import build_parser, launch, unwind_on_sigterm  # noqa: E402
 
 RESULTS = ROOT / "results" / "federated.json"
 CENTRALIZED = ROOT / "results" / "centralized.json"
@@ -158,6 +158,7 @@ def overhead(port: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the selected sections and merge them into ``federated.json``."""
+    unwind_on_sigterm()  # a SIGTERM stops the running simulation too
     parser = argparse.ArgumentParser(prog="python benchmarks/federated.py", description=__doc__)
     parser.add_argument("--only", nargs="+", default=["accuracy", "scaling", "overhead"],
                         choices=["accuracy", "scaling", "overhead"])  # fmt: skip

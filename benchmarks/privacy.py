@@ -37,7 +37,7 @@ from common.local_dp import train_local_dp  # noqa: E402
 from common.models import MODEL_NAMES, build_model  # noqa: E402
 from common.partitioning import load_split  # noqa: E402
 from common.run_folder import plot_series  # noqa: E402
-from simulations.launch import build_parser, launch  # noqa: E402
+from simulations.launch import build_parser, launch, unwind_on_sigterm  # noqa: E402
 
 RESULTS = ROOT / "results" / "privacy.json"
 RUNS = ROOT / "runs"
@@ -133,6 +133,7 @@ def plot(results: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the selected sections and merge them into ``privacy.json``."""
+    unwind_on_sigterm()  # a SIGTERM stops the running simulation too
     parser = argparse.ArgumentParser(prog="python benchmarks/privacy.py", description=__doc__)
     parser.add_argument("--only", nargs="+", default=["utility", "throughput"],
                         choices=["utility", "throughput"])  # fmt: skip

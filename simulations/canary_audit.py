@@ -31,7 +31,6 @@ import argparse
 import json
 import logging
 import math
-import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +56,7 @@ from simulations.launch import (
     load_preset,
     parse_overrides,
     resolve_config,
+    unwind_on_sigterm,
 )
 from simulations.superlink import SuperLinkError
 
@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: 0 within the guarantee, 1 exceeded, 2 could not run."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    unwind_on_sigterm()
     args = build_parser().parse_args(argv)
     try:
         audit = run_audit(args)

@@ -281,11 +281,24 @@ def launch_in(
     return summary
 
 
+def _exit_143(signum: int, frame: object) -> None:
+    """SIGTERM handler: raise SystemExit(143) (128 + SIGTERM), which unwinds ``finally``."""
+    sys.exit(143)
+
+
+def unwind_on_sigterm() -> None:
+    """Make SIGTERM unwind this process like Ctrl-C (exit status 143), so every
+    :func:`launch` running in it stops its SuperLink and simulation on the way out.
+
+    Call it from the main thread of any program that launches simulations.
+    """
+    signal.signal(signal.SIGTERM, _exit_143)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; every failure is one line on stderr and a non-zero exit."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
-    # SIGTERM unwinds like Ctrl-C, so the SuperLink and its simulation are stopped too
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    unwind_on_sigterm()
     args = build_parser().parse_args(argv)
     try:
         launch(args)

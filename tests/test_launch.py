@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ from simulations.launch import (
     main,
     parse_overrides,
     resolve_config,
+    unwind_on_sigterm,
 )
 from simulations.superlink import (
     CONNECTION,
@@ -153,3 +155,37 @@ def test_stopping_the_superlink_stops_the_sessions_its_descendants_started(
     assert len(sessions) == 2 and root.pid in tree
     assert root.returncode == -signal.SIGTERM
     assert [pid for pid in tree if _running(pid)] == []
+
+
+def test_sigterm_unwinds_like_ctrl_c_once_installed() -> None:
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        unwind_on_sigterm()
+        with pytest.raises(SystemExit) as stopped:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler runs in the main thread at the next instruction
+        assert stopped.value.code == 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class HandlerInstalled(Exception):
+    """Raised by the stand-in for unwind_on_sigterm, before a benchmark does any work."""
+
+
+@pytest.mark.parametrize(
+    "name", ["benchmarks.privacy", "benchmarks.federated", "benchmarks.compression",
+             "benchmarks.canary_audit"],
+)  # fmt: skip
+def test_benchmarks_that_launch_simulations_unwind_on_sigterm(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a benchmark killed with SIGTERM must stop its SuperLink and simulation as well
+    module = importlib.import_module(name)
+
+    def installed() -> None:
+        raise HandlerInstalled
+
+    monkeypatch.setattr(module, "unwind_on_sigterm", installed)
+    with pytest.raises(HandlerInstalled):
+        module.main()
