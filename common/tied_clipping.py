@@ -172,6 +172,15 @@ def _score_gradients(
     return g, grad_h, float(loss)
 
 
+def _output_sum(g: Tensor, weighted_h: Tensor) -> Tensor:
+    """``g.T @ weighted_h`` in float32, converting ``g`` a cache-sized chunk at a time."""
+    total = weighted_h.new_zeros((g.shape[1], weighted_h.shape[1]))
+    for start in range(0, len(g), SCORE_CHUNK):
+        rows = slice(start, start + SCORE_CHUNK)
+        total.addmm_(g[rows].T.float(), weighted_h[rows])
+    return total
+
+
 def _table_norms(
     g: Tensor,
     h: Tensor,
@@ -282,7 +291,7 @@ def clipped_gradient_sum(
     for name, param in named.items():
         if name == "items.weight":
             table_sum = torch.zeros_like(param)
-            table_sum[1:] = g.T.float() @ (h.detach() * factors[out_units].unsqueeze(1))
+            table_sum[1:] = _output_sum(g, h.detach() * factors[out_units].unsqueeze(1))
             table_sum.index_add_(0, x, e * factors[in_units].unsqueeze(1))
             table_sum[0] = 0.0
             sums[name] = table_sum
