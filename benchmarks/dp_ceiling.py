@@ -139,11 +139,12 @@ def last_item_rows(mapping: np.ndarray, table: np.ndarray) -> Any:
 def transitions(split: LeaveOneOutSplit, epsilon: float | None, delta: float) -> list[dict]:
     """The noisy transition statistic at each vocabulary size, valid and test metrics."""
     rows = []
+    ranked = popular_items(split, max(VOCABS))  # each vocabulary is a prefix of it
+    noise = noise_for_target_epsilon(epsilon, delta, 1.0, 1) if epsilon else 0.0
     for size in VOCABS:
-        vocab = popular_items(split, size)
+        vocab = ranked[:size]
         mapping = local_ids(split, vocab)
         table = transition_sums(split, mapping, size)
-        noise = noise_for_target_epsilon(epsilon, delta, 1.0, 1) if epsilon else 0.0
         rng = np.random.default_rng(0)
         noisy = table + rng.normal(0.0, noise, table.shape) if noise else table
         scorer = vocabulary_scorer(split, vocab, last_item_rows(mapping, noisy))
