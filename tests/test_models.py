@@ -67,6 +67,19 @@ def test_scores_cover_all_items_and_mask_padding(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
+def test_padding_reads_zeros_whatever_row_zero_holds(name: str) -> None:
+    # Prepare: DP noise has moved the padding row away from zero
+    model = build_model(ModelConfig(name=name, dim=8, max_len=6), N_ITEMS).eval()
+    clean = model.scores(tiny_batch())
+    with torch.no_grad():
+        model.items.weight[0] = torch.randn(8) * 5
+    # Execute
+    noisy = model.scores(tiny_batch())
+    # Assert: left-padded rows score exactly as before
+    torch.testing.assert_close(noisy, clean)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
 def test_dense_and_gathered_losses_agree(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(chunked_loss, "fast_bfloat16_available", lambda: False)
     torch.manual_seed(0)

@@ -35,7 +35,10 @@ class ItemEmbedding(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dtype in (torch.int64, torch.int32):
-            return F.embedding(x, self.weight, padding_idx=0)
+            # Padding looks up zeros whatever row 0 holds: DP noise (Opacus's DPOptimizer,
+            # the server's user-level noise) lands on every coordinate, row 0 included.
+            vectors = F.embedding(x, self.weight, padding_idx=0)
+            return vectors.masked_fill((x == 0).unsqueeze(-1), 0.0)
         return F.linear(x, self.weight[1:])
 
     def initialise_from(self, matrix: Tensor) -> None:
