@@ -28,6 +28,8 @@ from typing import Any
 
 import tomli_w
 
+from simulations.watchdog import release_watchdog, start_watchdog
+
 CONNECTION = "fedseqrec-sim"
 STARTUP_SECONDS = 60.0
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -89,6 +91,7 @@ class LocalSuperLink:
         self.log_file = log_file
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None
+        self.watchdog: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> LocalSuperLink:
         if _healthy(self.port):
@@ -109,6 +112,7 @@ class LocalSuperLink:
             command, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
         )  # fmt: skip
+        self.watchdog = start_watchdog(self.process.pid, self.env)  # stops it if we die
         deadline = time.monotonic() + STARTUP_SECONDS
         while not _healthy(self.port):
             if self.process.poll() is not None:
@@ -134,6 +138,8 @@ class LocalSuperLink:
         """Stop the SuperLink and its own children (its process group, which we created)."""
         if self.process is not None:
             stop_process_group(self.process)
+        if self.watchdog is not None:
+            release_watchdog(self.watchdog)
 
 
 def stop_process_group(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
@@ -146,14 +152,23 @@ def stop_process_group(process: subprocess.Popen[bytes], timeout: float = 15.0) 
     """
     if process.poll() is not None:
         return
-    groups = {os.getpgid(process.pid)} | descendant_groups(process.pid)
+    stop_process_tree(process.pid, timeout)
+    process.wait()
+
+
+def stop_process_tree(pid: int, timeout: float = 15.0) -> None:
+    """SIGTERM the process group of ``pid`` (a session leader) and the groups of all its
+    descendants, then SIGKILL whatever is left of them after ``timeout`` seconds."""
+    try:
+        groups = {os.getpgid(pid)} | descendant_groups(pid)
+    except ProcessLookupError:  # exited meanwhile
+        return
     groups.discard(os.getpgrp())  # never our own group
     _signal_groups(groups, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while _live_groups(groups) and time.monotonic() < deadline:
         time.sleep(0.1)
     _signal_groups(_live_groups(groups), signal.SIGKILL)
-    process.wait()
 
 
 def process_table() -> dict[int, tuple[int, int, str]]:

@@ -212,3 +212,31 @@ def test_a_simulation_killed_mid_run_leaves_ledgers_the_audit_confirms(
     # auditing again changes nothing and says the same
     assert snapshot(folder) == ledgers
     assert second == (first.returncode, first.stdout)
+
+
+@pytest.mark.simulation
+def test_a_launcher_killed_alone_takes_its_simulation_down_with_it(
+    cycle_log: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: a user-level DP run that would go on for hours, two releases recorded
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
+    with launched(tmp_path, "user", cycle_log) as launch:
+        folder = wait_for_entries(launch, 2)
+        before = simulation_processes(launch.marker)
+        # Execute: SIGKILL the launcher process only; nothing else is signalled
+        os.kill(launch.process.pid, signal.SIGKILL)
+        launch.process.wait(timeout=30)
+        deadline = time.monotonic() + 60.0
+        while simulation_processes(launch.marker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = simulation_processes(launch.marker)
+    # Assert: the watchdog stopped the SuperLink and the whole simulation on its own
+    assert any("flwr-simulation" in command for command in before.values())
+    assert any("simulations.watchdog" in command for command in before.values())
+    assert left == {}, f"still running after the launcher died: {sorted(left.values())}"
+    lines = ledger_lines(folder)
+    time.sleep(1.0)
+    assert ledger_lines(folder) == lines >= 2  # nobody writes the ledger any more
+    result = audit(folder, tmp_path / "audit.json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{lines} entries from " in result.stdout
