@@ -10,6 +10,16 @@ The Beauty user-level DP model stays far below the non-private one (README,
   and one step), and candidates are scored by the noisy row of the user's last
   item plus the noisy column sums (popularity). Only the ``vocab`` most popular items
   are kept, chosen from the true counts for free (not private): an optimistic ceiling.
+- ``spectral``: item embeddings without training, from the noisy power method on the
+  item co-occurrence matrix (DP PCA, the shape of McSherry and Mironov's private
+  recommender). Every user's pairs up to 3 steps apart in both directions (weight
+  1 / distance) form a symmetric matrix ``M_u`` of Frobenius norm 1. Each of
+  ``iterations`` releases is ``sum_u clip(M_u Q) + Gaussian noise`` over ALL users (the
+  clip is ``sqrt(rank / items)``, what ``M_u Q`` has for an orthonormal ``Q`` spread over
+  the catalogue; no data-dependent choice), followed by ``Q = orth(release)``; the
+  releases compose under the same RDP accountant. A candidate scores
+  ``sum_k (1 / k) Y[i_k] . Q_prev[j]`` over the user's last 3 items ``i_k``. Whole
+  catalogue, nothing chosen for free.
 - ``fedavg``: the ``beauty-dp`` mechanism (Poisson-sampled users, one SGD step each,
   clipped to norm 1, Gaussian noise on the sum, FedAdam) on a model whose item table
   holds only the ``vocab`` most popular items (again chosen for free), run in-process
@@ -20,7 +30,8 @@ excluded; items outside the vocabulary rank last). Delta is 1 / users, the most 
 issue allows. Writes ``benchmarks/results/dp_ceiling.json`` (sections merged into an
 existing file).
 
-    python benchmarks/dp_ceiling.py [--only transitions fedavg] [--epsilon 8] [--set vocab=1000]
+    python benchmarks/dp_ceiling.py [--only transitions spectral fedavg] [--epsilon 8]
+        [--set vocab=1000]
 
 Each fedavg run is kept under its settings (a rerun with the same settings replaces it).
 """
@@ -36,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sparse
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +65,8 @@ from common.sequences import LeaveOneOutSplit  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results" / "dp_ceiling.json"
 HOPS = 3
 VOCABS = (500, 1000, 2000, 4000)
+SPECTRAL_RANKS = (16, 32, 64)
+SPECTRAL_ITERATIONS = (2, 4, 8)
 
 
 @dataclass(frozen=True)
@@ -68,8 +82,13 @@ class FedAvgSettings:
     rounds: int = 400
     lr: float = 1.0
     server_lr: float = 0.02
+    server: str = "adam"  # adam (Flower's FedAdam) or momentum (Flower's FedAvgM, 0.9)
     clip: float = 1.0
     eval_every: int = 50
+
+    def __post_init__(self) -> None:
+        if self.server not in ("adam", "momentum"):
+            raise ValueError(f"server must be adam or momentum, got {self.server!r}")
 
 
 def popular_items(split: LeaveOneOutSplit, size: int) -> np.ndarray:
@@ -162,6 +181,90 @@ def transitions(split: LeaveOneOutSplit, epsilon: float | None, delta: float) ->
     return rows
 
 
+@dataclass(frozen=True)
+class PairRows:
+    """Every user's unit-norm pair matrix ``M_u``, stacked by (user, source item) rows."""
+
+    matrix: sparse.csr_matrix  # (user, item) row x item column: the weights of M_u
+    users: np.ndarray  # the user of each row
+    items: np.ndarray  # the source item of each row
+
+
+def pair_rows(split: LeaveOneOutSplit, hops: int = HOPS) -> PairRows:
+    """Each user's pairs up to ``hops`` apart, both directions, weight 1 / distance,
+    scaled so that the user's matrix has Frobenius norm 1 (sensitivity 1)."""
+    size = split.n_items + 1
+    keys, weights, users = [], [], []
+    for user, sequence in enumerate(split.train):
+        pairs = [(sequence[:-hop], sequence[hop:], 1.0 / hop) for hop in range(1, hops + 1)]
+        pairs = [(a, b, w) for a, b, w in pairs if len(a)]
+        if not pairs:
+            continue
+        sources = np.concatenate([np.concatenate([a, b]) for a, b, _ in pairs])
+        targets = np.concatenate([np.concatenate([b, a]) for a, b, _ in pairs])
+        hop_weights = np.concatenate([np.full(2 * len(a), w) for a, _, w in pairs])
+        cells, inverse = np.unique(sources * size + targets, return_inverse=True)
+        values = np.bincount(inverse, weights=hop_weights)
+        keys.append(cells)
+        weights.append(values / np.sqrt((values**2).sum()))
+        users.append(np.full(len(cells), user))
+    cell, owner = np.concatenate(keys), np.concatenate(users)
+    row_keys, row = np.unique(owner * size + cell // size, return_inverse=True)
+    matrix = sparse.csr_matrix(
+        (np.concatenate(weights), (row, cell % size)), shape=(len(row_keys), size)
+    )
+    return PairRows(matrix, row_keys // size, row_keys % size)
+
+
+def clipped_product(rows: PairRows, q: np.ndarray, clip: float, n_users: int) -> np.ndarray:
+    """``sum_u min(1, clip / |M_u q|) M_u q``: every user adds at most ``clip``."""
+    product = rows.matrix @ q
+    norms = np.sqrt(np.bincount(rows.users, weights=(product**2).sum(1), minlength=n_users))
+    factors = np.minimum(1.0, clip / np.maximum(norms, 1e-30))
+    total = np.zeros((rows.matrix.shape[1], q.shape[1]))
+    np.add.at(total, rows.items, factors[rows.users, None] * product)
+    return total
+
+
+def power_scorer(left: np.ndarray, right: np.ndarray) -> Any:
+    """Score ``sum_k (1 / k) left[i_k] . right[j]`` over the last ``HOPS`` items ``i_k``."""
+    right_t = torch.as_tensor(right.T, dtype=torch.float32)
+
+    def scorer(histories: list[np.ndarray], times: list[np.ndarray] | None) -> torch.Tensor:
+        queries = np.zeros((len(histories), left.shape[1]))
+        for row, history in enumerate(histories):
+            for distance, item in enumerate(history[::-1][:HOPS], start=1):
+                queries[row] += left[item] / distance
+        scores = torch.as_tensor(queries, dtype=torch.float32) @ right_t
+        scores[:, 0] = float("-inf")
+        return scores
+
+    return scorer
+
+
+def spectral(
+    split: LeaveOneOutSplit, epsilon: float | None, delta: float, rows: PairRows,
+    rank: int, iterations: int,
+) -> dict[str, Any]:  # fmt: skip
+    """The noisy power method at one rank and number of releases; valid and test metrics."""
+    noise = noise_for_target_epsilon(epsilon, delta, 1.0, iterations) if epsilon else 0.0
+    clip = float(np.sqrt(rank / (split.n_items + 1)))
+    rng = np.random.default_rng(0)
+    q = np.linalg.qr(rng.standard_normal((split.n_items + 1, rank)))[0]
+    for _ in range(iterations):
+        released = clipped_product(rows, q, clip, split.n_users)
+        released += rng.normal(0.0, noise * clip, released.shape)
+        left, right, q = released, q, np.linalg.qr(released)[0]
+    result: dict[str, Any] = {"rank": rank, "iterations": iterations, "epsilon": epsilon,
+                              "delta": delta, "noise_multiplier": noise, "clip": clip}  # fmt: skip
+    scorer = power_scorer(left, right)
+    for stage in ("valid", "test"):
+        metrics = flatten_metrics(*evaluate_scorer(scorer, split, stage))
+        result[stage] = {key: metrics[key] for key in ("hr@10", "ndcg@10")}
+    print(result, flush=True)
+    return result
+
+
 def fedavg_settings(changes: list[str], parser: argparse.ArgumentParser) -> FedAvgSettings:
     """The default settings with ``FIELD=VALUE`` changes (a bad one stops with a message)."""
     defaults = FedAvgSettings()
@@ -175,7 +278,10 @@ def fedavg_settings(changes: list[str], parser: argparse.ArgumentParser) -> FedA
             values[field] = type(getattr(defaults, field))(text)
         except ValueError:
             parser.error(f"--set {change!r}: {text!r} is not a valid {field}")
-    return replace(defaults, **values)
+    try:
+        return replace(defaults, **values)
+    except ValueError as error:
+        parser.error(f"--set: {error}")
 
 
 def fedavg(
@@ -219,6 +325,10 @@ def fedavg(
                 total += torch.as_tensor(rng.normal(0, noise * settings.clip, total.shape),
                                          dtype=total.dtype)  # fmt: skip
                 mean = total / expected
+                if settings.server == "momentum":  # Flower FedAvgM: v = 0.9 v + mean
+                    first[name].mul_(0.9).add_(mean)
+                    param.add_(settings.server_lr * first[name])
+                    continue
                 first[name].mul_(0.9).add_(0.1 * mean)
                 second[name].mul_(0.99).add_(0.01 * mean * mean)
                 param.add_(step * first[name] / (second[name].sqrt() + 1e-8))
@@ -248,8 +358,8 @@ def fedavg(
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen sections on Beauty and write ``dp_ceiling.json``."""
     parser = argparse.ArgumentParser(prog="python benchmarks/dp_ceiling.py", description=__doc__)
-    parser.add_argument("--only", nargs="+", default=["transitions", "fedavg"],
-                        choices=["transitions", "fedavg"])  # fmt: skip
+    sections = ["transitions", "spectral", "fedavg"]
+    parser.add_argument("--only", nargs="+", default=sections, choices=sections)
     parser.add_argument("--epsilon", type=float, default=8.0)
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="change a fedavg setting, e.g. --set vocab=1000")  # fmt: skip
@@ -262,6 +372,14 @@ def main(argv: list[str] | None = None) -> int:
     if "transitions" in args.only:
         results["transitions"] = transitions(split, args.epsilon, delta)
         results["transitions_without_dp"] = transitions(split, None, delta)
+    if "spectral" in args.only:
+        rows = pair_rows(split)
+        results["spectral"] = [
+            spectral(split, budget, delta, rows, rank, iterations)
+            for budget in (args.epsilon, None)
+            for rank in SPECTRAL_RANKS
+            for iterations in SPECTRAL_ITERATIONS
+        ]
     if "fedavg" in args.only:
         run = fedavg(split, settings, args.epsilon, delta)
         earlier = [r for r in results.get("fedavg", []) if r["settings"] != run["settings"]]

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import pytest
 import torch
 
-from benchmarks.dp_ceiling import local_ids, popular_items, transition_sums, vocabulary_scorer
+from benchmarks.dp_ceiling import (
+    PairRows,
+    clipped_product,
+    fedavg_settings,
+    local_ids,
+    pair_rows,
+    popular_items,
+    power_scorer,
+    transition_sums,
+    vocabulary_scorer,
+)
 from common.evaluation import target_ranks
 from common.sequences import LeaveOneOutSplit
 
@@ -62,3 +74,67 @@ def test_items_outside_the_vocabulary_rank_below_every_scored_item() -> None:
     ranks = target_ranks(scores, torch.tensor([3]))
     assert int(ranks[0]) == 4  # worst: ties with the other unscored items count against it
     assert int(target_ranks(scores, torch.tensor([4]))[0]) == 1
+
+
+def test_each_users_pair_matrix_is_symmetric_with_unit_norm() -> None:
+    split = split_of([[1, 2, 3, 1], [4, 5]])
+    rows = pair_rows(split)
+    for user in (0, 1):
+        mine = rows.matrix[rows.users == user].toarray()
+        full = np.zeros((7, 7))
+        full[rows.items[rows.users == user]] = mine
+        assert np.linalg.norm(full) == pytest.approx(1.0)
+        np.testing.assert_allclose(full, full.T)
+    # user 0: 1-2, 2-3, 3-1 at distance 1; 1-3, 2-1 at 2; 1-1 at 3 (both directions)
+    raw = np.zeros((7, 7))
+    for (a, b), weight in {(1, 2): 1.5, (1, 3): 1.5, (2, 3): 1.0, (1, 1): 2 / 3}.items():
+        raw[a, b] = raw[b, a] = weight
+    full = np.zeros((7, 7))
+    full[rows.items[rows.users == 0]] = rows.matrix[rows.users == 0].toarray()
+    np.testing.assert_allclose(full, raw / np.linalg.norm(raw))
+
+
+def test_clipped_product_bounds_every_user_and_adds_the_others_exactly() -> None:
+    split = split_of([[1, 2, 3, 4, 5, 6], [2, 1], [5, 6]])
+    rows = pair_rows(split)
+    q = np.random.default_rng(0).standard_normal((7, 3))
+    per_user = [clipped_product(_only(rows, user), q, np.inf, 3) for user in range(3)]
+    norms = [np.linalg.norm(part) for part in per_user]
+    clip = float(np.median(norms))
+    total = clipped_product(rows, q, clip, 3)
+    expected = sum(part * min(1.0, clip / norm) for part, norm in zip(per_user, norms, strict=True))
+    np.testing.assert_allclose(total, expected)
+    dense = sum(_dense(rows, user) for user in range(3)) @ q  # unclipped = (sum M_u) q
+    np.testing.assert_allclose(clipped_product(rows, q, np.inf, 3), dense)
+
+
+def test_power_scorer_weights_the_last_items_by_distance() -> None:
+    left = np.zeros((5, 2))
+    left[1], left[2], left[3] = [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]
+    right = np.array([[9.0, 9.0], [1.0, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, 0.0]])
+    scores = power_scorer(left, right)([np.array([4, 1, 2, 3])], None)
+    query = left[3] + left[2] / 2 + left[1] / 3  # item 4 is 4 steps back: left out
+    np.testing.assert_allclose(scores[0, 1:].numpy(), right[1:] @ query, rtol=1e-6)
+    assert scores[0, 0] == float("-inf")
+
+
+def _only(rows: PairRows, user: int) -> PairRows:
+    keep = rows.users == user
+    return PairRows(rows.matrix[keep], rows.users[keep], rows.items[keep])
+
+
+def _dense(rows: PairRows, user: int) -> np.ndarray:
+    full = np.zeros((rows.matrix.shape[1],) * 2)
+    keep = rows.users == user
+    full[rows.items[keep]] = rows.matrix[keep].toarray()
+    return full
+
+
+def test_a_server_optimizer_we_do_not_have_stops_with_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = argparse.ArgumentParser(prog="dp_ceiling")
+    assert fedavg_settings(["server=momentum"], parser).server == "momentum"
+    with pytest.raises(SystemExit):
+        fedavg_settings(["server=sgd"], parser)
+    assert "server must be adam or momentum, got 'sgd'" in capsys.readouterr().err
