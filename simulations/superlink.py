@@ -112,7 +112,11 @@ class LocalSuperLink:
             command, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
         )  # fmt: skip
-        self.watchdog = start_watchdog(self.process.pid, self.env)  # stops it if we die
+        try:
+            self.watchdog = start_watchdog(self.process.pid, self.env)  # stops it if we die
+        except OSError as error:
+            self._stop()
+            raise SuperLinkError(f"could not start the SuperLink's watchdog: {error}") from None
         deadline = time.monotonic() + STARTUP_SECONDS
         while not _healthy(self.port):
             if self.process.poll() is not None:
