@@ -120,15 +120,21 @@ def local_ids(split: LeaveOneOutSplit, vocab: np.ndarray) -> np.ndarray:
     return mapping
 
 
+def hop_pairs(sequence: np.ndarray, hops: int = HOPS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (earlier, later) pair of a sequence up to ``hops`` steps apart, weight
+    1 / distance: sources, targets, weights."""
+    pairs = [(sequence[:-hop], sequence[hop:], 1.0 / hop) for hop in range(1, hops + 1)]
+    sources = np.concatenate([p[0] for p in pairs])
+    targets = np.concatenate([p[1] for p in pairs])
+    weights = np.concatenate([np.full(len(p[0]), p[2]) for p in pairs])
+    return sources, targets, weights
+
+
 def transition_sums(split: LeaveOneOutSplit, mapping: np.ndarray, size: int) -> np.ndarray:
     """Sum over users of each user's transition vector scaled to L2 norm 1 (size x size)."""
     table = np.zeros((size + 2) * (size + 2))
     for sequence in split.train:
-        local = mapping[sequence]
-        pairs = [(local[:-hop], local[hop:], 1.0 / hop) for hop in range(1, HOPS + 1)]
-        sources = np.concatenate([p[0] for p in pairs])
-        targets = np.concatenate([p[1] for p in pairs])
-        weights = np.concatenate([np.full(len(p[0]), p[2]) for p in pairs])
+        sources, targets, weights = hop_pairs(mapping[sequence])
         keep = (sources <= size) & (targets <= size)
         if not keep.any():
             continue
@@ -196,15 +202,12 @@ def pair_rows(split: LeaveOneOutSplit, hops: int = HOPS) -> PairRows:
     size = split.n_items + 1
     keys, weights, users = [], [], []
     for user, sequence in enumerate(split.train):
-        pairs = [(sequence[:-hop], sequence[hop:], 1.0 / hop) for hop in range(1, hops + 1)]
-        pairs = [(a, b, w) for a, b, w in pairs if len(a)]
-        if not pairs:
+        earlier, later, hop_weights = hop_pairs(sequence, hops)
+        if not len(earlier):
             continue
-        sources = np.concatenate([np.concatenate([a, b]) for a, b, _ in pairs])
-        targets = np.concatenate([np.concatenate([b, a]) for a, b, _ in pairs])
-        hop_weights = np.concatenate([np.full(2 * len(a), w) for a, _, w in pairs])
+        sources, targets = np.concatenate([earlier, later]), np.concatenate([later, earlier])
         cells, inverse = np.unique(sources * size + targets, return_inverse=True)
-        values = np.bincount(inverse, weights=hop_weights)
+        values = np.bincount(inverse, weights=np.concatenate([hop_weights, hop_weights]))
         keys.append(cells)
         weights.append(values / np.sqrt((values**2).sum()))
         users.append(np.full(len(cells), user))

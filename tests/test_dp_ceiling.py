@@ -80,18 +80,14 @@ def test_each_users_pair_matrix_is_symmetric_with_unit_norm() -> None:
     split = split_of([[1, 2, 3, 1], [4, 5]])
     rows = pair_rows(split)
     for user in (0, 1):
-        mine = rows.matrix[rows.users == user].toarray()
-        full = np.zeros((7, 7))
-        full[rows.items[rows.users == user]] = mine
+        full = _dense(rows, user)
         assert np.linalg.norm(full) == pytest.approx(1.0)
         np.testing.assert_allclose(full, full.T)
     # user 0: 1-2, 2-3, 3-1 at distance 1; 1-3, 2-1 at 2; 1-1 at 3 (both directions)
     raw = np.zeros((7, 7))
     for (a, b), weight in {(1, 2): 1.5, (1, 3): 1.5, (2, 3): 1.0, (1, 1): 2 / 3}.items():
         raw[a, b] = raw[b, a] = weight
-    full = np.zeros((7, 7))
-    full[rows.items[rows.users == 0]] = rows.matrix[rows.users == 0].toarray()
-    np.testing.assert_allclose(full, raw / np.linalg.norm(raw))
+    np.testing.assert_allclose(_dense(rows, 0), raw / np.linalg.norm(raw))
 
 
 def test_clipped_product_bounds_every_user_and_adds_the_others_exactly() -> None:
