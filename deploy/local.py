@@ -40,7 +40,8 @@ from common.run_folder import new_run_dir
 from deploy.certificates import DeploymentCredentials, create_credentials
 from deploy.run import deployment_config, submit_run
 from simulations.launch import PROJECT_ROOT, LaunchError
-from simulations.superlink import flower_env, stop_process_group
+from simulations.process_tree import stop_process_group
+from simulations.superlink import flower_env
 
 logger = logging.getLogger("fedseqrec.deploy")
 

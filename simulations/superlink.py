@@ -13,9 +13,7 @@ deprecated).
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -28,6 +26,7 @@ from typing import Any
 
 import tomli_w
 
+from simulations.process_tree import stop_process_group
 from simulations.watchdog import release_watchdog, start_watchdog
 
 CONNECTION = "fedseqrec-sim"
@@ -144,87 +143,3 @@ class LocalSuperLink:
             stop_process_group(self.process)
         if self.watchdog is not None:
             release_watchdog(self.watchdog)
-
-
-def stop_process_group(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    """SIGTERM a process started with ``start_new_session=True``, its group and the groups
-    of all its descendants; SIGKILL whatever is left of them after ``timeout`` seconds.
-
-    The descendants' groups matter: Flower's SuperExec starts a session of its own, and
-    flwr-simulation (with the ServerApp) and the Ray processes run in it, so stopping
-    the SuperLink's group alone would leave the whole simulation running without it.
-    """
-    if process.poll() is not None:
-        return
-    stop_process_tree(process.pid, timeout)
-    process.wait()
-
-
-def stop_process_tree(pid: int, timeout: float = 15.0) -> None:
-    """SIGTERM the process group of ``pid`` (a session leader) and the groups of all its
-    descendants, then SIGKILL whatever is left of them after ``timeout`` seconds."""
-    try:
-        groups = {os.getpgid(pid)} | descendant_groups(pid)
-    except ProcessLookupError:  # exited meanwhile
-        return
-    groups.discard(os.getpgrp())  # never our own group
-    _signal_groups(groups, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _live_groups(groups) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    _signal_groups(_live_groups(groups), signal.SIGKILL)
-
-
-def process_table() -> dict[int, tuple[int, int, str]]:
-    """Every process as pid -> (parent pid, process group, state), from /proc (Linux;
-    empty where there is no /proc)."""
-    table = {}
-    proc = Path("/proc")
-    for entry in proc.iterdir() if proc.is_dir() else ():
-        if not entry.name.isdigit():
-            continue
-        try:  # the command name may hold spaces and parentheses: fields follow the last ")"
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-            table[int(entry.name)] = (int(fields[1]), int(fields[2]), fields[0])
-        except (OSError, IndexError, ValueError):  # exited meanwhile
-            continue
-    return table
-
-
-def descendant_groups(pid: int) -> set[int]:
-    """Process groups of every descendant of ``pid`` (empty without /proc)."""
-    table = process_table()
-    children: dict[int, list[int]] = {}
-    for child, (parent, _, _) in table.items():
-        children.setdefault(parent, []).append(child)
-    groups: set[int] = set()
-    pending = list(children.get(pid, []))
-    while pending:
-        child = pending.pop()
-        groups.add(table[child][1])
-        pending.extend(children.get(child, []))
-    return groups
-
-
-def _live_groups(groups: set[int]) -> set[int]:
-    """Those of ``groups`` with a member that has not exited (zombies do not count)."""
-    table = process_table()
-    if not table:  # no /proc: ask the kernel, zombies included
-        return {group for group in groups if _group_exists(group)}
-    return {
-        group for _, group, state in table.values() if group in groups and state not in ("Z", "X")
-    }
-
-
-def _group_exists(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _signal_groups(groups: set[int], signal_number: int) -> None:
-    for group in groups:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, signal_number)

@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
-from pathlib import Path
 from typing import IO
+
+from simulations.process_tree import stat_fields, stop_process_tree
 
 DONE = b"done\n"
 
@@ -28,8 +29,7 @@ def start_time(pid: int) -> int | None:
     Together with the pid it names one process: a pid reused later starts later.
     """
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        return int(fields[19])
+        return int(stat_fields(pid)[19])
     except (OSError, IndexError, ValueError):
         return None
 
@@ -41,8 +41,6 @@ def watch(pid: int, launcher: IO[bytes], timeout: float = 15.0) -> bool:
     said = launcher.read()
     if said == DONE or started is None or start_time(pid) != started:
         return False
-    from simulations.superlink import stop_process_tree  # superlink imports this module
-
     logger.warning("the launcher died: stopping its SuperLink (pid %d) and simulation", pid)
     stop_process_tree(pid, timeout)
     return True

@@ -26,7 +26,8 @@ import pytest
 from common.audit import main as audit_main
 from common.privacy_ledger import read_ledger
 from simulations.launch import PROJECT_ROOT
-from simulations.superlink import flower_env, process_table
+from simulations.process_tree import process_table
+from simulations.superlink import flower_env
 from tests.test_privacy_simulation import BASE
 from tests.test_simulation import free_port, write_preset
 

@@ -27,12 +27,8 @@ from simulations.launch import (
     resolve_config,
     unwind_on_sigterm,
 )
-from simulations.superlink import (
-    CONNECTION,
-    ensure_connection,
-    process_table,
-    stop_process_group,
-)
+from simulations.process_tree import process_table, stop_process_group
+from simulations.superlink import CONNECTION, ensure_connection
 
 # Like the SuperLink: its child (SuperExec) starts a session of its own, and a grandchild
 # (flwr-simulation, Ray) lives in that session; this one ignores SIGTERM.
@@ -129,16 +125,15 @@ def test_presets_folder_holds_the_three_presets() -> None:
     }
 
 
-def _running(pid: int) -> bool:
+def running(pid: int) -> bool:
     """Whether a process exists and has not exited (a zombie has)."""
     return process_table().get(pid, (0, 0, "X"))[2] not in ("Z", "X")
 
 
-def test_stopping_the_superlink_stops_the_sessions_its_descendants_started(
-    tmp_path: Path,
-) -> None:
-    # Prepare: root -> child in a new session -> grandchild that ignores SIGTERM
-    script, pids = tmp_path / "tree.py", tmp_path / "pids"
+def start_session_tree(folder: Path) -> tuple[subprocess.Popen[bytes], list[int]]:
+    """Start :data:`SESSION_TREE` (root -> child in a new session -> grandchild that
+    ignores SIGTERM) and wait for all three; the root and the three pids."""
+    script, pids = folder / "tree.py", folder / "pids"
     script.write_text(SESSION_TREE)
     root = subprocess.Popen(
         [sys.executable, str(script), "root", str(pids)], start_new_session=True
@@ -147,14 +142,21 @@ def test_stopping_the_superlink_stops_the_sessions_its_descendants_started(
     while not pids.exists() or pids.read_text().count("\n") < 3:
         assert time.monotonic() < deadline, "the process tree never started"
         time.sleep(0.05)
-    tree = [int(line) for line in pids.read_text().split()]
+    return root, [int(line) for line in pids.read_text().split()]
+
+
+def test_stopping_the_superlink_stops_the_sessions_its_descendants_started(
+    tmp_path: Path,
+) -> None:
+    # Prepare: root -> child in a new session -> grandchild that ignores SIGTERM
+    root, tree = start_session_tree(tmp_path)
     sessions = {os.getsid(pid) for pid in tree}
     # Execute
     stop_process_group(root, timeout=1.0)
     # Assert: all three are gone, the one ignoring SIGTERM by SIGKILL after the timeout
     assert len(sessions) == 2 and root.pid in tree
     assert root.returncode == -signal.SIGTERM
-    assert [pid for pid in tree if _running(pid)] == []
+    assert [pid for pid in tree if running(pid)] == []
 
 
 def test_sigterm_unwinds_like_ctrl_c_once_installed() -> None:

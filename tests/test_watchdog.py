@@ -5,34 +5,22 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from simulations.superlink import process_table, stop_process_group
+from simulations.process_tree import stop_process_group
 from simulations.watchdog import DONE, main, start_time, watch
-from tests.test_launch import SESSION_TREE
-
-
-def _running(pid: int) -> bool:
-    return process_table().get(pid, (0, 0, "X"))[2] not in ("Z", "X")
+from tests.test_launch import running, start_session_tree
 
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], list[int]]]:
     """A SuperLink-like tree: root -> child in a session of its own -> stubborn grandchild."""
-    script, pids = tmp_path / "tree.py", tmp_path / "pids"
-    script.write_text(SESSION_TREE)
-    root = subprocess.Popen([sys.executable, str(script), "root", str(pids)],
-                            start_new_session=True)  # fmt: skip
-    deadline = time.monotonic() + 30
-    while not pids.exists() or pids.read_text().count("\n") < 3:
-        assert time.monotonic() < deadline, "the process tree never started"
-        time.sleep(0.05)
+    root, pids = start_session_tree(tmp_path)
     try:
-        yield root, [int(line) for line in pids.read_text().split()]
+        yield root, pids
     finally:
         stop_process_group(root, timeout=1.0)
 
@@ -43,7 +31,7 @@ def test_an_end_of_input_without_done_stops_the_whole_tree(
     root, pids = tree
     stopped = watch(root.pid, io.BytesIO(b""), timeout=1.0)  # the launcher died
     assert stopped
-    assert [pid for pid in pids if _running(pid)] == []
+    assert [pid for pid in pids if running(pid)] == []
 
 
 def test_a_launcher_that_said_done_leaves_everything_to_itself(
@@ -52,7 +40,7 @@ def test_a_launcher_that_said_done_leaves_everything_to_itself(
     root, pids = tree
     stopped = watch(root.pid, io.BytesIO(DONE), timeout=1.0)
     assert not stopped
-    assert all(_running(pid) for pid in pids)
+    assert all(running(pid) for pid in pids)
 
 
 def test_a_superlink_already_gone_is_not_looked_for() -> None:
