@@ -1,4 +1,5 @@
-# Two commands on a fresh machine with Python 3.11: `make run` and `make test`.
+# Two commands on a fresh machine with Python 3.11: `make run` and `make test`
+# (`make test-fast` runs the unit tests only).
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -6,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 export FLWR_HOME := $(CURDIR)/.flwr
 export RAY_DEDUP_LOGS := 0
 
-.PHONY: run test lint benchmark clean
+.PHONY: run test test-fast lint benchmark clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +22,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# unit tests only (no simulation or deployment): the edit loop
+test-fast: $(STAMP)
+	$(PY) -m pytest tests/unit
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -24,12 +24,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common.loaders import load_dataset  # noqa: E402
-from common.model_evaluation import UNEXCLUDED_SUFFIX, evaluate_baselines  # noqa: E402
+from common.data.loaders import load_dataset  # noqa: E402
+from common.data.sequences import build_sequences, leave_one_out_split  # noqa: E402
+from common.evaluation.scoring import UNEXCLUDED_SUFFIX, evaluate_baselines  # noqa: E402
 from common.models import MODEL_NAMES  # noqa: E402
-from common.run_folder import write_json  # noqa: E402
-from common.sequences import build_sequences, leave_one_out_split  # noqa: E402
-from common.train_cli import load_settings, run  # noqa: E402
+from common.storage.run_folder import write_json  # noqa: E402
+from common.training.cli import load_settings, run  # noqa: E402
 
 CONFIGS = ROOT / "benchmarks" / "configs"
 RESULTS = ROOT / "benchmarks" / "results" / "centralized.json"

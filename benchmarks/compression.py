@@ -22,11 +22,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common.compression import COMPRESSIONS  # noqa: E402
-from common.federated import FederatedConfig, model_to_arrays  # noqa: E402
+from common.data.partitioning import load_split  # noqa: E402
+from common.federation.compression import COMPRESSIONS  # noqa: E402
+from common.federation.task import FederatedConfig, model_to_arrays  # noqa: E402
 from common.models import build_model  # noqa: E402
-from common.partitioning import load_split  # noqa: E402
-from common.run_folder import write_json  # noqa: E402
+from common.storage.run_folder import write_json  # noqa: E402
 from simulations.launch import build_parser, launch, unwind_on_sigterm  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "compression.json"

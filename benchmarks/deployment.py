@@ -27,7 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common.loaders import builtin_path  # noqa: E402
+from common.data.loaders import builtin_path  # noqa: E402
 from deploy.local import run_local  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "deployment.json"

@@ -53,14 +53,14 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common.cohort import clipped_sgd_update, sampled_users  # noqa: E402
-from common.features import last_window, training_windows  # noqa: E402
-from common.model_evaluation import evaluate_scorer, evaluation_mode, flatten_metrics  # noqa: E402
+from common.data.features import last_window, training_windows  # noqa: E402
+from common.data.partitioning import load_split  # noqa: E402
+from common.data.sequences import LeaveOneOutSplit  # noqa: E402
+from common.evaluation.scoring import evaluate_scorer, evaluation_mode, flatten_metrics  # noqa: E402
 from common.models import ModelConfig, build_model  # noqa: E402
-from common.partitioning import load_split  # noqa: E402
-from common.privacy_accounting import noise_for_target_epsilon  # noqa: E402
-from common.run_folder import write_json  # noqa: E402
-from common.sequences import LeaveOneOutSplit  # noqa: E402
+from common.privacy.accounting import noise_for_target_epsilon  # noqa: E402
+from common.storage.run_folder import write_json  # noqa: E402
+from common.training.cohort import clipped_sgd_update, sampled_users  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "dp_ceiling.json"
 HOPS = 3

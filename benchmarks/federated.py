@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
 from benchmarks.process_memory import PeakMemory  # noqa: E402
-from common.federated import FederatedConfig, round_seed, train_local  # noqa: E402
+from common.data.partitioning import load_partition, load_split  # noqa: E402
+from common.federation.task import FederatedConfig, round_seed, train_local  # noqa: E402
 from common.models import build_model  # noqa: E402
-from common.partitioning import load_partition, load_split  # noqa: E402
 from simulations.launch import build_parser, launch, unwind_on_sigterm  # noqa: E402
 
 RESULTS = ROOT / "results" / "federated.json"

@@ -31,12 +31,12 @@ sys.path.insert(0, str(ROOT.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common.features import training_windows  # noqa: E402
-from common.federated import FederatedConfig, train_local  # noqa: E402
-from common.local_dp import train_local_dp  # noqa: E402
+from common.data.features import training_windows  # noqa: E402
+from common.data.partitioning import load_split  # noqa: E402
+from common.federation.task import FederatedConfig, train_local  # noqa: E402
 from common.models import MODEL_NAMES, build_model  # noqa: E402
-from common.partitioning import load_split  # noqa: E402
-from common.run_folder import plot_series  # noqa: E402
+from common.storage.run_folder import plot_series  # noqa: E402
+from common.training.dp_sgd import train_local_dp  # noqa: E402
 from simulations.launch import build_parser, launch, unwind_on_sigterm  # noqa: E402
 
 RESULTS = ROOT / "results" / "privacy.json"

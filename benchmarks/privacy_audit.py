@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.privacy_accounting import Release, _unit_rdp_curve, rdp_epsilon
-from common.privacy_audit import agreement, audit_ledgers
-from common.privacy_ledger import LedgerEntry, PrivacyLedger
+from common.privacy.accounting import Release, _unit_rdp_curve, rdp_epsilon
+from common.privacy.ledger import LedgerEntry, PrivacyLedger
+from common.privacy.ledger_audit import agreement, audit_ledgers
 
 DELTA = 1e-5
 ROUNDS = 30

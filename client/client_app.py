@@ -2,7 +2,7 @@
 
 In a simulation a node is a partition of the run's data set (node config
 ``partition-id``/``num-partitions``); on an edge node it is the node's own click log
-(node config ``data-path``, see :mod:`common.node_data`), mapped onto the item
+(node config ``data-path``, see :mod:`common.data.node_data`), mapped onto the item
 catalogue the server sends with every message.
 """
 
@@ -23,10 +23,11 @@ from client.local_privacy import (
     save_history,
 )
 from client.secure_client import secure_client_app, uses_secure_aggregation
-from common.catalogue import ItemCatalogue
-from common.cohort import train_cohort
-from common.compression import UPDATE_BYTES_KEY, encode_update
-from common.federated import (
+from common.data.catalogue import ItemCatalogue
+from common.data.node_data import NodeDataConfig, load_node_partition
+from common.data.partitioning import ClientPartition, load_split
+from common.federation.compression import UPDATE_BYTES_KEY, encode_update
+from common.federation.task import (
     WEIGHT_KEY,
     FederatedConfig,
     client_partition,
@@ -37,12 +38,11 @@ from common.federated import (
     round_seed,
     train_local,
 )
-from common.local_dp import train_local_dp
 from common.models import SequenceRecommender, build_model
-from common.node_data import NodeDataConfig, load_node_partition
-from common.partitioning import ClientPartition, load_split
-from common.privacy_accounting import rdp_epsilon
-from common.privacy_ledger import PrivacyLedger, epsilon_after
+from common.privacy.accounting import rdp_epsilon
+from common.privacy.ledger import PrivacyLedger, epsilon_after
+from common.training.cohort import train_cohort
+from common.training.dp_sgd import train_local_dp
 
 app = ClientApp()
 

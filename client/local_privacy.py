@@ -15,12 +15,12 @@ from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Error, Message
 
-from common.features import TrainingWindows
-from common.federated import FederatedConfig
-from common.local_dp import protected_unit, sampling_rate, steps_per_epoch
-from common.node_data import NodeDataConfig
-from common.privacy_accounting import Release, noise_for_target_epsilon
-from common.privacy_ledger import LedgerEntry, PrivacyBudget, PrivacyLedger, epsilon_after
+from common.data.features import TrainingWindows
+from common.data.node_data import NodeDataConfig
+from common.federation.task import FederatedConfig
+from common.privacy.accounting import Release, noise_for_target_epsilon
+from common.privacy.ledger import LedgerEntry, PrivacyBudget, PrivacyLedger, epsilon_after
+from common.training.dp_sgd import protected_unit, sampling_rate, steps_per_epoch
 
 STATE_KEY = "privacy-history"
 BUDGET_EXHAUSTED = 4001  # Flower error code of a refusal: this client's budget is spent
@@ -105,7 +105,7 @@ def plan_round(
     """Noise (given, or derived so that every planned round fits the target) and budget.
 
     delta defaults to 1 / (10 x windows): a sample is a window (or a user, see
-    :func:`common.local_dp.protected_unit`), and delta must stay well below 1 / samples.
+    :func:`common.training.dp_sgd.protected_unit`), and delta must stay well below 1 / samples.
     """
     delta = privacy.delta or 1.0 / (10 * len(windows))
     budget_epsilon = privacy.budget_epsilon

@@ -4,7 +4,7 @@
 
 ``--items`` are original item ids in time order (most recent last). The command reads
 only local files: the checkpoint (weights, model config and catalogue, see
-:mod:`common.checkpoints`) and, for an ML-100k catalogue, ``u.item`` for titles. Items
+:mod:`common.federation.checkpoints`) and, for an ML-100k catalogue, ``u.item`` for titles. Items
 the user already has are never recommended. Item ids the checkpoint's catalogue does
 not know are skipped with a warning naming them: on a device the newest items can
 postdate the model, which has no embedding for them, and refusing would leave the
@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.checkpoints import Checkpoint, ItemId, load_checkpoint
-from common.loaders import builtin_path
-from common.model_evaluation import evaluation_mode, model_scorer
+from common.data.item_text import ml100k_item_texts
+from common.data.loaders import builtin_path
+from common.evaluation.scoring import evaluation_mode, model_scorer
+from common.federation.checkpoints import Checkpoint, ItemId, load_checkpoint
 from common.models import SequenceRecommender
-from common.text_features import ml100k_item_texts
 
 logger = logging.getLogger("fedseqrec.recommend")
 

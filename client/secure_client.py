@@ -19,7 +19,12 @@ from flwr.client import Client, NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 
-from common.federated import (
+from common.federation.secure_aggregation import (
+    arrays_from_ndarrays,
+    check_weighted_range,
+    model_ndarrays,
+)
+from common.federation.task import (
     FederatedConfig,
     client_partition,
     load_arrays,
@@ -27,7 +32,6 @@ from common.federated import (
     train_local,
 )
 from common.models import build_model
-from common.secure_aggregation import arrays_from_ndarrays, check_weighted_range, model_ndarrays
 
 
 def uses_secure_aggregation(context: Context) -> bool:

@@ -36,7 +36,7 @@ from typing import Any
 
 import tomli_w
 
-from common.run_folder import new_run_dir
+from common.storage.run_folder import new_run_dir
 from deploy.certificates import DeploymentCredentials, create_credentials
 from deploy.run import deployment_config, submit_run
 from simulations.launch import PROJECT_ROOT, LaunchError

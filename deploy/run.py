@@ -23,7 +23,7 @@ from typing import Any
 
 import tomli_w
 
-from common.run_folder import new_run_dir, write_json
+from common.storage.run_folder import new_run_dir, write_json
 from simulations.launch import (
     PROJECT_ROOT,
     LaunchError,

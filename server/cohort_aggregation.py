@@ -1,6 +1,6 @@
 """Aggregation of edge-aggregator (cohort) replies, with optional user-level DP noise.
 
-Each cohort replies the SUM of its users' updates and a weight (:mod:`common.cohort`).
+Each cohort replies the SUM of its users' updates and a weight (:mod:`common.training.cohort`).
 This wrapper adds the sums of all cohorts, adds Gaussian noise of standard deviation
 ``noise_multiplier * clip_norm`` to the total when user-level DP is on, and divides by
 the weight: the replies' total weight without DP (classic FedAvg), or the EXPECTED
@@ -24,7 +24,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from common.federated import WEIGHT_KEY
+from common.federation.task import WEIGHT_KEY
 from server.strategy_wrapper import StrategyWrapper
 
 logger = logging.getLogger("fedseqrec.server")

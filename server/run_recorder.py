@@ -17,15 +17,20 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from common.checkpoints import Checkpoint, ItemId, dataset_item_ids, save_checkpoint
-from common.compression import UPDATE_BYTES_KEY
-from common.evaluation import RankingAccumulator
-from common.federated import FederatedConfig, load_arrays, metrics_from_sums, sum_metric_records
-from common.model_evaluation import evaluate_model, flatten_metrics
+from common.data.sequences import LeaveOneOutSplit
+from common.evaluation.ranking import RankingAccumulator
+from common.evaluation.scoring import evaluate_model, flatten_metrics
+from common.federation.checkpoints import Checkpoint, ItemId, dataset_item_ids, save_checkpoint
+from common.federation.compression import UPDATE_BYTES_KEY
+from common.federation.task import (
+    FederatedConfig,
+    load_arrays,
+    metrics_from_sums,
+    sum_metric_records,
+)
 from common.models import SequenceRecommender
-from common.run_folder import MetricsCSV, write_json
-from common.sequences import LeaveOneOutSplit
-from common.training import SELECTION_METRIC
+from common.storage.run_folder import MetricsCSV, write_json
+from common.training.centralized import SELECTION_METRIC
 from server.node_errors import NodeError
 
 logger = logging.getLogger("fedseqrec.server")

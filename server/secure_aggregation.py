@@ -26,14 +26,14 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp import Grid
 
-from common.federated import WEIGHT_KEY, FederatedConfig
-from common.secure_aggregation import (
+from common.federation.secure_aggregation import (
     MODULUS_RANGE,
     arrays_from_ndarrays,
     check_round_size,
     model_ndarrays,
     share_setting,
 )
+from common.federation.task import WEIGHT_KEY, FederatedConfig
 from server.run_recorder import RunRecorder
 
 logger = logging.getLogger("fedseqrec.server")

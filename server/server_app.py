@@ -11,9 +11,10 @@ from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
-from common.catalogue import ItemCatalogue
-from common.checkpoints import ItemId, dataset_item_ids, load_initial_checkpoint
-from common.federated import (
+from common.data.catalogue import ItemCatalogue
+from common.data.partitioning import load_split
+from common.federation.checkpoints import ItemId, dataset_item_ids, load_initial_checkpoint
+from common.federation.task import (
     FederatedConfig,
     build_strategy,
     configure_app_logging,
@@ -21,7 +22,6 @@ from common.federated import (
     round_seed,
 )
 from common.models import SequenceRecommender, build_model
-from common.partitioning import load_split
 from server.budget_refusals import BudgetRefusals
 from server.cohort_aggregation import CohortAggregation
 from server.node_errors import ErrorRecordingGrid
@@ -63,7 +63,7 @@ def run_federation(
     """Build the model, strategy and recorder, run all rounds, write the summary.
 
     Every message carries the item catalogue, so that edge nodes can map their own
-    click logs onto the model's items (:mod:`common.catalogue`).
+    click logs onto the model's items (:mod:`common.data.catalogue`).
     """
     random.seed(config.seed)  # Flower samples nodes with the `random` module
     torch.manual_seed(config.seed)

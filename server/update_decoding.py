@@ -1,7 +1,7 @@
 """A strategy wrapper that decodes compressed client updates before aggregation.
 
 Clients with ``update-compression`` float16 or int8 reply with an encoded update to the
-round's global model (:mod:`common.compression`). :class:`UpdateDecoding` remembers the
+round's global model (:mod:`common.federation.compression`). :class:`UpdateDecoding` remembers the
 global arrays each round sends out and turns every reply back into float32 weights
 before the wrapped Flower strategy aggregates, the way Flower's own DP wrappers hold a
 strategy. Everything else is delegated unchanged. Put it outermost: a wrapper that
@@ -18,7 +18,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from common.compression import COMPRESSIONS, decode_update
+from common.federation.compression import COMPRESSIONS, decode_update
 from server.strategy_wrapper import StrategyWrapper
 
 

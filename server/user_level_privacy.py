@@ -19,9 +19,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.federated import FederatedConfig
-from common.privacy_accounting import Release, noise_for_target_epsilon
-from common.privacy_ledger import PrivacyBudget, PrivacyLedger, would_exceed
+from common.federation.task import FederatedConfig
+from common.privacy.accounting import Release, noise_for_target_epsilon
+from common.privacy.ledger import PrivacyBudget, PrivacyLedger, would_exceed
 
 logger = logging.getLogger("fedseqrec.server")
 SERVER = "server"

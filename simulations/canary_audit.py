@@ -4,7 +4,7 @@
 
 1. Makes ``--canaries`` fabricated users (random sequences of ``--canary-length``
    distinct catalogue items, seeded) and plants a random half of them in a copy of the
-   preset's click log inside a new run folder (:mod:`common.canaries`).
+   preset's click log inside a new run folder (:mod:`common.privacy.canaries`).
 2. Runs the real Flower simulation of the preset on that log with the launcher
    (:mod:`simulations.launch`): canaries are users like any other, so they are
    partitioned, sampled, clipped and noised like them and count in the number of users
@@ -13,7 +13,7 @@
 3. Scores every canary, planted or not, by the final global model's loss on it and runs
    the loss-threshold membership test; the threshold is chosen on a held-out half of
    the canaries and Clopper-Pearson bounds on the other half give an empirical epsilon
-   lower bound (:mod:`common.membership_inference`).
+   lower bound (:mod:`common.privacy.membership_inference`).
 4. Compares it with the theoretical epsilon of the run's ledger (as the launcher's
    privacy audit recomputed it, ``audit.json``), writes ``canary_audit.json`` in the
    run folder and prints a report.
@@ -38,14 +38,14 @@ from typing import Any
 
 import numpy as np
 
-from common.canaries import CanarySet, canary_losses, make_canaries, write_planted_log
-from common.checkpoints import load_checkpoint
-from common.federated import FederatedConfig
-from common.loaders import load_dataset
-from common.membership_inference import MembershipAudit, audit_membership
-from common.privacy_audit import SERVER
-from common.run_folder import new_run_dir, write_json
-from common.sequences import build_sequences
+from common.data.loaders import load_dataset
+from common.data.sequences import build_sequences
+from common.federation.checkpoints import load_checkpoint
+from common.federation.task import FederatedConfig
+from common.privacy.canaries import CanarySet, canary_losses, make_canaries, write_planted_log
+from common.privacy.ledger_audit import SERVER
+from common.privacy.membership_inference import MembershipAudit, audit_membership
+from common.storage.run_folder import new_run_dir, write_json
 from simulations.launch import (
     AUDIT_FILE,
     PROJECT_ROOT,

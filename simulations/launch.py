@@ -27,11 +27,11 @@ from typing import Any
 
 import tomli_w
 
-from common.checkpoints import CheckpointError, dataset_item_ids, load_initial_checkpoint
-from common.federated import FederatedConfig
-from common.loaders import BUILTIN_DATASETS, DataFormatError, builtin_path
-from common.partitioning import load_split
-from common.run_folder import new_run_dir, plot_series, write_json
+from common.data.loaders import BUILTIN_DATASETS, DataFormatError, builtin_path
+from common.data.partitioning import load_split
+from common.federation.checkpoints import CheckpointError, dataset_item_ids, load_initial_checkpoint
+from common.federation.task import FederatedConfig
+from common.storage.run_folder import new_run_dir, plot_series, write_json
 from simulations.superlink import (
     CONNECTION,
     LocalSuperLink,
@@ -205,8 +205,8 @@ def privacy_report(results_dir: Path) -> None:
     The report also goes to ``audit.json`` in the run folder; a failed audit fails the
     launch, because the epsilon the run printed would then not be supported.
     """
-    from common.audit import render, report_dict
-    from common.privacy_audit import audit_ledgers, find_ledgers
+    from common.privacy.ledger_audit import audit_ledgers, find_ledgers
+    from common.privacy.report import render, report_dict
 
     report = audit_ledgers(find_ledgers(results_dir))
     write_json(results_dir / AUDIT_FILE, report_dict(report))

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from opacus.grad_sample import register_grad_sampler
 from torch import Tensor, nn
 
-from common.features import consecutive_cosine
+from common.data.features import consecutive_cosine
 from common.models.base import SequenceRecommender
 from common.models.recurrent import SequenceLSTM
 

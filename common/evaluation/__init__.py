@@ -1,0 +1,1 @@
+"""Evaluation: full-ranking metrics, scoring models and baselines on every user, baselines."""

@@ -1,0 +1,1 @@
+"""Federation: run config, messages, strategies, compression, SecAgg+, checkpoints."""

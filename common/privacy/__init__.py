@@ -1,0 +1,1 @@
+"""Privacy: accounting, the ledger and its audit, canaries and membership inference."""

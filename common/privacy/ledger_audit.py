@@ -1,0 +1,288 @@
+"""Audit of privacy ledgers: recompute every recorded epsilon, check budgets, state guarantees.
+
+For every party (``who``) the audit replays its releases in ledger order and, after each
+entry, recomputes the cumulative epsilon twice: with the recorded accountant (RDP, from
+the recorded parameters) and with an independent one (PLD, ``dp_accounting``). An entry
+fails when the recorded epsilon is not the RDP value (relative tolerance), when it is
+below the PLD value (the recorded guarantee is not supported), or when it exceeds the
+entry's budget. Parties are replayed in sorted order of their histories, so a prefix
+shared by many parties (identical rounds) is composed once.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.privacy.accounting import PldComposer, Release, epsilon_from_rdp, rdp_curve
+from common.privacy.ledger import (
+    LedgerEntry,
+    LedgerError,
+    PrivacyBudget,
+    read_ledger_file,
+    would_exceed,
+)
+
+SERVER = "server"
+NEIGHBOURS = {
+    "user": "adding or removing one user's whole interaction sequence",
+    "window": "adding or removing one training window (an input subsequence and its target)",
+}
+PROTECTED = {
+    "user": "whether any one user took part, and every item of that user's history",
+    "window": "each single training window; a user with k windows only gets about k times "
+    "epsilon (group privacy)",
+}
+AGAINST = {
+    "dp-fedavg": "anyone who sees the global models the server releases, the clients "
+    "included; not the server itself, which sees the clipped updates unless secure "
+    "aggregation is on",
+    "dp-sgd": "anyone who sees the node's model updates, the server included (and so "
+    "anyone who sees the global models)",
+}
+
+
+@dataclass(frozen=True)
+class CheckedEntry:
+    """One ledger entry with where it came from and both recomputed epsilons."""
+
+    source: str
+    entry: LedgerEntry
+    rdp_epsilon: float
+    pld_epsilon: float
+
+
+@dataclass
+class PartyAudit:
+    """All entries of one party, in the order its releases composed."""
+
+    who: str
+    checked: list[CheckedEntry] = field(default_factory=list)
+
+    @property
+    def last(self) -> CheckedEntry:
+        """The party's latest entry: its guarantee so far."""
+        return self.checked[-1]
+
+    def releases(self) -> list[Release]:
+        """The party's accounting history."""
+        return [item.entry.release() for item in self.checked]
+
+    def at_budget(self) -> bool:
+        """Whether one more release like its last one would exceed its budget."""
+        entry = self.last.entry
+        if entry.budget_epsilon is None:
+            return False
+        budget = PrivacyBudget(entry.budget_epsilon, entry.delta)
+        return would_exceed(budget, self.releases(), entry.release())
+
+
+@dataclass
+class AuditReport:
+    """Everything the audit found; ``passed`` when there is no failure."""
+
+    ledgers: list[str]
+    tolerance: float
+    parties: list[PartyAudit]
+    skipped_lines: int
+    failures: list[str]
+
+    @property
+    def passed(self) -> bool:
+        """Whether every recorded epsilon was confirmed and every budget kept."""
+        return not self.failures
+
+
+def find_ledgers(path: Path) -> list[Path]:
+    """A ledger file itself, or a run folder's ``ledger/*.jsonl`` and a node's ``ledger.jsonl``."""
+    if not path.exists():
+        raise LedgerError(f"{path}: no such file or folder")
+    if path.is_file():
+        return [path]
+    found = sorted((path / "ledger").glob("*.jsonl"))
+    if (path / "ledger.jsonl").is_file():
+        found.append(path / "ledger.jsonl")
+    if not found:
+        raise LedgerError(f"{path}: no ledger found (looked for ledger/*.jsonl and ledger.jsonl)")
+    return found
+
+
+def _read_parties(paths: list[Path]) -> tuple[dict[str, list[tuple[str, LedgerEntry]]], int]:
+    """Entries grouped by party, each party's in append order; and lines skipped."""
+    located: dict[str, list[tuple[float, int, int, str, LedgerEntry]]] = defaultdict(list)
+    skipped = 0
+    for index, path in enumerate(paths):
+        ledger = read_ledger_file(path)
+        skipped += ledger.skipped
+        for number, entry in zip(ledger.line_numbers, ledger.entries, strict=True):
+            source = f"{path}, line {number}"
+            located[entry.who].append((entry.time, index, number, source, entry))
+    if not located:
+        raise LedgerError(f"{', '.join(map(str, paths))}: the ledger holds no entries")
+    parties = {}
+    for who, items in located.items():
+        if len({index for _, index, _, _, _ in items}) > 1:  # merge files by time
+            items.sort(key=lambda item: item[:3])
+        parties[who] = [(source, entry) for *_, source, entry in items]
+    return parties, skipped
+
+
+@dataclass
+class _Step:
+    """One release along a replayed history, with everything composed up to it."""
+
+    release: Release
+    rdp_curve: np.ndarray
+    pld_state: Any
+    epsilons: dict[float, tuple[float, float]] = field(default_factory=dict)
+
+
+class _Replay:
+    """Cumulative RDP and PLD epsilons along parties' histories, reusing shared prefixes."""
+
+    def __init__(self) -> None:
+        self.pld = PldComposer()
+        self.path: list[_Step] = []
+
+    def epsilons(self, history: list[Release], deltas: list[float]) -> list[tuple[float, float]]:
+        """(RDP, PLD) epsilon after each release of ``history``, at each entry's delta."""
+        common = 0
+        while common < min(len(self.path), len(history)):
+            if self.path[common].release != history[common]:
+                break
+            common += 1
+        del self.path[common:]
+        for release in history[common:]:
+            curve = rdp_curve(release) + (self.path[-1].rdp_curve if self.path else 0.0)
+            state = self.path[-1].pld_state if self.path else self.pld.empty()
+            self.path.append(_Step(release, curve, self.pld.extend(state, release)))
+        result = []
+        for step, delta in zip(self.path, deltas, strict=True):
+            if delta not in step.epsilons:
+                step.epsilons[delta] = (
+                    epsilon_from_rdp(step.rdp_curve, delta),
+                    self.pld.epsilon(step.pld_state, delta),
+                )
+            result.append(step.epsilons[delta])
+        return result
+
+
+def _history_key(items: list[tuple[str, LedgerEntry]]) -> list[tuple[float, float, int]]:
+    """A sortable form of a party's history: neighbours in this order share prefixes."""
+    return [(e.noise_multiplier, e.sampling_rate, e.steps) for _, e in items]
+
+
+def _entry_failures(item: CheckedEntry, tolerance: float) -> list[str]:
+    """What is wrong with one entry, in words naming where it is."""
+    entry, recorded = item.entry, item.entry.epsilon
+    where = f"{item.source}: {entry.who} round {entry.round}"
+    failures = []
+    if not math.isclose(recorded, item.rdp_epsilon, rel_tol=tolerance):
+        failures.append(
+            f"{where}: recorded epsilon {recorded:.6g} but RDP recomputes "
+            f"{item.rdp_epsilon:.6g} from the recorded parameters (tolerance {tolerance:.2%})"
+        )
+    if recorded < item.pld_epsilon * (1 - tolerance):
+        failures.append(
+            f"{where}: recorded epsilon {recorded:.6g} is below the independent PLD epsilon "
+            f"{item.pld_epsilon:.6g}: the recorded guarantee is not supported"
+        )
+    budget = entry.budget_epsilon
+    spent = max(recorded, item.rdp_epsilon)
+    if budget is not None and spent > budget * (1 + 1e-9):
+        failures.append(f"{where}: epsilon {spent:.6g} exceeds the budget {budget:g}")
+    return failures
+
+
+def _party_failures(party: PartyAudit) -> list[str]:
+    """A party must keep one neighbouring relation and one mechanism: else no guarantee."""
+    failures = []
+    for name in ("unit", "mechanism"):
+        values = sorted({getattr(item.entry, name) for item in party.checked})
+        if len(values) > 1:
+            failures.append(
+                f"{party.who}: entries mix {name}s {' and '.join(values)}; one guarantee "
+                f"cannot cover them"
+            )
+    return failures
+
+
+def audit_ledgers(paths: list[Path], tolerance: float = 0.01) -> AuditReport:
+    """Replay and check every entry of the given ledger files."""
+    if not 0 <= tolerance < 1:
+        raise ValueError(f"tolerance must be in [0, 1), got {tolerance}")
+    grouped, skipped = _read_parties(paths)
+    replay = _Replay()
+    order = sorted(grouped, key=lambda who: _history_key(grouped[who]))
+    parties, failures = [], []
+    for who in order:
+        items = grouped[who]
+        history = [entry.release() for _, entry in items]
+        epsilons = replay.epsilons(history, [entry.delta for _, entry in items])
+        party = PartyAudit(who)
+        for (source, entry), (rdp, pld) in zip(items, epsilons, strict=True):
+            checked = CheckedEntry(source, entry, rdp, pld)
+            party.checked.append(checked)
+            failures.extend(_entry_failures(checked, tolerance))
+        failures.extend(_party_failures(party))
+        parties.append(party)
+    parties.sort(key=lambda party: (party.who != SERVER, party.who))
+    return AuditReport([str(p) for p in paths], tolerance, parties, skipped, failures)
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def guarantees(report: AuditReport) -> list[dict[str, Any]]:
+    """One plain-words guarantee per (mechanism, unit), with its epsilon(s) and delta."""
+    groups: dict[tuple[str, str], list[PartyAudit]] = defaultdict(list)
+    for party in report.parties:
+        groups[(party.last.entry.mechanism, party.last.entry.unit)].append(party)
+    statements = []
+    for (mechanism, unit), parties in sorted(groups.items()):
+        finals = [party.last.entry.epsilon for party in parties]
+        statements.append(
+            {
+                "mechanism": mechanism,
+                "unit": unit,
+                "parties": [party.who for party in parties],
+                "epsilon": _summary(finals),
+                "delta": max(party.last.entry.delta for party in parties),
+                "neighbouring": NEIGHBOURS[unit],
+                "protected": PROTECTED[unit],
+                "against": AGAINST[mechanism],
+            }
+        )
+    return statements
+
+
+def client_distribution(report: AuditReport) -> dict[str, Any]:
+    """Final epsilon over the parties that are not the server, and who is at budget."""
+    clients = [party for party in report.parties if party.who != SERVER]
+    if not clients:
+        return {"count": 0}
+    return {
+        "count": len(clients),
+        "epsilon": _summary([party.last.entry.epsilon for party in clients]),
+        "pld_epsilon": _summary([party.last.pld_epsilon for party in clients]),
+        "with_budget": sum(party.last.entry.budget_epsilon is not None for party in clients),
+        "at_budget": sum(party.at_budget() for party in clients),
+    }
+
+
+def agreement(report: AuditReport) -> dict[str, float]:
+    """How the independent PLD epsilon compares with the RDP one over all finite entries."""
+    ratios = [
+        item.pld_epsilon / item.rdp_epsilon
+        for party in report.parties
+        for item in party.checked
+        if math.isfinite(item.rdp_epsilon) and item.rdp_epsilon > 0
+    ]
+    return _summary(ratios) if ratios else {}

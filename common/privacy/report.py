@@ -1,0 +1,185 @@
+"""``fedseqrec-audit``: check a run's privacy ledgers and state the guarantee in plain words.
+
+    python -m common.privacy.report results/<run-id> [--tolerance 0.01] [--json report.json]
+
+Exit status: 0 when every recorded epsilon is confirmed and every budget kept, 1 when the
+audit found a problem (each printed with its file, line, party and round), 2 when the
+ledgers cannot be read (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from common.privacy.ledger import LedgerError
+from common.privacy.ledger_audit import (
+    SERVER,
+    AuditReport,
+    agreement,
+    audit_ledgers,
+    client_distribution,
+    find_ledgers,
+    guarantees,
+)
+
+PASSED = "PASSED: every recorded epsilon matches RDP, none is below PLD, no budget is exceeded."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's arguments."""
+    parser = argparse.ArgumentParser(
+        prog="fedseqrec-audit", description="Recompute and explain a run's privacy ledger."
+    )
+    parser.add_argument("path", type=Path, help="run folder, node folder or ledger .jsonl file")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.01,
+        help="relative difference allowed between recorded and recomputed epsilon (0.01)",
+    )
+    parser.add_argument("--json", type=Path, help="also write the report to this JSON file")
+    return parser
+
+
+def _eps(value: float) -> str:
+    return f"{value:.4g}" if math.isfinite(value) else "inf (no noise: no guarantee)"
+
+
+def render(report: AuditReport) -> str:
+    """The report as text: guarantees first, then distributions, then the verdict."""
+    shown = ", ".join(report.ledgers[:4])
+    if len(report.ledgers) > 4:
+        shown += f" and {len(report.ledgers) - 4} more"
+    lines = [f"Privacy audit of {len(report.ledgers)} ledger file(s): {shown}"]
+    entries = sum(len(party.checked) for party in report.parties)
+    lines.append(f"{entries} entries from {len(report.parties)} parties")
+    if report.skipped_lines:
+        lines.append(f"{report.skipped_lines} record(s) cut short by a crash were skipped")
+    for statement in guarantees(report):
+        epsilon = statement["epsilon"]
+        parties = statement["parties"]
+        if parties == [SERVER]:
+            subject = "the global models the server released are"
+        elif len(parties) == 1:
+            subject = f"the model updates of {parties[0]} are"
+        else:
+            subject = f"the model updates of each of {len(parties)} nodes are"
+        spread = (
+            f"epsilon = {_eps(epsilon['max'])}"
+            if epsilon["min"] == epsilon["max"]
+            else f"epsilon from {_eps(epsilon['min'])} to {_eps(epsilon['max'])} "
+            f"(median {_eps(epsilon['median'])}), by node"
+        )
+        lines += [
+            "",
+            f"Guarantee ({statement['mechanism']}, unit {statement['unit']}): {subject} "
+            f"(epsilon, delta)-differentially private, {spread}, "
+            f"delta = {statement['delta']:g}.",
+            f"  Neighbouring data sets: {statement['neighbouring']}.",
+            f"  Protected: {statement['protected']}.",
+            f"  Against: {statement['against']}.",
+        ]
+    lines.append("")
+    lines.extend(_distribution_lines(report))
+    lines.append("")
+    if report.passed:
+        lines.append(PASSED)
+    else:
+        lines.append(f"FAILED: {len(report.failures)} problem(s)")
+        lines.extend(f"  {failure}" for failure in report.failures)
+    return "\n".join(lines)
+
+
+def _distribution_lines(report: AuditReport) -> list[str]:
+    lines = []
+    clients = client_distribution(report)
+    if clients["count"]:
+        eps, pld = clients["epsilon"], clients["pld_epsilon"]
+        lines.append(
+            f"Clients: {clients['count']}; final epsilon min {_eps(eps['min'])} / median "
+            f"{_eps(eps['median'])} / max {_eps(eps['max'])} (PLD: {_eps(pld['min'])} / "
+            f"{_eps(pld['median'])} / {_eps(pld['max'])}); {clients['with_budget']} with a "
+            f"budget, {clients['at_budget']} at their budget (one more release like their "
+            f"last would exceed it)"
+        )
+    ratios = agreement(report)
+    if ratios:
+        lines.append(
+            f"RDP vs PLD (independent accountant): PLD/RDP epsilon min {ratios['min']:.3f} / "
+            f"median {ratios['median']:.3f} / max {ratios['max']:.3f} over all entries "
+            f"(PLD is the tighter bound, so <= 1 expected)"
+        )
+    return lines
+
+
+def _jsonable(value: Any) -> Any:
+    """Strict JSON: non-finite numbers become the strings "inf" / "nan"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+def report_dict(report: AuditReport) -> dict[str, Any]:
+    """The same report as a JSON-ready dictionary."""
+    parties = [
+        {
+            "who": party.who,
+            "entries": len(party.checked),
+            "unit": party.last.entry.unit,
+            "mechanism": party.last.entry.mechanism,
+            "delta": party.last.entry.delta,
+            "epsilon": party.last.entry.epsilon,
+            "rdp_epsilon": party.last.rdp_epsilon,
+            "pld_epsilon": party.last.pld_epsilon,
+            "budget_epsilon": party.last.entry.budget_epsilon,
+            "at_budget": party.at_budget(),
+        }
+        for party in report.parties
+    ]
+    return _jsonable(
+        {
+            "passed": report.passed,
+            "ledgers": report.ledgers,
+            "tolerance": report.tolerance,
+            "skipped_lines": report.skipped_lines,
+            "guarantees": guarantees(report),
+            "clients": client_distribution(report),
+            "pld_over_rdp": agreement(report),
+            "parties": parties,
+            "failures": report.failures,
+        }
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: 0 passed, 1 failed, 2 unreadable input (one line on stderr)."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        report = audit_ledgers(find_ledgers(args.path), args.tolerance)
+    except (LedgerError, ValueError) as error:
+        print(f"fedseqrec-audit: error: {error}", file=sys.stderr)
+        return 2
+    if args.json is not None:
+        from common.storage.run_folder import write_json
+
+        try:
+            write_json(args.json, report_dict(report))
+        except OSError as error:
+            print(f"fedseqrec-audit: error: {args.json}: {error.strerror}", file=sys.stderr)
+            return 2
+    print(render(report))
+    return 0 if report.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

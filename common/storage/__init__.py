@@ -1,0 +1,1 @@
+"""Storage: a run's folder on disk, written atomically."""

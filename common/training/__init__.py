@@ -1,0 +1,1 @@
+"""Training: centralized, a client's local run, cohorts of users, exact clipping, DP-SGD."""

@@ -1,0 +1,229 @@
+"""Centralized training: the reference every federated and private run is held against."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from common.data.features import TrainingWindows, prefix_windows, training_windows
+from common.data.sequences import LeaveOneOutSplit
+from common.evaluation.scoring import evaluate_model
+from common.models import ModelConfig, SequenceRecommender, build_model, next_item_loss
+
+logger = logging.getLogger(__name__)
+
+SELECTION_METRIC = "ndcg@10"
+OPTIMIZERS = ("adam", "adamw")
+WINDOWS = {"sequence": training_windows, "prefix": prefix_windows}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of a centralized run.
+
+    ``optimizer="adam"`` adds ``weight_decay`` as an L2 term to every gradient;
+    ``"adamw"`` decays weights directly (decoupled), matrices and embeddings only, never
+    biases or layer-norm gains. ``label_smoothing`` changes the training loss only;
+    evaluation and checkpoint selection are unaffected. ``device`` is where the model
+    trains (``cpu``, ``cuda``, ``cuda:1``); evaluation runs there too. ``windows`` says
+    how sequences become examples: ``sequence`` (a target at every position of each
+    window) or ``prefix`` (one window per target, predicted from the last position, as
+    at evaluation; :func:`common.data.features.prefix_windows`).
+    """
+
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 10
+    eval_every: int = 1
+    seed: int = 42
+    lr_patience: int = 0
+    lr_factor: float = 0.3
+    optimizer: str = "adam"
+    label_smoothing: float = 0.0
+    device: str = "cpu"
+    windows: str = "sequence"
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_every < 1:
+            raise ValueError("epochs, batch_size and eval_every must be positive")
+        if self.lr <= 0 or self.weight_decay < 0 or self.patience < 1:
+            raise ValueError("lr must be > 0, weight_decay >= 0 and patience >= 1")
+        if self.lr_patience < 0 or not 0.0 < self.lr_factor < 1.0:
+            raise ValueError("lr_patience must be >= 0 (0 = off) and lr_factor in (0, 1)")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
+            )
+        if self.windows not in WINDOWS:
+            raise ValueError(f"windows must be one of {', '.join(WINDOWS)}, got {self.windows!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        try:
+            torch.device(self.device)
+        except RuntimeError:
+            raise ValueError(f"device must be like cpu or cuda:0, got {self.device!r}") from None
+
+    def torch_device(self) -> torch.device:
+        """The training device; asking for CUDA where there is none is a ValueError."""
+        device = torch.device(self.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r} asked for, but CUDA is not available")
+        return device
+
+
+@dataclass
+class EpochRecord:
+    """What one epoch did: loss, time and (when evaluated) validation metrics."""
+
+    epoch: int
+    train_loss: float
+    seconds: float
+    lr: float
+    valid: dict[str, float] = field(default_factory=dict)
+
+
+def length_bucketed_batches(
+    windows: TrainingWindows, batch_size: int, rng: np.random.Generator
+) -> Iterator[np.ndarray]:
+    """Batches of windows with similar lengths, in random order.
+
+    Grouping similar lengths lets each batch drop the padding columns that no row uses,
+    so short sequences cost short-sequence compute.
+    """
+    lengths = (windows.inputs > 0).sum(1)
+    order = np.lexsort([rng.random(len(lengths)), lengths])
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    for index in rng.permutation(len(batches)):
+        yield batches[index]
+
+
+def trimmed_batch(
+    windows: TrainingWindows, rows: np.ndarray
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Inputs, targets and gaps of ``rows`` without all-padding leading columns."""
+    inputs = windows.inputs[rows]
+    width = int((inputs > 0).sum(1).max())
+    gaps = windows.gaps[rows, -width:] if windows.gaps is not None else None
+    return (
+        torch.as_tensor(inputs[:, -width:]),
+        torch.as_tensor(windows.targets[rows, -width:]),
+        torch.as_tensor(gaps) if gaps is not None else None,
+    )
+
+
+def train_epoch(
+    model: SequenceRecommender,
+    optimizer: torch.optim.Optimizer,
+    windows: TrainingWindows,
+    batch_size: int,
+    rng: np.random.Generator,
+    progress: Callable[[int], None] | None = None,
+    label_smoothing: float = 0.0,
+) -> float:
+    """One pass over all windows, on the model's device; returns the mean training loss."""
+    model.train()
+    device = model.items.weight.device
+    total, batches = 0.0, 0
+    for rows in length_bucketed_batches(windows, batch_size, rng):
+        items, targets, gaps = trimmed_batch(windows, rows)
+        items, targets = items.to(device), targets.to(device)
+        gaps = gaps.to(device) if gaps is not None else None
+        optimizer.zero_grad(set_to_none=True)
+        loss = next_item_loss(model, items, targets, gaps, label_smoothing=label_smoothing)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach())
+        batches += 1
+        if progress is not None:
+            progress(len(rows))
+    return total / max(batches, 1)
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam (L2 weight decay on everything) or AdamW (decoupled, on matrices only)."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(
+            model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
+        )
+    parameters = list(model.parameters())
+    groups = [
+        {"params": [p for p in parameters if p.ndim >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, fused=True)
+
+
+@dataclass
+class TrainResult:
+    """Best model (by validation NDCG@10), its epoch, the history and test metrics."""
+
+    model: SequenceRecommender
+    best_epoch: int
+    history: list[EpochRecord]
+    test: dict[str, float]
+    valid: dict[str, float]
+
+
+def train_centralized(
+    split: LeaveOneOutSplit,
+    model_config: ModelConfig,
+    config: TrainConfig,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    progress_factory: Callable[[int, int], Callable[[int], None]] | None = None,
+    model: SequenceRecommender | None = None,
+) -> TrainResult:
+    """Train with early stopping on validation NDCG@10, then test the best checkpoint."""
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    if model is None:
+        model = build_model(model_config, split.n_items)
+    windows = WINDOWS[config.windows](
+        split.train, model_config.max_len, split.times, model_config.n_gap_buckets
+    )
+    model.to(config.torch_device())
+    optimizer = build_optimizer(model, config)
+    scheduler = (
+        torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=config.lr_factor, patience=config.lr_patience, eps=0.0
+        )
+        if config.lr_patience
+        else None
+    )
+    best_score, best_epoch, best_state = -1.0, 0, None
+    history: list[EpochRecord] = []
+    for epoch in range(1, config.epochs + 1):
+        progress = progress_factory(epoch, len(windows)) if progress_factory else None
+        started = time.perf_counter()
+        loss = train_epoch(
+            model, optimizer, windows, config.batch_size, rng, progress, config.label_smoothing
+        )
+        lr = float(optimizer.param_groups[0]["lr"])
+        record = EpochRecord(epoch, loss, time.perf_counter() - started, lr)
+        if epoch % config.eval_every == 0 or epoch == config.epochs:
+            record.valid = evaluate_model(
+                model, split, "valid", model_config.max_len, model_config.n_gap_buckets
+            )
+            if scheduler is not None:
+                scheduler.step(record.valid[SELECTION_METRIC])
+            if record.valid[SELECTION_METRIC] > best_score:
+                best_score, best_epoch = record.valid[SELECTION_METRIC], epoch
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+        if epoch - best_epoch >= config.patience * config.eval_every:
+            logger.info("early stop at epoch %d (best %d)", epoch, best_epoch)
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    valid = evaluate_model(model, split, "valid", model_config.max_len, model_config.n_gap_buckets)
+    test = evaluate_model(model, split, "test", model_config.max_len, model_config.n_gap_buckets)
+    return TrainResult(model, best_epoch, history, test, valid)

@@ -1,0 +1,183 @@
+"""``fedseqrec-train``: centralized training of one model on one data set, into a run folder.
+
+Settings come from a TOML file (``--config``), overridden by command-line flags. The run
+folder gets config.json, metrics.csv (one row per epoch), test_metrics.json,
+checkpoint.pt and valid_ndcg.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from common.data.loaders import DataFormatError, load_dataset
+from common.data.sequences import build_sequences, leave_one_out_split
+from common.evaluation.scoring import UNEXCLUDED_SUFFIX, evaluate_long_horizon
+from common.models import MODEL_NAMES, ModelConfig
+from common.storage.run_folder import MetricsCSV, new_run_dir, plot_series, write_json
+from common.training.centralized import EpochRecord, TrainConfig, TrainResult, train_centralized
+
+logger = logging.getLogger("fedseqrec.train")
+
+MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)} - {"name"}
+TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
+RUN_KEYS = {"dataset", "model", "out", "threads", "text_init"}
+REPORTED = ("hr@10", "ndcg@10", "mrr", "hr@10" + UNEXCLUDED_SUFFIX, "ndcg@10" + UNEXCLUDED_SUFFIX)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Flags mirror the TOML keys (dashes here, underscores or dashes in the file)."""
+    parser = argparse.ArgumentParser(prog="fedseqrec-train", description=__doc__)
+    parser.add_argument("--config", type=Path, help="TOML file with any of the keys below")
+    parser.add_argument("--dataset", help="ml-100k, beauty, or a path to a click log")
+    parser.add_argument("--model", choices=MODEL_NAMES)
+    parser.add_argument("--out", type=Path, help="folder for run folders (default runs/)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    parser.add_argument(
+        "--text-init",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="initialise item embeddings from pretrained title embeddings (ML-100k)",
+    )
+    fields = [*dataclasses.fields(ModelConfig), *dataclasses.fields(TrainConfig)]
+    for field in sorted(fields, key=lambda f: f.name):
+        if field.name in MODEL_KEYS | TRAIN_KEYS:
+            kind = {"float": float, "int": int}.get(str(field.type), str)
+            parser.add_argument("--" + field.name.replace("_", "-"), type=kind)
+    return parser
+
+
+def load_settings(path: Path | None) -> dict[str, Any]:
+    """Read a TOML config; unknown keys are an error naming the file and the key."""
+    if path is None:
+        return {}
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataFormatError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as error:
+        raise DataFormatError(f"{path}: invalid TOML ({error})") from None
+    settings = {key.replace("-", "_"): value for key, value in raw.items()}
+    unknown = set(settings) - MODEL_KEYS - TRAIN_KEYS - RUN_KEYS
+    if unknown:
+        raise DataFormatError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")
+    return settings
+
+
+def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Defaults < config file < command-line flags."""
+    settings: dict[str, Any] = {"dataset": "ml-100k", "model": "attention", "out": "runs"}
+    settings.update(load_settings(args.config))
+    for key, value in vars(args).items():
+        if key != "config" and value is not None:
+            settings[key] = value
+    return settings
+
+
+def configs_from(settings: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
+    """Typed, validated configs; a bad value raises ValueError naming it."""
+    model = ModelConfig(
+        name=settings["model"], **{k: v for k, v in settings.items() if k in MODEL_KEYS}
+    )
+    train = TrainConfig(**{k: v for k, v in settings.items() if k in TRAIN_KEYS})
+    return model, train
+
+
+def run(settings: dict[str, Any]) -> tuple[Path, TrainResult]:
+    """Train as configured and write the run folder."""
+    model_config, train_config = configs_from(settings)
+    train_config.torch_device()  # no CUDA: fail before anything is written
+    if settings.get("threads"):
+        torch.set_num_threads(int(settings["threads"]))
+    dataset = build_sequences(load_dataset(settings["dataset"]), str(settings["dataset"]))
+    split = leave_one_out_split(dataset)
+    label = f"{Path(str(settings['dataset'])).stem}-{model_config.name}"
+    run_dir = new_run_dir(Path(settings["out"]), label)
+    write_json(
+        run_dir / "config.json",
+        {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()},
+    )
+    columns = ["epoch", "train_loss", "seconds", "lr", *(f"valid_{k}" for k in REPORTED)]
+    metrics = MetricsCSV(run_dir / "metrics.csv", columns)
+    model = None
+    if settings.get("text_init"):
+        from common.models.item_text_init import text_initialised_model
+
+        model = text_initialised_model(model_config, dataset)
+
+    def on_epoch(record: EpochRecord) -> None:
+        row: dict[str, Any] = {
+            "epoch": record.epoch,
+            "train_loss": round(record.train_loss, 5),
+            "seconds": round(record.seconds, 2),
+            "lr": record.lr,
+        }
+        row.update({f"valid_{k}": round(record.valid[k], 5) for k in REPORTED if record.valid})
+        metrics.append(row)
+        shown = f" valid ndcg@10 {record.valid['ndcg@10']:.4f}" if record.valid else ""
+        tqdm.write(f"epoch {record.epoch}: loss {record.train_loss:.4f}{shown}")
+
+    def progress(epoch: int, total: int) -> Any:
+        bar = tqdm(total=total, desc=f"epoch {epoch}", unit="seq", leave=False)
+        return bar.update
+
+    result = train_centralized(split, model_config, train_config, on_epoch, progress, model)
+    state = {key: value.cpu() for key, value in result.model.state_dict().items()}
+    torch.save(
+        {"model_config": dataclasses.asdict(model_config), "state_dict": state},
+        run_dir / "checkpoint.pt",
+    )
+    write_json(
+        run_dir / "test_metrics.json",
+        {
+            "best_epoch": result.best_epoch,
+            "test": result.test,
+            "valid": result.valid,
+            "fusion_weights": result.model.fusion_weights(),
+            "long_horizon_hr@10": evaluate_long_horizon(
+                result.model, split, model_config.max_len, 10, model_config.n_gap_buckets
+            ),
+            "seconds_per_epoch": sum(r.seconds for r in result.history) / len(result.history),
+        },
+    )
+    evaluated = [r for r in result.history if r.valid]
+    plot_series(
+        run_dir / "valid_ndcg.png",
+        [r.epoch for r in evaluated],
+        {"validation NDCG@10": [r.valid["ndcg@10"] for r in evaluated]},
+        "epoch",
+        f"{label}: validation NDCG@10",
+    )
+    return run_dir, result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; user mistakes print one clear line and exit 2."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True
+    )
+    args = build_parser().parse_args(argv)
+    try:
+        run_dir, result = run(resolve_settings(args))
+    except (DataFormatError, ValueError) as error:
+        print(f"fedseqrec-train: error: {error}", file=sys.stderr)
+        return 2
+    test = result.test
+    print(
+        f"test HR@10 {test['hr@10']:.4f} NDCG@10 {test['ndcg@10']:.4f} "
+        f"(unexcluded HR@10 {test['hr@10' + UNEXCLUDED_SUFFIX]:.4f}) "
+        f"best epoch {result.best_epoch}; run folder: {run_dir}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

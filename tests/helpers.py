@@ -1,0 +1,132 @@
+"""Helpers shared by test modules (no test module imports another)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+
+from simulations.launch import main as launch_main
+from simulations.process_tree import process_table
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+TINY_USERS = 20
+TINY_ITEMS = 30
+TINY_LENGTH = 14
+
+
+def write_cycle_log(
+    path: Path, n_users: int = TINY_USERS, n_items: int = TINY_ITEMS, length: int = TINY_LENGTH
+) -> Path:
+    """CSV click log: user ``uK`` visits items start, start + 1, ... (mod n_items)."""
+    rng = np.random.default_rng(0)
+    lines = ["user,item,timestamp"]
+    for user in range(n_users):
+        start = int(rng.integers(0, n_items))
+        lines += [f"u{user},i{(start + t) % n_items},{1000 * user + t}" for t in range(length)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+TINY_RUN = {"model": "lstm", "dim": 8, "max-len": 10, "dropout": 0.0, "num-server-rounds": 2,
+            "fraction-train": 1.0, "local-epochs": 10, "lr": 0.1, "batch-size": 16}  # fmt: skip
+
+
+def write_preset(path: Path, settings: dict[str, object]) -> Path:
+    """A preset file (one ``key = value`` line per setting) for the launcher."""
+    path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items()))
+    return path
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def launch_run(root: Path, name: str, settings: dict[str, object]) -> Path:
+    """Launch one tiny simulation under ``root/name`` and return its run folder."""
+    preset = write_preset(root / f"{name}.toml", settings)
+    results = root / name
+    code = launch_main(
+        ["--preset", str(preset), "--results", str(results), "--port", str(free_port())]
+    )
+    assert code == 0, name
+    (folder,) = results.iterdir()
+    return folder
+
+
+BASE = {"model": "lstm", "dim": 8, "max-len": 20, "dropout": 0.0, "num-server-rounds": 4,
+        "local-epochs": 1, "optimizer": "sgd", "lr": 0.5, "batch-size": 4,
+        "strategy": "fedavg", "clip-norm": 0.5, "noise-multiplier": 1.0}  # fmt: skip
+
+
+def running(pid: int) -> bool:
+    """Whether a process exists and has not exited (a zombie has)."""
+    return process_table().get(pid, (0, 0, "X"))[2] not in ("Z", "X")
+
+
+def start_session_tree(folder: Path) -> tuple[subprocess.Popen[bytes], list[int]]:
+    """Start :data:`SESSION_TREE` (root -> child in a new session -> grandchild that
+    ignores SIGTERM) and wait for all three; the root and the three pids."""
+    script, pids = folder / "tree.py", folder / "pids"
+    script.write_text(SESSION_TREE)
+    root = subprocess.Popen(
+        [sys.executable, str(script), "root", str(pids)], start_new_session=True
+    )
+    deadline = time.monotonic() + 30
+    while not pids.exists() or pids.read_text().count("\n") < 3:
+        assert time.monotonic() < deadline, "the process tree never started"
+        time.sleep(0.05)
+    return root, [int(line) for line in pids.read_text().split()]
+
+
+SESSION_TREE = textwrap.dedent(
+    """
+    import os, signal, subprocess, sys, time
+    role, pids = sys.argv[1], sys.argv[2]
+    if role == "root":
+        subprocess.Popen([sys.executable, __file__, "session", pids], start_new_session=True)
+    elif role == "session":
+        subprocess.Popen([sys.executable, __file__, "stubborn", pids])
+    else:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with open(pids, "a") as handle:
+        handle.write(f"{os.getpid()}\\n")
+    time.sleep(120)  # bounded, should the test fail before it stops them
+    """
+)
+
+
+class FakeEncoder:
+    """Deterministic 8-d encoder that counts its calls."""
+
+    name = "fake-8"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        self.calls += 1
+        rows = []
+        for text in texts:
+            seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+            row = np.random.default_rng(seed).normal(size=8)
+            rows.append(row / np.linalg.norm(row))
+        return np.asarray(rows, dtype=np.float32).reshape(len(texts), 8)
+
+
+def metrics_rows(run: Path) -> list[dict[str, str]]:
+    """The rows of a run folder's metrics.csv."""
+    with (run / "metrics.csv").open(newline="") as handle:
+        return list(csv.DictReader(handle))

@@ -1,0 +1,158 @@
+"""The federated task: config, ArrayRecord conversion, local training, exact metric sums."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi
+
+from common.data.partitioning import load_partition, load_split
+from common.evaluation.scoring import evaluate_model
+from common.federation.task import (
+    FederatedConfig,
+    build_strategy,
+    evaluation_sums,
+    load_arrays,
+    metrics_from_sums,
+    model_to_arrays,
+    sum_metric_records,
+    train_local,
+)
+from common.models import ModelConfig, build_model
+from tests.helpers import PROJECT_ROOT
+
+
+def test_config_defaults_match_the_app_run_config() -> None:
+    pyproject = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
+    defaults = pyproject["tool"]["flwr"]["app"]["config"]
+    assert FederatedConfig.from_run_config(defaults).to_run_config() == defaults
+    assert FederatedConfig().to_run_config() == defaults
+
+
+def test_config_rejects_unknown_keys_and_wrong_types() -> None:
+    with pytest.raises(ValueError, match="unknown run-config key 'epochs'"):
+        FederatedConfig.from_run_config({"epochs": 3})
+    with pytest.raises(ValueError, match="'dim' must be int, got 'big'"):
+        FederatedConfig.from_run_config({"dim": "big"})
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        FederatedConfig.from_run_config({"strategy": "fedsgd"})
+    assert FederatedConfig.from_run_config({"lr": 1}).lr == 1.0
+
+
+def test_lstm_arrays_round_trip_without_duplicate_weights() -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="lstm", dim=8, layers=2, max_len=6), n_items=20)
+    unique = dict(model.named_parameters())
+    assert list(model.state_dict()) == list(unique)  # no aliased copies of any weight
+
+    arrays = model_to_arrays(model)
+
+    assert list(arrays.keys()) == list(unique)
+    assert sum(a.numpy().size for a in arrays.values()) == sum(p.numel() for p in unique.values())
+    torch.manual_seed(1)
+    fresh = build_model(ModelConfig(name="lstm", dim=8, layers=2, max_len=6), n_items=20)
+    load_arrays(fresh, arrays)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_load_arrays_refuses_a_different_model() -> None:
+    small = build_model(ModelConfig(name="lstm", dim=8, max_len=6), n_items=20)
+    other = build_model(ModelConfig(name="attention", dim=8, max_len=6), n_items=20)
+    with pytest.raises(ValueError, match="ArrayRecord does not match the model"):
+        load_arrays(small, model_to_arrays(other))
+    wider = build_model(ModelConfig(name="lstm", dim=8, max_len=6), n_items=21)
+    with pytest.raises(ValueError, match="items.weight: shape"):
+        load_arrays(small, model_to_arrays(wider))
+
+
+@pytest.mark.parametrize("partitions", [20, 6])
+def test_summed_client_metrics_equal_centralized_evaluation(
+    cycle_log: Path, partitions: int
+) -> None:
+    config = FederatedConfig(dataset=str(cycle_log), model="lstm", dim=8, max_len=6)
+    split = load_split(config.dataset)
+    torch.manual_seed(0)
+    model = build_model(config.model_config(), split.n_items)
+    replies = []
+    for partition_id in range(partitions):
+        part = load_partition(config.dataset, partitions, partition_id, config.seed)
+        sums = evaluation_sums(model, part.split, "valid", config)
+        replies.append(RecordDict({"metrics": MetricRecord(sums)}))  # type: ignore[arg-type]
+
+    federated = metrics_from_sums(sum_metric_records(replies, "num-examples"))
+
+    central = evaluate_model(model, split, "valid", config.max_len)
+    assert federated == pytest.approx(central, rel=1e-12)
+    assert federated["count"] == 20
+
+
+def test_local_training_lowers_loss_and_counts_examples(cycle_log: Path) -> None:
+    config = FederatedConfig(
+        dataset=str(cycle_log), model="lstm", dim=8, max_len=6, dropout=0.0, lr=0.05, local_epochs=5
+    )
+    part = load_partition(config.dataset, 4, 0, config.seed)
+    windows = part.training_windows(config.max_len)
+    torch.manual_seed(0)
+    model = build_model(config.model_config(), part.split.n_items)
+
+    first, examples = train_local(model, windows, config, seed=1)
+    later, _ = train_local(model, windows, config, seed=2)
+
+    assert examples == int(sum(len(s) - 1 for s in part.split.train))
+    assert later < first
+
+
+def test_proximal_term_keeps_the_update_near_the_global_model(cycle_log: Path) -> None:
+    config = FederatedConfig(
+        dataset=str(cycle_log),
+        model="lstm",
+        dim=8,
+        max_len=6,
+        lr=0.05,
+        batch_size=2,
+        local_epochs=3,
+    )
+    part = load_partition(config.dataset, 4, 1, config.seed)
+    windows = part.training_windows(config.max_len)
+    distances = []
+    for mu in (0.0, 50.0):
+        torch.manual_seed(0)
+        model = build_model(config.model_config(), part.split.n_items)
+        start = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        train_local(model, windows, config, seed=3, proximal_mu=mu)
+        end = torch.cat([p.detach().flatten() for p in model.parameters()])
+        distances.append(float((end - start).norm()))
+    assert distances[1] < 0.5 * distances[0]
+
+
+def test_build_strategy_uses_flowers_classes() -> None:
+    def config(strategy: str) -> FederatedConfig:
+        return FederatedConfig(
+            strategy=strategy, fraction_train=0.5, server_lr=0.03, proximal_mu=0.1
+        )
+
+    kinds = {"fedavg": FedAvg, "fedadam": FedAdam, "fedyogi": FedYogi, "fedprox": FedProx}
+    for name, kind in kinds.items():
+        strategy = build_strategy(config(name), num_partitions=8)
+        assert type(strategy) is kind
+        assert strategy.min_available_nodes == 8 and strategy.fraction_train == 0.5
+    adam = build_strategy(config("fedadam"), 8)
+    assert isinstance(adam, FedAdam) and adam.eta == 0.03
+    prox = build_strategy(config("fedprox"), 8)
+    assert isinstance(prox, FedProx) and prox.proximal_mu == 0.1
+
+
+def test_sum_metric_records_adds_every_key() -> None:
+    replies = [
+        RecordDict({"m": MetricRecord({"count": 2.0, "num-examples": 2})}),
+        RecordDict({"m": MetricRecord({"count": 3.0, "num-examples": 3})}),
+    ]
+    total = sum_metric_records(replies, "num-examples")
+    assert dict(total) == {"count": 5.0, "num-examples": 5.0}
+    assert np.isclose(float(total["count"]), 5.0)  # type: ignore[arg-type]

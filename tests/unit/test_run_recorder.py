@@ -1,0 +1,129 @@
+"""Server-side bookkeeping: rows per round, best checkpoint, summary, failure record."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from flwr.app import MetricRecord, RecordDict
+
+from common.data.partitioning import load_split
+from common.federation.checkpoints import dataset_item_ids, load_checkpoint
+from common.federation.compression import UPDATE_BYTES_KEY
+from common.federation.task import FederatedConfig, model_to_arrays
+from common.models import build_model
+from server.node_errors import NodeError
+from server.run_recorder import BEST_CHECKPOINT, CHECKPOINT, RunRecorder, record_failure
+
+
+def recorder_for(cycle_log: Path, results: Path, eval_every: int = 1) -> RunRecorder:
+    config = FederatedConfig(
+        dataset=str(cycle_log), model="lstm", dim=8, max_len=6, num_server_rounds=3,
+        eval_every=eval_every,
+    )  # fmt: skip
+    split = load_split(config.dataset)
+    torch.manual_seed(0)
+    return RunRecorder(results, build_model(config.model_config(), split.n_items), split, config, 4)
+
+
+def reply(loss: float, examples: int) -> RecordDict:
+    return RecordDict({"metrics": MetricRecord({"train_loss": loss, "num-examples": examples})})
+
+
+def test_rounds_are_recorded_and_the_best_is_tested(cycle_log: Path, tmp_path: Path) -> None:
+    recorder = recorder_for(cycle_log, tmp_path, eval_every=2)
+    arrays = model_to_arrays(recorder.model)
+
+    recorder.evaluate(0, arrays)
+    for server_round in (1, 2, 3):
+        merged = recorder.aggregate_train([reply(2.0, 10), reply(4.0, 30)], "num-examples")
+        assert merged["train_loss"] == pytest.approx(3.5)
+        recorder.evaluate(server_round, arrays)
+    summary = recorder.finish()
+
+    with (tmp_path / "metrics.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["clients"] for r in rows] == ["", "2.0", "2.0", "2.0"]
+    assert [bool(r["valid_ndcg@10"]) for r in rows] == [True, False, True, True]  # every 2 + last
+    assert summary["status"] == "completed" and summary["best_round"] == 0  # same model: first wins
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["round"] == 3
+    assert torch.load(tmp_path / BEST_CHECKPOINT, weights_only=True)["round"] == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["test"]["count"] == 20
+
+
+def test_a_round_without_replies_fails_the_run(cycle_log: Path, tmp_path: Path) -> None:
+    recorder = recorder_for(cycle_log, tmp_path)
+    arrays = model_to_arrays(recorder.model)
+    recorder.evaluate(0, arrays)
+
+    with pytest.raises(
+        RuntimeError, match="round 1: no client returned a training result"
+    ) as error:
+        recorder.evaluate(1, arrays)
+    record_failure(tmp_path, error.value)
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary == {
+        "status": "failed",
+        "error": "RuntimeError: round 1: no client returned a training result",
+        "node_errors": [],
+    }
+
+
+def test_a_failed_run_names_the_failed_nodes_once(tmp_path: Path) -> None:
+    reason = (
+        "<class 'common.data.loaders.DataFormatError'>:<'n.csv, line 3: field 'item' is empty'>"
+    )
+    errors = [NodeError(7, server_round, "train", reason) for server_round in (1, 2)]
+
+    record_failure(tmp_path, RuntimeError("round 2: no client returned a training result"), errors)
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["error"] == (
+        "RuntimeError: round 2: no client returned a training result; "
+        f"node 7 failed in round 2 (train): {reason}"
+    )
+    assert [e["server_round"] for e in summary["node_errors"]] == [1, 2]
+
+
+def test_results_dir_must_be_absolute(cycle_log: Path) -> None:
+    with pytest.raises(ValueError, match="results-dir must be an absolute path"):
+        recorder_for(cycle_log, Path("relative/results"))
+
+
+def test_bytes_sent_are_summed_and_averaged_per_round(cycle_log: Path, tmp_path: Path) -> None:
+    recorder = recorder_for(cycle_log, tmp_path)
+    arrays = model_to_arrays(recorder.model)
+    recorder.evaluate(0, arrays)
+    sent = [
+        RecordDict({"m": MetricRecord({"train_loss": 1.0, "num-examples": 5, UPDATE_BYTES_KEY: b})})
+        for b in (1000, 3000)
+    ]
+
+    recorder.aggregate_train(sent, "num-examples")
+    recorder.evaluate(1, arrays)
+
+    with (tmp_path / "metrics.csv").open(newline="") as handle:
+        row = list(csv.DictReader(handle))[1]
+    assert (row["update_bytes"], row["update_bytes_per_client"]) == ("4000.0", "2000.0")
+
+
+def test_checkpoints_stand_alone_and_rounds_continue_from_an_offset(
+    cycle_log: Path, tmp_path: Path
+) -> None:
+    config = FederatedConfig(dataset=str(cycle_log), model="lstm", dim=8, max_len=6)
+    split = load_split(config.dataset)
+    model = build_model(config.model_config(), split.n_items)
+    recorder = RunRecorder(tmp_path, model, split, config, 4, round_offset=5)
+
+    recorder.evaluate(0, model_to_arrays(model))
+
+    with (tmp_path / "metrics.csv").open(newline="") as handle:
+        assert [r["round"] for r in csv.DictReader(handle)] == ["5"]
+    checkpoint = load_checkpoint(tmp_path / CHECKPOINT)
+    assert checkpoint.round == 5 and checkpoint.model_config == config.model_config()
+    assert checkpoint.item_ids == dataset_item_ids(str(cycle_log))
+    assert checkpoint.valid["ndcg@10"] == recorder.untrained["ndcg@10"]

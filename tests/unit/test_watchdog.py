@@ -1,0 +1,55 @@
+"""The launcher's watchdog: it stops the SuperLink's tree only when the launcher died."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from simulations.process_tree import stop_process_group
+from simulations.watchdog import DONE, main, start_time, watch
+from tests.helpers import running, start_session_tree
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], list[int]]]:
+    """A SuperLink-like tree: root -> child in a session of its own -> stubborn grandchild."""
+    root, pids = start_session_tree(tmp_path)
+    try:
+        yield root, pids
+    finally:
+        stop_process_group(root, timeout=1.0)
+
+
+def test_an_end_of_input_without_done_stops_the_whole_tree(
+    tree: tuple[subprocess.Popen[bytes], list[int]],
+) -> None:
+    root, pids = tree
+    stopped = watch(root.pid, io.BytesIO(b""), timeout=1.0)  # the launcher died
+    assert stopped
+    assert [pid for pid in pids if running(pid)] == []
+
+
+def test_a_launcher_that_said_done_leaves_everything_to_itself(
+    tree: tuple[subprocess.Popen[bytes], list[int]],
+) -> None:
+    root, pids = tree
+    stopped = watch(root.pid, io.BytesIO(DONE), timeout=1.0)
+    assert not stopped
+    assert all(running(pid) for pid in pids)
+
+
+def test_a_superlink_already_gone_is_not_looked_for() -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert start_time(gone.pid) is None
+    assert not watch(gone.pid, io.BytesIO(b""), timeout=1.0)
+
+
+def test_the_command_line_wants_one_pid(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["not-a-pid"]) == 2
+    assert "usage: python -m simulations.watchdog SUPERLINK_PID" in capsys.readouterr().err
