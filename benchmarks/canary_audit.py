@@ -27,9 +27,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
-from common.storage.run_folder import write_json  # noqa: E402
-from simulations.canary_audit import build_parser, render, run_audit  # noqa: E402
-from simulations.launch import unwind_on_sigterm  # noqa: E402
+from common.storage.run_folder import write_json
+from simulations.canary_audit import build_parser, render, run_audit
+from simulations.launch import unwind_on_sigterm
 
 RESULTS = ROOT / "results" / "canary_audit.json"
 RUNS = ROOT / "runs"

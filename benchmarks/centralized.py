@@ -24,12 +24,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common.data.loaders import load_dataset  # noqa: E402
-from common.data.sequences import build_sequences, leave_one_out_split  # noqa: E402
-from common.evaluation.scoring import UNEXCLUDED_SUFFIX, evaluate_baselines  # noqa: E402
-from common.models import MODEL_NAMES  # noqa: E402
-from common.storage.run_folder import write_json  # noqa: E402
-from common.training.cli import load_settings, run  # noqa: E402
+from common.data.loaders import load_dataset
+from common.data.sequences import build_sequences, leave_one_out_split
+from common.evaluation.scoring import UNEXCLUDED_SUFFIX, evaluate_baselines
+from common.models import MODEL_NAMES
+from common.storage.run_folder import write_json
+from common.training.cli import load_settings, run
 
 CONFIGS = ROOT / "benchmarks" / "configs"
 RESULTS = ROOT / "benchmarks" / "results" / "centralized.json"

@@ -22,12 +22,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common.data.partitioning import load_split  # noqa: E402
-from common.federation.compression import COMPRESSIONS  # noqa: E402
-from common.federation.task import FederatedConfig, model_to_arrays  # noqa: E402
-from common.models import build_model  # noqa: E402
-from common.storage.run_folder import write_json  # noqa: E402
-from simulations.launch import build_parser, launch, unwind_on_sigterm  # noqa: E402
+from common.data.partitioning import load_split
+from common.federation.compression import COMPRESSIONS
+from common.federation.config import FederatedConfig
+from common.federation.messages import model_to_arrays
+from common.models import build_model
+from common.storage.run_folder import write_json
+from simulations.launch import build_parser, launch, unwind_on_sigterm
 
 RESULTS = ROOT / "benchmarks" / "results" / "compression.json"
 

@@ -27,8 +27,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common.data.loaders import builtin_path  # noqa: E402
-from deploy.local import run_local  # noqa: E402
+from common.data.loaders import builtin_path
+from deploy.local import run_local
 
 RESULTS = ROOT / "benchmarks" / "results" / "deployment.json"
 USERS = 100

@@ -53,14 +53,14 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common.data.features import last_window, training_windows  # noqa: E402
-from common.data.partitioning import load_split  # noqa: E402
-from common.data.sequences import LeaveOneOutSplit  # noqa: E402
-from common.evaluation.scoring import evaluate_scorer, evaluation_mode, flatten_metrics  # noqa: E402
-from common.models import ModelConfig, build_model  # noqa: E402
-from common.privacy.accounting import noise_for_target_epsilon  # noqa: E402
-from common.storage.run_folder import write_json  # noqa: E402
-from common.training.cohort import clipped_sgd_update, sampled_users  # noqa: E402
+from common.data.features import last_window, training_windows
+from common.data.partitioning import load_split
+from common.data.sequences import LeaveOneOutSplit
+from common.evaluation.scoring import evaluate_scorer, evaluation_mode, flatten_metrics
+from common.models import ModelConfig, build_model
+from common.privacy.accounting import noise_for_target_epsilon
+from common.storage.run_folder import write_json
+from common.training.cohort import clipped_sgd_update, sampled_users
 
 RESULTS = ROOT / "benchmarks" / "results" / "dp_ceiling.json"
 HOPS = 3

@@ -33,11 +33,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
-from benchmarks.process_memory import PeakMemory  # noqa: E402
-from common.data.partitioning import load_partition, load_split  # noqa: E402
-from common.federation.task import FederatedConfig, round_seed, train_local  # noqa: E402
-from common.models import build_model  # noqa: E402
-from simulations.launch import build_parser, launch, unwind_on_sigterm  # noqa: E402
+from benchmarks.process_memory import PeakMemory
+from common.data.partitioning import load_partition, load_split
+from common.federation.config import FederatedConfig
+from common.models import build_model
+from common.training.local import round_seed, train_local
+from simulations.launch import build_parser, launch, unwind_on_sigterm
 
 RESULTS = ROOT / "results" / "federated.json"
 CENTRALIZED = ROOT / "results" / "centralized.json"

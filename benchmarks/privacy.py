@@ -28,16 +28,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from common.data.features import training_windows  # noqa: E402
-from common.data.partitioning import load_split  # noqa: E402
-from common.federation.task import FederatedConfig, train_local  # noqa: E402
-from common.models import MODEL_NAMES, build_model  # noqa: E402
-from common.storage.run_folder import plot_series  # noqa: E402
-from common.training.dp_sgd import train_local_dp  # noqa: E402
-from simulations.launch import build_parser, launch, unwind_on_sigterm  # noqa: E402
+from common.data.features import training_windows
+from common.data.partitioning import load_split
+from common.federation.config import FederatedConfig
+from common.models import MODEL_NAMES, build_model
+from common.storage.run_folder import plot_series
+from common.training.dp_sgd import train_local_dp
+from common.training.local import train_local
+from simulations.launch import build_parser, launch, unwind_on_sigterm
 
 RESULTS = ROOT / "results" / "privacy.json"
 RUNS = ROOT / "runs"

@@ -26,23 +26,18 @@ from client.secure_client import secure_client_app, uses_secure_aggregation
 from common.data.catalogue import ItemCatalogue
 from common.data.node_data import NodeDataConfig, load_node_partition
 from common.data.partitioning import ClientPartition, load_split
+from common.federation.app_logging import configure_app_logging
 from common.federation.compression import UPDATE_BYTES_KEY, encode_update
-from common.federation.task import (
-    WEIGHT_KEY,
-    FederatedConfig,
-    client_partition,
-    configure_app_logging,
-    evaluation_sums,
-    load_arrays,
-    model_to_arrays,
-    round_seed,
-    train_local,
-)
+from common.federation.config import FederatedConfig
+from common.federation.messages import WEIGHT_KEY, load_arrays, model_to_arrays
+from common.federation.metrics import evaluation_sums
+from common.federation.node_partition import client_partition
 from common.models import SequenceRecommender, build_model
 from common.privacy.accounting import rdp_epsilon
 from common.privacy.ledger import PrivacyLedger, epsilon_after
 from common.training.cohort import train_cohort
 from common.training.dp_sgd import train_local_dp
+from common.training.local import round_seed, train_local
 
 app = ClientApp()
 

@@ -17,7 +17,7 @@ from flwr.app import ConfigRecord, Context, Error, Message
 
 from common.data.features import TrainingWindows
 from common.data.node_data import NodeDataConfig
-from common.federation.task import FederatedConfig
+from common.federation.config import FederatedConfig
 from common.privacy.accounting import Release, noise_for_target_epsilon
 from common.privacy.ledger import LedgerEntry, PrivacyBudget, PrivacyLedger, epsilon_after
 from common.training.dp_sgd import protected_unit, sampling_rate, steps_per_epoch

@@ -19,19 +19,16 @@ from flwr.client import Client, NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 
+from common.federation.config import FederatedConfig
+from common.federation.messages import load_arrays
+from common.federation.node_partition import client_partition
 from common.federation.secure_aggregation import (
     arrays_from_ndarrays,
     check_weighted_range,
     model_ndarrays,
 )
-from common.federation.task import (
-    FederatedConfig,
-    client_partition,
-    load_arrays,
-    round_seed,
-    train_local,
-)
 from common.models import build_model
+from common.training.local import round_seed, train_local
 
 
 def uses_secure_aggregation(context: Context) -> bool:

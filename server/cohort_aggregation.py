@@ -24,7 +24,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from common.federation.task import WEIGHT_KEY
+from common.federation.messages import WEIGHT_KEY
 from server.strategy_wrapper import StrategyWrapper
 
 logger = logging.getLogger("fedseqrec.server")

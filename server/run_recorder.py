@@ -22,12 +22,9 @@ from common.evaluation.ranking import RankingAccumulator
 from common.evaluation.scoring import evaluate_model, flatten_metrics
 from common.federation.checkpoints import Checkpoint, ItemId, dataset_item_ids, save_checkpoint
 from common.federation.compression import UPDATE_BYTES_KEY
-from common.federation.task import (
-    FederatedConfig,
-    load_arrays,
-    metrics_from_sums,
-    sum_metric_records,
-)
+from common.federation.config import FederatedConfig
+from common.federation.messages import load_arrays
+from common.federation.metrics import metrics_from_sums, sum_metric_records
 from common.models import SequenceRecommender
 from common.storage.run_folder import MetricsCSV, write_json
 from common.training.centralized import SELECTION_METRIC

@@ -26,6 +26,8 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp import Grid
 
+from common.federation.config import FederatedConfig
+from common.federation.messages import WEIGHT_KEY
 from common.federation.secure_aggregation import (
     MODULUS_RANGE,
     arrays_from_ndarrays,
@@ -33,7 +35,6 @@ from common.federation.secure_aggregation import (
     model_ndarrays,
     share_setting,
 )
-from common.federation.task import WEIGHT_KEY, FederatedConfig
 from server.run_recorder import RunRecorder
 
 logger = logging.getLogger("fedseqrec.server")

@@ -13,15 +13,13 @@ from flwr.serverapp.strategy import Strategy
 
 from common.data.catalogue import ItemCatalogue
 from common.data.partitioning import load_split
+from common.federation.app_logging import configure_app_logging
 from common.federation.checkpoints import ItemId, dataset_item_ids, load_initial_checkpoint
-from common.federation.task import (
-    FederatedConfig,
-    build_strategy,
-    configure_app_logging,
-    model_to_arrays,
-    round_seed,
-)
+from common.federation.config import FederatedConfig
+from common.federation.messages import model_to_arrays
+from common.federation.strategies import build_strategy
 from common.models import SequenceRecommender, build_model
+from common.training.local import round_seed
 from server.budget_refusals import BudgetRefusals
 from server.cohort_aggregation import CohortAggregation
 from server.node_errors import ErrorRecordingGrid

@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.federation.task import FederatedConfig
+from common.federation.config import FederatedConfig
 from common.privacy.accounting import Release, noise_for_target_epsilon
 from common.privacy.ledger import PrivacyBudget, PrivacyLedger, would_exceed
 

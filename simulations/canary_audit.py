@@ -41,7 +41,7 @@ import numpy as np
 from common.data.loaders import load_dataset
 from common.data.sequences import build_sequences
 from common.federation.checkpoints import load_checkpoint
-from common.federation.task import FederatedConfig
+from common.federation.config import FederatedConfig
 from common.privacy.canaries import CanarySet, canary_losses, make_canaries, write_planted_log
 from common.privacy.ledger_audit import SERVER
 from common.privacy.membership_inference import MembershipAudit, audit_membership

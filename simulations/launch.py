@@ -30,7 +30,7 @@ import tomli_w
 from common.data.loaders import BUILTIN_DATASETS, DataFormatError, builtin_path
 from common.data.partitioning import load_split
 from common.federation.checkpoints import CheckpointError, dataset_item_ids, load_initial_checkpoint
-from common.federation.task import FederatedConfig
+from common.federation.config import FederatedConfig
 from common.storage.run_folder import new_run_dir, plot_series, write_json
 from simulations.superlink import (
     CONNECTION,

@@ -136,7 +136,7 @@ def _upgrade_legacy(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
         )
     settings = json.loads(config_path.read_text())
     if "run_config" in settings:  # a federated run folder (simulations.launch)
-        from common.federation.task import FederatedConfig
+        from common.federation.config import FederatedConfig
 
         try:
             federated = FederatedConfig.from_run_config(settings["run_config"])

@@ -20,7 +20,7 @@ import torch
 from flwr.app import Array, ArrayRecord
 
 if TYPE_CHECKING:
-    from common.federation.task import FederatedConfig
+    from common.federation.config import FederatedConfig
 
 SECURE_STRATEGIES = ("fedavg", "fedprox")
 MODULUS_RANGE = 2**32  # Flower's default and largest mask range (32-bit sums)
@@ -107,7 +107,7 @@ def check_weighted_range(
 
 def model_ndarrays(model: torch.nn.Module) -> list[np.ndarray]:
     """The model's parameters as the legacy API's list (``named_parameters`` order, like
-    ``common.federation.task.model_to_arrays``)."""
+    ``common.federation.messages.model_to_arrays``)."""
     return [param.detach().cpu().numpy().copy() for _, param in model.named_parameters()]
 
 

@@ -14,7 +14,7 @@ Two ways to get the users' updates, chosen automatically, with the same result:
   one backward pass; with clipping, every user's exact gradient norm and the sum of the
   clipped gradients come from one pass too (:mod:`common.training.clipping`).
 - **per user**: any other local training (several epochs, Adam) runs
-  :func:`common.federation.task.train_local` once per sampled user.
+  :func:`common.training.local.train_local` once per sampled user.
 
 Without clipping the reply is ``sum_i n_i * update_i`` with weight ``sum_i n_i``
 (``n_i`` = the user's training examples), so the server's ratio is classic FedAvg.
@@ -33,11 +33,12 @@ import torch
 
 from common.data.features import TrainingWindows, training_windows
 from common.data.partitioning import ClientPartition
-from common.federation.task import FederatedConfig, round_seed, train_local
+from common.federation.config import FederatedConfig
 from common.models import SequenceRecommender
 from common.models.base import next_item_loss
 from common.training.centralized import trimmed_batch
 from common.training.clipping import clipped_gradient_sum
+from common.training.local import round_seed, train_local
 
 SCORE_BYTES_BUDGET = 256 * 2**20  # scores over all items held at once by the clipped path
 MAX_GROUP_ROWS = 128  # rows per pass: small groups keep similar lengths and caches warm

@@ -10,7 +10,8 @@ import pytest
 from common.data.partitioning import load_split
 from common.federation.checkpoints import load_checkpoint
 from common.federation.compression import encode_update
-from common.federation.task import FederatedConfig, model_to_arrays
+from common.federation.config import FederatedConfig
+from common.federation.messages import model_to_arrays
 from common.models import build_model
 from server.run_recorder import CHECKPOINT
 from simulations.launch import main

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from common.federation.task import FederatedConfig
+from common.federation.config import FederatedConfig
 from common.privacy.ledger import read_ledger
 from deploy.local import CONNECTION, LocalDeployment
 from deploy.run import submit_run

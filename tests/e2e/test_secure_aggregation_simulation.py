@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from common.data.partitioning import load_partition
-from common.federation.task import FederatedConfig
+from common.federation.config import FederatedConfig
 from common.models import build_model
 from tests.helpers import TINY_ITEMS, launch_run, metrics_rows, write_cycle_log
 

@@ -12,14 +12,10 @@ import torch
 
 from common.data.partitioning import load_partition, load_split
 from common.evaluation.scoring import evaluate_model
-from common.federation.task import (
-    FederatedConfig,
-    load_arrays,
-    model_to_arrays,
-    round_seed,
-    train_local,
-)
+from common.federation.config import FederatedConfig
+from common.federation.messages import load_arrays, model_to_arrays
 from common.models import build_model
+from common.training.local import round_seed, train_local
 from simulations.launch import main
 from tests.helpers import TINY_RUN, free_port, write_preset
 

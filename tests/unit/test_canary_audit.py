@@ -13,7 +13,7 @@ import torch
 from common.data.loaders import load_dataset
 from common.data.sequences import build_sequences
 from common.federation.checkpoints import Checkpoint
-from common.federation.task import FederatedConfig
+from common.federation.config import FederatedConfig
 from common.models import ModelConfig, build_model, next_item_loss
 from common.privacy.canaries import CanarySet, canary_losses, make_canaries, write_planted_log
 from common.privacy.membership_inference import (

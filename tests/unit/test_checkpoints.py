@@ -19,7 +19,7 @@ from common.federation.checkpoints import (
     load_initial_checkpoint,
     save_checkpoint,
 )
-from common.federation.task import FederatedConfig
+from common.federation.config import FederatedConfig
 from common.models import ModelConfig, build_model
 
 CONFIG = ModelConfig(name="lstm", dim=8, layers=1, max_len=6)

@@ -10,7 +10,7 @@ import torch
 
 from common.data.features import TrainingWindows, training_windows
 from common.data.partitioning import load_partition, load_split
-from common.federation.task import FederatedConfig, round_seed, train_local
+from common.federation.config import FederatedConfig
 from common.models import ModelConfig, SequenceRecommender, build_model
 from common.training.cohort import (
     clipped_sgd_update,
@@ -20,6 +20,7 @@ from common.training.cohort import (
     train_cohort,
     vectorizable,
 )
+from common.training.local import round_seed, train_local
 
 CONFIG = {"model": "attention", "dim": 8, "max-len": 6, "dropout": 0.0, "optimizer": "sgd",
           "lr": 0.5, "local-epochs": 1, "batch-size": 64}  # fmt: skip

@@ -20,7 +20,7 @@ from common.federation.compression import (
     encode_update,
     quantize_int8,
 )
-from common.federation.task import model_to_arrays
+from common.federation.messages import model_to_arrays
 from common.models import ModelConfig, build_model
 from server.update_decoding import UpdateDecoding, decode_replies
 

@@ -15,7 +15,8 @@ from common.federation.checkpoints import (
     dataset_item_ids,
     save_checkpoint,
 )
-from common.federation.task import FederatedConfig, model_to_arrays
+from common.federation.config import FederatedConfig
+from common.federation.messages import model_to_arrays
 from common.models import build_model
 from server.run_recorder import RunRecorder
 from server.server_app import continue_from_checkpoint

@@ -13,17 +13,12 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi
 
 from common.data.partitioning import load_partition, load_split
 from common.evaluation.scoring import evaluate_model
-from common.federation.task import (
-    FederatedConfig,
-    build_strategy,
-    evaluation_sums,
-    load_arrays,
-    metrics_from_sums,
-    model_to_arrays,
-    sum_metric_records,
-    train_local,
-)
+from common.federation.config import FederatedConfig
+from common.federation.messages import load_arrays, model_to_arrays
+from common.federation.metrics import evaluation_sums, metrics_from_sums, sum_metric_records
+from common.federation.strategies import build_strategy
 from common.models import ModelConfig, build_model
+from common.training.local import train_local
 from tests.helpers import PROJECT_ROOT
 
 

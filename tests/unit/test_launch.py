@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from common.federation.task import FederatedConfig
+from common.federation.config import FederatedConfig
 from simulations.launch import (
     PRESET_DIR,
     LaunchError,

@@ -22,8 +22,9 @@ from common.federation.checkpoints import (
     load_checkpoint,
     save_checkpoint,
 )
-from common.federation.task import FederatedConfig, train_local
+from common.federation.config import FederatedConfig
 from common.models import ModelConfig, build_model
+from common.training.local import train_local
 from tests.helpers import PROJECT_ROOT
 
 

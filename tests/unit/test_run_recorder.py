@@ -13,7 +13,8 @@ from flwr.app import MetricRecord, RecordDict
 from common.data.partitioning import load_split
 from common.federation.checkpoints import dataset_item_ids, load_checkpoint
 from common.federation.compression import UPDATE_BYTES_KEY
-from common.federation.task import FederatedConfig, model_to_arrays
+from common.federation.config import FederatedConfig
+from common.federation.messages import model_to_arrays
 from common.models import build_model
 from server.node_errors import NodeError
 from server.run_recorder import BEST_CHECKPOINT, CHECKPOINT, RunRecorder, record_failure

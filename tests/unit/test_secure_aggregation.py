@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from common.federation.config import FederatedConfig
+from common.federation.messages import load_arrays
 from common.federation.secure_aggregation import (
     arrays_from_ndarrays,
     check_round_size,
@@ -15,7 +17,6 @@ from common.federation.secure_aggregation import (
     model_ndarrays,
     share_setting,
 )
-from common.federation.task import FederatedConfig, load_arrays
 from common.models import build_model
 from server.secure_aggregation import client_reason
 
