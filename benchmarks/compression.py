@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,15 +28,9 @@ from common.federation.messages import model_to_arrays
 from common.models import build_model
 from common.storage.run_folder import write_json
 from simulations.launch import build_parser, launch, unwind_on_sigterm
+from simulations.superlink import free_port
 
 RESULTS = ROOT / "benchmarks" / "results" / "compression.json"
-
-
-def free_port() -> int:
-    """A local TCP port nobody listens on now (other simulations may hold the default)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def run_one(preset: str, overrides: list[str], method: str, root: Path) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Peak memory of a whole process tree (the launcher, SuperLink, Ray and its workers).
 
-Linux only: reads ``/proc``. RSS counts pages shared between processes (Ray's object
-store, the Python libraries) once per process; PSS splits shared pages between the
-processes that map them, so the PSS sum is the tree's real footprint. Both are reported.
+Linux only: reads ``/proc`` (the tree from :mod:`simulations.process_tree`). RSS counts
+pages shared between processes (Ray's object store, the Python libraries) once per
+process; PSS splits shared pages between the processes that map them, so the PSS sum is
+the tree's real footprint. Both are reported.
 """
 
 from __future__ import annotations
@@ -11,30 +12,9 @@ import os
 import threading
 from pathlib import Path
 
+from simulations.process_tree import descendants
+
 PROC = Path("/proc")
-
-
-def _children(pid: int) -> list[int]:
-    """Direct children of ``pid`` from every thread's ``children`` file."""
-    found: list[int] = []
-    for task in (PROC / str(pid) / "task").glob("*"):
-        try:
-            found += [int(child) for child in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return found
-
-
-def descendants(root: int) -> list[int]:
-    """``root`` and every process below it."""
-    seen, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        if pid in seen:
-            continue
-        seen.append(pid)
-        stack += _children(pid)
-    return seen
 
 
 def _kib(path: Path, field: str) -> int:
@@ -49,7 +29,7 @@ def _kib(path: Path, field: str) -> int:
 
 def tree_memory(root: int) -> tuple[int, int]:
     """(RSS, PSS) of the tree in bytes, summed over its processes."""
-    pids = descendants(root)
+    pids = [root, *descendants(root)]
     rss = sum(_kib(PROC / str(pid) / "status", "VmRSS:") for pid in pids)
     pss = sum(_kib(PROC / str(pid) / "smaps_rollup", "Pss:") for pid in pids)
     return rss * 1024, pss * 1024

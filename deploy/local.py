@@ -19,14 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import socket
 import ssl
 import subprocess
 import sys
 import threading
 import time
-import tomllib
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -34,14 +31,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import tomli_w
-
 from common.storage.run_folder import new_run_dir
 from deploy.certificates import DeploymentCredentials, create_credentials
 from deploy.run import deployment_config, submit_run
 from simulations.launch import PROJECT_ROOT, LaunchError
 from simulations.process_tree import stop_process_group
-from simulations.superlink import flower_env
+from simulations.superlink import flower_env, free_port, write_connection
 
 logger = logging.getLogger("fedseqrec.deploy")
 
@@ -49,24 +44,11 @@ CONNECTION = "fedseqrec-edge"
 STARTUP_SECONDS = 60.0
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def write_connection(flwr_home: Path, name: str, address: str, root_certificates: Path) -> None:
+def write_tls_connection(flwr_home: Path, name: str, address: str, root_certificates: Path) -> None:
     """Add (or replace) a TLS connection in ``$FLWR_HOME/config.toml``, keeping the others."""
-    path = flwr_home / "config.toml"
-    flwr_home.mkdir(parents=True, exist_ok=True)
-    config: dict[str, Any] = tomllib.loads(path.read_text()) if path.exists() else {}
-    superlinks = config.setdefault("superlink", {})
-    superlinks[name] = {"address": address, "root-certificates": str(root_certificates.resolve())}
-    superlinks.setdefault("default", name)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(tomli_w.dumps(config))
-    os.replace(temporary, path)
+    write_connection(
+        flwr_home, name, {"address": address, "root-certificates": str(root_certificates.resolve())}
+    )
 
 
 def _healthy(port: int, context: ssl.SSLContext) -> bool:
@@ -115,7 +97,7 @@ class LocalDeployment:
         self.credentials = keys
         self.port = self.port or free_port()
         self._start_superlink(keys)
-        write_connection(
+        write_tls_connection(
             Path(self.env["FLWR_HOME"]), CONNECTION, f"127.0.0.1:{self.port}", keys.ca_certificate
         )
         self._register(list(keys.node_public_keys))

@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
 from common.storage.run_folder import new_run_dir, write_json
+from simulations.flower_log import KILLED, stream_flwr_run
 from simulations.launch import (
     PROJECT_ROOT,
     LaunchError,
@@ -71,22 +69,8 @@ def submit_run(
         "--stream", "--run-config", str(run_config_path),
     ]  # fmt: skip
     log_path = results_dir / "flwr.log"
-    with log_path.open("w") as log_file:
-        process = subprocess.Popen(
-            command, env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-        watchdog = threading.Timer(timeout, process.kill) if timeout else None
-        if watchdog:
-            watchdog.start()
-        assert process.stdout is not None
-        for line in process.stdout:
-            sys.stdout.write(line)
-            log_file.write(line)
-        code = process.wait()
-        if watchdog:
-            watchdog.cancel()
-    if code == -signal.SIGKILL and timeout:
+    code = stream_flwr_run(command, env, PROJECT_ROOT, log_path, timeout)
+    if code == KILLED and timeout:
         raise LaunchError(f"run did not finish within {timeout:.0f}s (see {log_path})")
     if code != 0:
         raise LaunchError(

@@ -19,7 +19,6 @@ import json
 import logging
 import re
 import signal
-import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -32,6 +31,7 @@ from common.data.partitioning import load_split
 from common.federation.checkpoints import CheckpointError, dataset_item_ids, load_initial_checkpoint
 from common.federation.config import FederatedConfig
 from common.storage.run_folder import new_run_dir, plot_series, write_json
+from simulations.flower_log import stream_flwr_run
 from simulations.superlink import (
     CONNECTION,
     LocalSuperLink,
@@ -184,19 +184,8 @@ def run_simulation(
         "--federation-config",
         federation,
     ]
-    with (
-        LocalSuperLink(port, results_dir / "superlink.log", env),
-        (results_dir / "flwr.log").open("w") as log_file,
-    ):
-        process = subprocess.Popen(
-            command, env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-        assert process.stdout is not None
-        for line in process.stdout:
-            sys.stdout.write(line)
-            log_file.write(line)
-        return process.wait()
+    with LocalSuperLink(port, results_dir / "superlink.log", env):
+        return stream_flwr_run(command, env, PROJECT_ROOT, results_dir / "flwr.log")
 
 
 def privacy_report(results_dir: Path) -> None:

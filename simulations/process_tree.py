@@ -69,19 +69,25 @@ def process_table() -> dict[int, tuple[int, int, str]]:
     return table
 
 
-def descendant_groups(pid: int) -> set[int]:
-    """Process groups of every descendant of ``pid`` (empty without /proc)."""
-    table = process_table()
+def descendants(pid: int, table: dict[int, tuple[int, int, str]] | None = None) -> list[int]:
+    """Every process below ``pid`` (children, their children, ...; empty without /proc)."""
+    table = process_table() if table is None else table
     children: dict[int, list[int]] = {}
     for child, (parent, _, _) in table.items():
         children.setdefault(parent, []).append(child)
-    groups: set[int] = set()
+    found: list[int] = []
     pending = list(children.get(pid, []))
     while pending:
         child = pending.pop()
-        groups.add(table[child][1])
+        found.append(child)
         pending.extend(children.get(child, []))
-    return groups
+    return found
+
+
+def descendant_groups(pid: int) -> set[int]:
+    """Process groups of every descendant of ``pid`` (empty without /proc)."""
+    table = process_table()
+    return {table[child][1] for child in descendants(pid, table)}
 
 
 def _live_groups(groups: set[int]) -> set[int]:

@@ -14,6 +14,7 @@ deprecated).
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from typing import Any
 
 import tomli_w
 
+from common.storage.atomic import write_text_atomically
 from simulations.process_tree import stop_process_group
 from simulations.watchdog import release_watchdog, start_watchdog
 
@@ -54,24 +56,36 @@ def flower_env() -> dict[str, str]:
     return env
 
 
-def ensure_connection(flwr_home: Path, port: int) -> Path:
-    """Write (or update) the ``fedseqrec-sim`` connection in ``$FLWR_HOME/config.toml``.
+def write_connection(flwr_home: Path, name: str, settings: dict[str, Any]) -> Path:
+    """Add (or update) the connection ``name`` in ``$FLWR_HOME/config.toml``.
 
-    Other connections in the file are kept. A legacy ``[tool.flwr.federations]`` table
-    in pyproject.toml is not used: 1.41 migrates it into this file on its own.
+    Other connections in the file are kept; the first one written becomes the default.
+    A legacy ``[tool.flwr.federations]`` table in pyproject.toml is not used: 1.41
+    migrates it into this file on its own.
     """
     path = flwr_home / "config.toml"
     flwr_home.mkdir(parents=True, exist_ok=True)
     config: dict[str, Any] = tomllib.loads(path.read_text()) if path.exists() else {}
     superlinks = config.setdefault("superlink", {})
-    wanted = {"address": f"127.0.0.1:{port}", "insecure": True}
-    if superlinks.get(CONNECTION) != wanted:
-        superlinks[CONNECTION] = wanted
-        superlinks.setdefault("default", CONNECTION)
-        temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text(tomli_w.dumps(config))
-        os.replace(temporary, path)
+    if superlinks.get(name) != settings:
+        superlinks[name] = settings
+        superlinks.setdefault("default", name)
+        write_text_atomically(path, tomli_w.dumps(config))
     return path
+
+
+def ensure_connection(flwr_home: Path, port: int) -> Path:
+    """The launcher's plain-text connection ``fedseqrec-sim`` to its local SuperLink."""
+    return write_connection(
+        flwr_home, CONNECTION, {"address": f"127.0.0.1:{port}", "insecure": True}
+    )
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def _healthy(port: int) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,7 @@ import numpy as np
 
 from simulations.launch import main as launch_main
 from simulations.process_tree import process_table
+from simulations.superlink import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,13 +45,6 @@ def write_preset(path: Path, settings: dict[str, object]) -> Path:
     """A preset file (one ``key = value`` line per setting) for the launcher."""
     path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items()))
     return path
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def launch_run(root: Path, name: str, settings: dict[str, object]) -> Path:

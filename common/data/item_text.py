@@ -28,6 +28,7 @@ from typing import IO, Any, Protocol
 import numpy as np
 
 from common.data.loaders import DataFormatError
+from common.storage.atomic import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -333,7 +334,7 @@ def _load_cache(cache: Path, digest: str, encoder_name: str, n_rows: int) -> np.
 
 
 def _save_cache(cache: Path, matrix: np.ndarray, digest: str, encoder_name: str) -> None:
-    """Write the matrix, then its sidecar, each via a temporary file and os.replace."""
+    """Write the matrix, then its sidecar, each atomically."""
     meta = {
         "format": CACHE_FORMAT,
         "encoder": encoder_name,
@@ -342,21 +343,9 @@ def _save_cache(cache: Path, matrix: np.ndarray, digest: str, encoder_name: str)
         "shape": list(matrix.shape),
     }
     cache.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(cache, lambda handle: np.save(handle, matrix, allow_pickle=False))
+    write_atomically(cache, lambda handle: np.save(handle, matrix, allow_pickle=False))
     text = json.dumps(meta, indent=2).encode("utf-8")
-    _atomic_write(_sidecar(cache), lambda handle: handle.write(text))
-
-
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            write(handle)
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600; a cache may be shared
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomically(_sidecar(cache), lambda handle: handle.write(text))
 
 
 # --------------------------------------------------------------------------- projection

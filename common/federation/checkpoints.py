@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 from common.data.loaders import load_dataset
 from common.data.sequences import build_sequences
 from common.models import ModelConfig, SequenceRecommender, build_model
+from common.storage.atomic import write_atomically
 
 CHECKPOINT_FORMAT = 2
 ItemId = int | str
@@ -87,9 +87,7 @@ def dataset_item_ids(dataset: str) -> list[ItemId]:
 
 def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
     """Write atomically (temporary file + rename), so a crash never leaves half a file."""
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(checkpoint.to_dict(), temporary)
-    os.replace(temporary, path)
+    write_atomically(path, lambda handle: torch.save(checkpoint.to_dict(), handle))
 
 
 def load_checkpoint(path: Path) -> Checkpoint:

@@ -15,6 +15,8 @@ from typing import Any
 
 import matplotlib
 
+from common.storage.atomic import write_text_atomically
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -33,9 +35,7 @@ def new_run_dir(root: Path, label: str) -> Path:
 
 def write_json(path: Path, payload: Any) -> None:
     """Write JSON atomically."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(temporary, path)
+    write_text_atomically(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 class MetricsCSV:
