@@ -46,6 +46,7 @@ from common.models.chunked_loss import exp_scores, fast_bfloat16_available
 # the clipping norm.
 DENSE_FRACTION = 0.75  # real positions above which scoring padding too is cheaper
 SCORE_CHUNK = 128  # positions scored at a time, so each chunk of scores stays in cache
+CLIP_MARGIN = 1e-4  # relative: float32 rounding must not let a unit exceed clip_norm
 # Relative error allowed for a bfloat16 Gram entry: its output rounding is at most 2**-8
 # of the exact (float32-accumulated) value; 2**-7 leaves a margin.
 GRAM_ROUNDING = 2.0**-7
@@ -71,7 +72,7 @@ class ClippedSum:
 
     grads: dict[str, Tensor]
     norms: Tensor  # per unit, of ``scale * grad_u`` (before clipping)
-    factors: Tensor  # per unit, min(1, clip_norm / norm)
+    factors: Tensor  # per unit, :func:`clip_factors` (0 for a non-finite gradient)
     loss: float  # the summed (weighted) loss
 
 
@@ -229,23 +230,91 @@ def clipped_gradient_sum(
     the sum of its rows'; its norm is taken of ``scale * grad`` (``scale`` = learning
     rate when clipping updates rather than gradients). Returns unscaled clipped sums.
     ``product_dtype`` is the type of the score and back-propagated products (default:
-    bfloat16 where the CPU has native units, else float32).
+    bfloat16 where the CPU has native units, else float32). A unit whose gradient is not
+    finite contributes nothing (:func:`clip_factors`), so it cannot spoil the others.
     """
-    low = product_dtype or PRODUCT_DTYPE
+    pieces = _unit_gradients(
+        model, items, targets, gaps, row_units, row_weights, product_dtype or PRODUCT_DTYPE
+    )
+    norms = scale * pieces.squares.clamp(min=0).sqrt()
+    factors = clip_factors(norms, clip_norm)
+    bad = factors == 0
+    sums: dict[str, Tensor] = {}
+    for name, param in model.named_parameters():
+        if name == "items.weight":
+            sums[name] = _table_sum(param, pieces, factors, bad)
+        elif name in pieces.per_unit:
+            grads = pieces.per_unit[name]
+            kept = torch.where(bad.view(-1, *[1] * (grads.dim() - 1)), 0.0, grads)
+            sums[name] = torch.einsum("u,u...->...", factors, kept)
+        else:
+            sums[name] = torch.zeros_like(param)
+    return ClippedSum(sums, norms, factors, pieces.loss)
+
+
+def clip_factors(norms: Tensor, clip_norm: float) -> Tensor:
+    """Per-unit scale: min(1, clip / norm) with a float32 margin; 0 for non-finite norms.
+
+    The margin (``CLIP_MARGIN``) absorbs float32 rounding in the norms and sums, so no
+    unit adds more than ``clip_norm``; a NaN or infinite norm (a diverged user) zeroes
+    that unit only: ``min(1.0, nan)`` would have been 1 and spoiled the whole sum.
+    """
+    factors = torch.clamp(clip_norm * (1.0 - CLIP_MARGIN) / norms.double(), max=1.0)
+    return torch.where(torch.isfinite(norms), factors, 0.0).float()
+
+
+@dataclass
+class _UnitGradients:
+    """The pieces of every unit's gradient (see module doc) and its squared norm."""
+
+    g: Tensor  # score gradients, one row per scored position
+    h: Tensor  # hidden states of the scored positions
+    e: Tensor  # gradients of the looked-up input vectors
+    x: Tensor  # the looked-up item ids
+    out_units: Tensor
+    in_units: Tensor
+    per_unit: dict[str, Tensor]  # body parameters: per-unit gradients
+    squares: Tensor
+    loss: float
+
+
+def _table_sum(param: Tensor, pieces: _UnitGradients, factors: Tensor, bad: Tensor) -> Tensor:
+    """The clipped sum of the item table's gradient (output part plus input part)."""
+    out_factors = factors[pieces.out_units].unsqueeze(1)
+    in_factors = factors[pieces.in_units].unsqueeze(1)
+    g = pieces.g.masked_fill(bad[pieces.out_units].unsqueeze(1), 0)
+    h = torch.where(out_factors > 0, pieces.h * out_factors, 0.0)
+    e = torch.where(in_factors > 0, pieces.e * in_factors, 0.0)
+    table_sum = torch.zeros_like(param)
+    table_sum[1:] = _output_sum(g, h)
+    table_sum.index_add_(0, pieces.x, e)
+    table_sum[0] = 0.0
+    return table_sum
+
+
+def _unit_gradients(
+    model: SequenceRecommender,
+    items: Tensor,
+    targets: Tensor,
+    gaps: Tensor | None,
+    row_units: Tensor,
+    row_weights: Tensor,
+    low: torch.dtype,
+) -> _UnitGradients:
+    """One forward and backward pass: every unit's gradient pieces and squared norm."""
     n_units = int(row_units.max()) + 1
-    named = dict(model.named_parameters())
+    # one unit per row and few padding positions: score every position (padding weighs
+    # 0) and keep the (row, position) grid, which is already per unit
+    one_per_row = n_units == len(items) and torch.equal(row_units, torch.arange(len(items)))
+    mask = targets > 0
+    grid = one_per_row and float(mask.float().mean()) >= DENSE_FRACTION
+    scored = torch.ones_like(mask) if grid else mask
+    rows = torch.nonzero(scored)[:, 0]
     with _table_frozen(model) as lookups, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Opacus: full backward hooks on integer inputs
         sampler = GradSampleModule(model, batch_first=True, loss_reduction="sum")
         try:
             hidden = sampler(items, gaps)
-            mask = targets > 0
-            # one unit per row and few padding positions: score every position (padding
-            # weighs 0) and keep the (row, position) grid, which is already per unit
-            one_per_row = n_units == len(items) and torch.equal(row_units, torch.arange(len(items)))
-            grid = one_per_row and float(mask.float().mean()) >= DENSE_FRACTION
-            scored = torch.ones_like(mask) if grid else mask
-            rows = torch.nonzero(scored)[:, 0]
             h = hidden.reshape(-1, hidden.shape[-1]) if grid else hidden[mask]
             with torch.no_grad():
                 g, grad_h, loss = _score_gradients(
@@ -264,39 +333,22 @@ def clipped_gradient_sum(
     (lookup,) = lookups
     assert lookup.grad is not None
     in_mask = torch.ones_like(items, dtype=torch.bool) if grid else items > 0
-    in_rows = torch.nonzero(in_mask)[:, 0]
-    e, x = lookup.grad[in_mask], items[in_mask]
-    out_units, in_units = row_units[rows], row_units[in_rows]
+    e, x, h = lookup.grad[in_mask], items[in_mask], h.detach()
+    out_units, in_units = row_units[rows], row_units[torch.nonzero(in_mask)[:, 0]]
     if grid:
         width = items.shape[1]
         squares = _unit_squares(
-            g.view(n_units, width, -1), h.detach().view(n_units, width, -1),
+            g.view(n_units, width, -1), h.view(n_units, width, -1),
             e.view(n_units, width, -1), x.view(n_units, width), width > model.items.dim,
         )  # fmt: skip
     else:
-        squares = _table_norms(g, h.detach(), out_units, e, x, in_units, n_units, model.items.dim)
-    per_unit = {}
-    for name, grads in body.items():
-        per_unit[name] = (
-            grads
-            if one_per_row
-            else torch.zeros((n_units, *grads.shape[1:]), dtype=grads.dtype).index_add_(
-                0, row_units, grads
-            )
-        )
-        squares = squares + per_unit[name].flatten(1).pow(2).sum(1)
-    norms = scale * squares.clamp(min=0).sqrt()
-    factors = torch.clamp(clip_norm / (norms + 1e-12), max=1.0)
-    sums: dict[str, Tensor] = {}
-    for name, param in named.items():
-        if name == "items.weight":
-            table_sum = torch.zeros_like(param)
-            table_sum[1:] = _output_sum(g, h.detach() * factors[out_units].unsqueeze(1))
-            table_sum.index_add_(0, x, e * factors[in_units].unsqueeze(1))
-            table_sum[0] = 0.0
-            sums[name] = table_sum
-        elif name in per_unit:
-            sums[name] = torch.einsum("u,u...->...", factors, per_unit[name])
-        else:
-            sums[name] = torch.zeros_like(param)
-    return ClippedSum(sums, norms, factors, loss)
+        squares = _table_norms(g, h, out_units, e, x, in_units, n_units, model.items.dim)
+    per_unit = {
+        name: grads if one_per_row else torch.zeros(
+            (n_units, *grads.shape[1:]), dtype=grads.dtype
+        ).index_add_(0, row_units, grads)
+        for name, grads in body.items()
+    }  # fmt: skip
+    for grads in per_unit.values():
+        squares = squares + grads.flatten(1).pow(2).sum(1)
+    return _UnitGradients(g, h, e, x, out_units, in_units, per_unit, squares, loss)

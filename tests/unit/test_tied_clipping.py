@@ -10,7 +10,9 @@ from common.data.features import training_windows
 from common.models import ModelConfig, SequenceRecommender, build_model
 from common.models.base import row_cross_entropy
 from common.training.clipping import (
+    CLIP_MARGIN,
     _unit_squares,
+    clip_factors,
     clipped_gradient_sum,
 )
 
@@ -77,7 +79,7 @@ def test_clipped_sum_equals_per_unit_backward(
         weights = torch.full((len(items),), 0.1)
     expected_norms, per_unit = reference(model, items, targets, gaps, units, weights, 0.5)
     clip = float(expected_norms.median())  # some units clipped, some not
-    expected = {name: sum(min(1.0, clip / float(norm)) * grads[name]
+    expected = {name: sum(min(1.0, clip * (1 - CLIP_MARGIN) / float(norm)) * grads[name]
                           for norm, grads in zip(expected_norms, per_unit, strict=True))
                 for name in per_unit[0]}  # fmt: skip
     result = clipped_gradient_sum(model, items, targets, gaps, units, weights, clip, scale=0.5,
@@ -156,3 +158,30 @@ def test_bfloat16_gram_bound_holds_on_large_catalogues() -> None:
     # the same target at every position is the worst case for the margin: all g_p . g_q
     # near 1, so it counts |h_p . h_q| where the exact sum cancels; still within 3% on norms
     assert bool((bound.double().sqrt() <= exact.sqrt() * 1.03).all())
+
+
+def test_no_unit_adds_more_than_the_clip_norm_and_non_finite_ones_add_nothing() -> None:
+    norms = torch.tensor([0.5, 1.0, 1.0 + 1e-7, 3e7, float("nan"), float("inf")])
+    factors = clip_factors(norms, clip_norm=1.0)
+    assert factors[0] == 1.0 and factors[4] == 0.0 and factors[5] == 0.0
+    assert bool(((factors * norms)[:4] <= 1.0).all())  # in float32, with its rounding
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_one_users_non_finite_gradient_removes_that_user_only(bad: float) -> None:
+    items, targets, gaps, owners = batch(0)
+    model = model_for("attention", 0)
+    units = torch.as_tensor(owners)
+    weights = torch.full((len(items),), 0.1)
+    poisoned, removed = weights.clone(), weights.clone()
+    poisoned[units == 2], removed[units == 2] = bad, 0.0
+
+    result = clipped_gradient_sum(model, items, targets, gaps, units, poisoned, 0.05)
+    expected = clipped_gradient_sum(model, items, targets, gaps, units, removed, 0.05)
+
+    assert float(result.factors[2]) == 0.0 and bool(
+        (result.factors[torch.arange(len(result.factors)) != 2] > 0).all()
+    )
+    for name, value in expected.grads.items():
+        assert bool(torch.isfinite(result.grads[name]).all())
+        torch.testing.assert_close(result.grads[name], value)
