@@ -56,7 +56,7 @@ def run_one(preset: str, overrides: list[str], method: str, root: Path) -> dict[
         "test_hr@10": round(summary["test"]["hr@10"], 4),
         "test_ndcg@10": round(summary["test"]["ndcg@10"], 4),
         "valid_ndcg@10": round(summary["valid"]["ndcg@10"], 4),
-        "best_round": summary["best_round"],
+        "released_round": summary["released_round"],
         "valid_ndcg@10_per_round": [round(float(r["valid_ndcg@10"]), 4) for r in rows],
         "mean_round_seconds": round(summary["mean_round_seconds"], 1),
         "run_folder": str(run_dir),

@@ -82,7 +82,7 @@ def accuracy(dataset: str, port: int) -> dict[str, Any]:
         "clients": n_users,
         "users_per_round": round(n_users * config["fraction-train"], 1),
         "rounds": summary["rounds"],
-        "best_round": summary["best_round"],
+        "released_round": summary["released_round"],
         "seconds_per_round": round(summary["mean_round_seconds"], 3),
         "test": {key: summary["test"][key] for key in ("hr@10", "ndcg@10")},
         "centralized_test": {key: centralized[key] for key in ("hr@10", "ndcg@10")},

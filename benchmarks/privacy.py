@@ -35,6 +35,7 @@ from common.data.features import training_windows
 from common.data.partitioning import load_split
 from common.federation.config import FederatedConfig
 from common.models import MODEL_NAMES, build_model
+from common.privacy.randomness import PrivacyRandomness
 from common.storage.run_folder import plot_series
 from common.training.dp_sgd import train_local_dp
 from common.training.local import train_local
@@ -95,6 +96,7 @@ def examples_per_second(name: str, private: bool) -> float:
         train_local_dp(
             model, windows, epochs=1, batch_size=config.batch_size, lr=config.lr,
             optimizer_name="sgd", noise_multiplier=1.0, clip_norm=1.0, seed=0,
+            randomness=PrivacyRandomness(),
         )  # fmt: skip
     else:
         train_local(model, windows, config, seed=0)

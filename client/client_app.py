@@ -35,6 +35,7 @@ from common.federation.node_partition import client_partition
 from common.models import SequenceRecommender, build_model
 from common.privacy.accounting import rdp_epsilon
 from common.privacy.ledger import PrivacyLedger, epsilon_after
+from common.privacy.randomness import privacy_randomness
 from common.training.cohort import train_cohort
 from common.training.dp_sgd import train_local_dp
 from common.training.local import round_seed, train_local
@@ -124,10 +125,11 @@ def _train_private(
     if plan.budget and epsilon_after(history, plan.release, plan.delta) > plan.budget.epsilon:
         return refusal(msg, who, rdp_epsilon(history, plan.delta), plan.budget)
     seed = round_seed(config.seed, server_round, _seed_identity(config, partition))
-    loss, release = train_local_dp(
+    randomness = privacy_randomness(config.insecure_reproducible_noise, seed, 0x0DB)
+    _, release = train_local_dp(
         model, windows, epochs=config.local_epochs, batch_size=config.batch_size, lr=config.lr,
         optimizer_name=config.optimizer, noise_multiplier=plan.release.noise_multiplier,
-        clip_norm=config.clip_norm, seed=seed,
+        clip_norm=config.clip_norm, seed=seed, randomness=randomness,
     )  # fmt: skip
     if (release.sampling_rate, release.steps) != (plan.release.sampling_rate, plan.release.steps):
         raise RuntimeError(f"{who}: trained {release}, but planned {plan.release}")
@@ -137,10 +139,10 @@ def _train_private(
     sent = encode_update(
         model_to_arrays(model), msg.content.array_records["arrays"], config.update_compression
     )
+    # no exact loss or example count leaves a local-DP client: every update weighs 1
     metrics = MetricRecord(
         {
-            "train_loss": loss,
-            WEIGHT_KEY: int((windows.targets > 0).sum()),
+            WEIGHT_KEY: 1,
             "epsilon": entry.epsilon,
             UPDATE_BYTES_KEY: sent.count_bytes(),
         }
@@ -165,6 +167,7 @@ def _train_cohort(
             WEIGHT_KEY: update.weight,
             "clients": update.users,
             "clipped": update.clipped,
+            "non-finite": update.non_finite,
         }
     )
     arrays = ArrayRecord({name: Array(value) for name, value in update.delta_sum.items()})

@@ -108,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     logger.info(
-        "done: best round %d, test HR@10 %.4f NDCG@10 %.4f, %d node error(s) -> %s",
-        summary["best_round"],
+        "done: released round %d (%s), test HR@10 %.4f NDCG@10 %.4f, %d node error(s) -> %s",
+        summary["released_round"],
+        summary["release_selection"],
         summary["test"]["hr@10"],
         summary["test"]["ndcg@10"],
         len(summary.get("node_errors", [])),

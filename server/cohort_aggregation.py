@@ -25,6 +25,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from common.federation.messages import WEIGHT_KEY
+from common.privacy.randomness import PrivacyRandomness
 from server.strategy_wrapper import StrategyWrapper
 
 logger = logging.getLogger("fedseqrec.server")
@@ -35,7 +36,8 @@ class CohortAggregation(StrategyWrapper):
 
     ``before_round(round)`` runs before a round is configured (it may raise to stop the
     run, e.g. a spent privacy budget); ``on_release(round)`` runs after aggregation and
-    before the new global model is returned to Flower.
+    before the new global model is returned to Flower. ``noise_source(round)`` gives the
+    round's noise generator: secret by default (:mod:`common.privacy.randomness`).
     """
 
     def __init__(
@@ -44,7 +46,7 @@ class CohortAggregation(StrategyWrapper):
         noise_multiplier: float = 0.0,
         clip_norm: float = 1.0,
         expected_users: float | None = None,
-        seed: int = 0,
+        noise_source: Callable[[int], PrivacyRandomness] | None = None,
         before_round: Callable[[int], None] | None = None,
         on_release: Callable[[int], object] | None = None,
     ) -> None:
@@ -57,7 +59,7 @@ class CohortAggregation(StrategyWrapper):
         self.noise_multiplier = noise_multiplier
         self.clip_norm = clip_norm
         self.expected_users = expected_users
-        self.seed = seed
+        self.noise_source = noise_source or (lambda _round: PrivacyRandomness())
         self.before_round = before_round
         self.on_release = on_release
         self.current_arrays = ArrayRecord()
@@ -86,10 +88,10 @@ class CohortAggregation(StrategyWrapper):
             return None, None
         total, weight = self._summed_updates(valid)
         if self.noise_multiplier > 0:
-            rng = np.random.default_rng([self.seed, server_round, 0xD9])
+            randomness = self.noise_source(server_round)
             std = self.noise_multiplier * self.clip_norm
             for value in total.values():
-                value += rng.normal(0.0, std, size=value.shape).astype(value.dtype)
+                value += randomness.gaussian(std, value.shape, value.dtype.type)
             weight = float(self.expected_users or 0.0)
         if weight <= 0:
             return None, None

@@ -35,6 +35,7 @@ logger = logging.getLogger("fedseqrec.server")
 METRIC_NAMES = list(flatten_metrics(RankingAccumulator(), RankingAccumulator()))
 ROUND_COLUMNS = [
     "round", "clients", "examples", "refused", "train_loss", "round_seconds", "eval_seconds",
+    "non_finite",  # users whose update was not finite: they contributed zero
     "update_bytes",  # array bytes the clients sent this round (ArrayRecord.count_bytes)
     "update_bytes_per_client",
 ]  # fmt: skip
@@ -44,6 +45,12 @@ COLUMNS = (
     + [f"fed_{name}" for name in METRIC_NAMES]
 )
 CHECKPOINT = "checkpoint.pt"
+SIMULATION_ONLY = (
+    "metrics.csv (train loss, client and clipped counts, validation metrics), the valid "
+    "and test figures here and the choice of a best round without DP are computed by the "
+    "simulation's measurement harness from every user's data; they are not privatized and "
+    "are not part of what the privacy guarantee covers or a deployment releases"
+)
 BEST_CHECKPOINT = "best_checkpoint.pt"
 
 
@@ -88,6 +95,9 @@ class RunRecorder:
         self.round_offset = round_offset
         self.csv = MetricsCSV(results_dir / "metrics.csv", COLUMNS)
         self.best_score, self.best_round = -1.0, -1
+        # Picking a best round by validation on users' data is a release: DP runs release
+        # the last round instead (DESIGN.md, "Every release is accounted or withheld").
+        self.selects_best = config.dp == "none"
         self.untrained: dict[str, float] = {}
         self.round_seconds: list[float] = []
         self._train: dict[str, float] | None = None
@@ -106,8 +116,12 @@ class RunRecorder:
         clients = sum(
             _scalar(next(iter(r.metric_records.values())).get("clients", 1)) for r in records
         )
+        non_finite = sum(
+            _scalar(next(iter(r.metric_records.values())).get("non-finite", 0)) for r in records
+        )
         self._train = {
             "clients": clients,
+            "non_finite": non_finite,
             "examples": examples,
             "train_loss": _scalar(aggregated.get("train_loss", float("nan"))),
         }
@@ -149,7 +163,7 @@ class RunRecorder:
             )
         numbered = self.round_offset + server_round
         self._save(CHECKPOINT, numbered, valid)
-        if valid and valid[SELECTION_METRIC] > self.best_score:
+        if self.selects_best and valid and valid[SELECTION_METRIC] > self.best_score:
             self.best_score, self.best_round = valid[SELECTION_METRIC], numbered
             self._save(BEST_CHECKPOINT, numbered, valid)
         if server_round == 0:
@@ -214,15 +228,19 @@ class RunRecorder:
         privacy: dict[str, Any] | None = None,
         node_errors: list[NodeError] | None = None,
     ) -> dict[str, Any]:
-        """Test the best checkpoint and write ``summary.json`` with status completed.
+        """Test the released checkpoint and write ``summary.json`` with status completed.
+
+        The released model is the best validation round without DP, the last round with
+        DP (a selection by private validation data would be an unaccounted release).
 
         ``stopped`` says why the run ended before its last round (e.g. a spent privacy
         budget); ``privacy`` is the run's privacy statement, if it had one;
         ``node_errors`` (error replies of nodes, see :mod:`server.node_errors`) are
         listed in the summary: a run can complete while some node failed.
         """
-        best = torch.load(self.results_dir / BEST_CHECKPOINT, weights_only=True)
-        self.model.load_state_dict(best["state_dict"])
+        released = self.results_dir / (BEST_CHECKPOINT if self.selects_best else CHECKPOINT)
+        checkpoint = torch.load(released, weights_only=True)
+        self.model.load_state_dict(checkpoint["state_dict"])
         stage_metrics = {
             stage: evaluate_model(
                 self.model, self.split, stage, self.config.max_len, self.config.n_gap_buckets
@@ -232,7 +250,10 @@ class RunRecorder:
         rounds = self.round_seconds
         summary: dict[str, Any] = {
             "status": "completed",
-            "best_round": self.best_round,
+            "released_round": int(checkpoint["round"]),
+            "released_checkpoint": released.name,
+            "release_selection": "best validation NDCG@10" if self.selects_best else "last round",
+            "simulation_only_diagnostics": SIMULATION_ONLY,
             "valid": stage_metrics["valid"],
             "test": stage_metrics["test"],
             "untrained_valid": self.untrained,
@@ -252,8 +273,9 @@ class RunRecorder:
             }
         write_json(self.results_dir / "summary.json", summary)
         logger.info(
-            "best round %d: test HR@10 %.4f NDCG@10 %.4f",
-            self.best_round,
+            "released round %d (%s): test HR@10 %.4f NDCG@10 %.4f",
+            summary["released_round"],
+            summary["release_selection"],
             summary["test"]["hr@10"],
             summary["test"]["ndcg@10"],
         )

@@ -19,6 +19,7 @@ from common.federation.config import FederatedConfig
 from common.federation.messages import model_to_arrays
 from common.federation.strategies import build_strategy
 from common.models import SequenceRecommender, build_model
+from common.privacy.randomness import server_noise_source
 from common.training.local import round_seed
 from server.budget_refusals import BudgetRefusals
 from server.cohort_aggregation import CohortAggregation
@@ -103,7 +104,9 @@ def run_federation(
             noise_multiplier=privacy.noise_multiplier if privacy else 0.0,
             clip_norm=config.clip_norm,
             expected_users=split.n_users * config.fraction_train,
-            seed=config.seed,
+            noise_source=server_noise_source(
+                config.insecure_reproducible_noise, config.seed, offset
+            ),
             before_round=privacy.check_round if privacy else None,
             on_release=privacy.record_round if privacy else None,
         )

@@ -261,8 +261,9 @@ def launch_in(
     if (results_dir / "ledger").is_dir():
         privacy_report(results_dir)
     logger.info(
-        "done: best round %d, test HR@10 %.4f NDCG@10 %.4f -> %s",
-        summary["best_round"],
+        "done: released round %d (%s), test HR@10 %.4f NDCG@10 %.4f -> %s",
+        summary["released_round"],
+        summary["release_selection"],
         summary["test"]["hr@10"],
         summary["test"]["ndcg@10"],
         results_dir,

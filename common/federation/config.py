@@ -57,6 +57,7 @@ class FederatedConfig:
     target_epsilon: float = 0.0
     delta: float = 0.0
     budget_epsilon: float = 0.0
+    insecure_reproducible_noise: bool = False
     deployment_nodes: int = 0
     secure_aggregation: bool = False
     secagg_num_shares: float = 3.0

@@ -3,7 +3,8 @@
 The privacy and aggregation unit stays the user (a logical cross-device client); only
 the Flower unit changes, because one Flower client per user costs tens of milliseconds
 of framework overhead per user and round (DESIGN.md, "Scale"). Each round every user
-takes part with probability ``rate`` (Poisson sampling, seeded by round and user), and
+takes part with probability ``rate`` (Poisson sampling: secret under user-level DP,
+seeded otherwise; :func:`cohort_sample`), and
 trains its own local update from the global model, exactly as its own client would.
 
 Two ways to get the users' updates, chosen automatically, with the same result:
@@ -20,7 +21,7 @@ Without clipping the reply is ``sum_i n_i * update_i`` with weight ``sum_i n_i``
 (``n_i`` = the user's training examples), so the server's ratio is classic FedAvg.
 With clipping (user-level DP) each update is clipped to ``clip_norm`` and weighs 1:
 the server adds Gaussian noise to the sum of all cohorts and divides by the expected
-number of sampled users (:mod:`server.user_level_dp`).
+number of sampled users (:mod:`server.cohort_aggregation`).
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ from common.data.partitioning import ClientPartition
 from common.federation.config import FederatedConfig
 from common.models import SequenceRecommender
 from common.models.base import next_item_loss
+from common.privacy.randomness import privacy_randomness
 from common.training.centralized import trimmed_batch
-from common.training.clipping import clipped_gradient_sum
+from common.training.clipping import clip_factors, clipped_gradient_sum
 from common.training.local import round_seed, train_local
 
 SCORE_BYTES_BUDGET = 256 * 2**20  # scores over all items held at once by the clipped path
@@ -53,16 +55,37 @@ class CohortUpdate:
     users: int
     clipped: int
     loss: float
+    non_finite: int = 0  # users whose update was not finite: they contributed zero
 
 
 def sampled_users(n_users: int, rate: float, seed: int, server_round: int) -> np.ndarray:
-    """Poisson sampling: a boolean mask over ALL users, the same in every process."""
+    """Seeded Poisson sampling over ALL users, for runs whose privacy does not rest on it."""
     if not 0.0 < rate <= 1.0:
         raise ValueError(f"user sampling rate must be in (0, 1], got {rate}")
     if rate == 1.0:
         return np.ones(n_users, dtype=bool)
     draws = np.random.default_rng([seed, server_round, 0x5A3]).random(n_users)
     return draws < rate
+
+
+def cohort_sample(
+    partition: ClientPartition, config: FederatedConfig, server_round: int, n_users: int
+) -> np.ndarray:
+    """Indices (into ``partition.users``) of this cohort's users sampled this round.
+
+    Under user-level DP the amplification by sampling the accountant credits holds only
+    if nobody can tell who was sampled: each user's draw is secret
+    (:mod:`common.privacy.randomness`). Without DP the draw is seeded over ALL users, the
+    same in every process, so a cohort run and a one-client-per-user run match.
+    """
+    if config.dp == "user":
+        randomness = privacy_randomness(
+            config.insecure_reproducible_noise,
+            config.seed, server_round, 0x5A3, int(partition.partition_id),
+        )  # fmt: skip
+        return np.flatnonzero(randomness.poisson_mask(config.fraction_train, len(partition.users)))
+    mask = sampled_users(n_users, config.fraction_train, config.seed, server_round)
+    return np.flatnonzero(mask[partition.users])
 
 
 def vectorizable(windows: TrainingWindows, local_epochs: int, optimizer: str, batch: int) -> bool:
@@ -140,7 +163,7 @@ def clipped_sgd_update(
     width = windows.inputs.shape[1]
     max_rows = max(1, min(MAX_GROUP_ROWS, SCORE_BYTES_BUDGET // (4 * width * model.n_items)))
     model.train()
-    total_loss, users, clipped = 0.0, 0, 0
+    total_loss, users, clipped, non_finite = 0.0, 0, 0, 0
     for rows in _user_groups(windows, max_rows):
         items, targets, gaps = trimmed_batch(windows, rows)
         owners = torch.as_tensor(windows.owners[rows])
@@ -151,11 +174,13 @@ def clipped_sgd_update(
         )
         for name, value in result.grads.items():
             sums[name] -= lr * value
-        total_loss += result.loss
+        finite = result.factors > 0
+        total_loss += result.loss if bool(finite.all()) else 0.0
         users += len(group_users)
-        clipped += int((result.factors < 1.0).sum())
+        clipped += int((finite & (result.factors < 1.0)).sum())
+        non_finite += int((~finite).sum())
     delta = {name: value.numpy() for name, value in sums.items()}
-    return CohortUpdate(delta, float(users), users, clipped, total_loss / max(users, 1))
+    return CohortUpdate(delta, float(users), users, clipped, total_loss / max(users, 1), non_finite)
 
 
 def looped_update(
@@ -171,7 +196,7 @@ def looped_update(
     """
     start = {name: param.detach().clone() for name, param in model.named_parameters()}
     sums = {name: torch.zeros_like(value) for name, value in start.items()}
-    weight, users, clipped, total_loss = 0.0, 0, 0, 0.0
+    weight, users, clipped, total_loss, non_finite = 0.0, 0, 0, 0.0, 0
     for owner in np.unique(windows.owners):
         rows = np.flatnonzero(windows.owners == owner)
         user_windows = TrainingWindows(
@@ -189,19 +214,21 @@ def looped_update(
             if clip_norm is None:
                 scale, weight = float(examples), weight + examples
             else:
-                norm = float(torch.stack([d.pow(2).sum() for d in delta.values()]).sum().sqrt())
-                scale = min(1.0, clip_norm / (norm + 1e-12))
-                clipped += int(scale < 1.0)
+                norm = torch.stack([d.double().pow(2).sum() for d in delta.values()]).sum().sqrt()
+                scale = float(clip_factors(norm.view(1), clip_norm)[0])
+                clipped += int(0.0 < scale < 1.0)
+                non_finite += int(scale == 0.0)
                 weight += 1.0
-            for name, value in delta.items():
-                sums[name] += scale * value
+            if scale > 0:
+                for name, value in delta.items():
+                    sums[name] += scale * value
         users += 1
-        total_loss += loss
+        total_loss += loss if scale > 0 else 0.0
     with torch.no_grad():
         for name, param in model.named_parameters():
             param.copy_(start[name])
     delta_sum = {name: value.numpy() for name, value in sums.items()}
-    return CohortUpdate(delta_sum, weight, users, clipped, total_loss / max(users, 1))
+    return CohortUpdate(delta_sum, weight, users, clipped, total_loss / max(users, 1), non_finite)
 
 
 def train_cohort(
@@ -216,8 +243,7 @@ def train_cohort(
     Clipping applies when ``config.dp == "user"``; each user's randomness is seeded by
     (seed, round, global user index), as it would be on the user's own device.
     """
-    mask = sampled_users(n_users, config.fraction_train, config.seed, server_round)
-    chosen = np.flatnonzero(mask[partition.users])
+    chosen = cohort_sample(partition, config, server_round, n_users)
     sequences = [partition.split.train[index] for index in chosen]
     times = partition.split.times
     windows = training_windows(

@@ -5,8 +5,11 @@ user on the client has more than one window (``max-len`` at least as long as eve
 training sequence), a window is a user's whole history and the guarantee is user-level
 for that client's updates; :func:`protected_unit` says which holds.
 
-Batches are Poisson-sampled with rate ``batch_size / windows`` (Opacus's
-``DPDataLoader``), so the accountant may use amplification by sampling. The caller keeps
+Batches are Poisson-sampled with rate ``1 / steps_per_epoch`` (as Opacus's
+``DPDataLoader``), so the accountant may use amplification by sampling. Sampling and
+noise are secret (:mod:`common.privacy.randomness`): Opacus's ``secure_mode`` needs
+torchcsprng, which does not build for our torch, so this module draws them itself with
+Opacus's recipe and leaves Opacus the accounting. The caller keeps
 the accountant's history across rounds (Flower ``context.state``) and composes every
 release; this module only trains and reports what it released.
 """
@@ -18,12 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from opacus.data_loader import DPDataLoader
-from opacus.optimizers import DPOptimizer
-from torch.utils.data import DataLoader, TensorDataset
 
 from common.data.features import TrainingWindows
 from common.models import SequenceRecommender
+from common.privacy.randomness import PrivacyRandomness
 from common.training.centralized import trimmed_batch
 from common.training.clipping import clipped_gradient_sum
 
@@ -67,63 +68,59 @@ def train_local_dp(
     noise_multiplier: float,
     clip_norm: float,
     seed: int,
+    randomness: PrivacyRandomness,
 ) -> tuple[float, LocalRelease]:
     """DP-SGD for ``epochs`` local epochs; returns (mean loss, the release to account).
 
-    Opacus samples the batches (``DPDataLoader``, Poisson) and adds the noise and the
-    averaging (``DPOptimizer``); the per-sample clipping is exact but computed without
-    per-sample item-table gradients (:mod:`common.training.clipping`), which Opacus would
-    materialize for our tied table and which made DP-SGD 4-5x slower than plain training.
+    Every step Poisson-samples windows with rate ``1 / steps_per_epoch`` (as Opacus's
+    ``DPDataLoader``), sums their exactly clipped gradients (computed without per-sample
+    item-table gradients, :mod:`common.training.clipping`, which made Opacus 4-5x slower
+    for our tied table), adds Gaussian noise of std ``noise_multiplier * clip_norm`` and
+    divides by the expected batch size (as Opacus's ``DPOptimizer``). Batches and noise
+    come from ``randomness`` (secret unless a test asks otherwise); ``seed`` drives only
+    dropout.
     """
     if noise_multiplier <= 0 or clip_norm <= 0:
         raise ValueError("local DP-SGD needs noise_multiplier > 0 and clip_norm > 0")
     rate = sampling_rate(windows, batch_size)
-    generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    # batches of window indices: the windows themselves come trimmed of shared padding
-    indices = TensorDataset(torch.arange(len(windows)))
-    loader = DataLoader(indices, batch_size=batch_size, generator=generator)
-    dp_loader = DPDataLoader.from_data_loader(loader, generator=generator)
-    if abs(dp_loader.sample_rate - rate) > 1e-12:
-        raise RuntimeError(f"accounted rate {rate} differs from Opacus's {dp_loader.sample_rate}")
     params = dict(model.named_parameters())
     optimizer: torch.optim.Optimizer = (
         torch.optim.Adam(params.values(), lr=lr)
         if optimizer_name == "adam"
         else torch.optim.SGD(params.values(), lr=lr)
     )
-    dp_optimizer = DPOptimizer(
-        optimizer,
-        noise_multiplier=noise_multiplier,
-        max_grad_norm=clip_norm,
-        expected_batch_size=int(len(windows) * rate),  # as Opacus's PrivacyEngine sets it
-        loss_reduction="mean",
-    )
+    expected_batch = int(len(windows) * rate)  # as Opacus's PrivacyEngine sets it
+    std = noise_multiplier * clip_norm
     model.train()
     losses: list[float] = []
     steps = 0
     for _ in range(epochs):
-        for batch in dp_loader:
-            if len(batch[0]) == 0:  # an empty Poisson batch still releases noise
-                sums = {name: torch.zeros_like(param) for name, param in params.items()}
-            else:
-                items, targets, gaps = trimmed_batch(windows, batch[0].numpy())
-                result = clipped_gradient_sum(
-                    model, items, targets, gaps,
-                    row_units=torch.arange(len(items)),
-                    row_weights=1.0 / (targets > 0).sum(1).clamp(min=1),
-                    clip_norm=clip_norm,
-                )  # fmt: skip
-                sums = result.grads
-                losses.append(result.loss / len(items))
-            for name, param in params.items():
-                param.summed_grad = sums[name]  # type: ignore[attr-defined]
-            dp_optimizer.add_noise()  # p.grad = summed_grad + N(0, (noise * clip)^2)
-            for param in params.values():
-                param.grad /= dp_optimizer.expected_batch_size  # type: ignore[operator]
+        for _ in range(steps_per_epoch(windows, batch_size)):
+            rows = np.flatnonzero(randomness.poisson_mask(rate, len(windows)))
+            sums, loss = _clipped_sum(model, windows, rows, clip_norm)
+            if loss is not None:
+                losses.append(loss)
+            for name, param in params.items():  # an empty batch still releases noise
+                noise = randomness.gaussian(std, tuple(param.shape))
+                param.grad = (sums[name] + torch.from_numpy(noise)) / expected_batch
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             steps += 1
-    for param in params.values():
-        param.summed_grad = None  # type: ignore[attr-defined]
     return float(np.mean(losses)) if losses else 0.0, LocalRelease(noise_multiplier, rate, steps)
+
+
+def _clipped_sum(
+    model: SequenceRecommender, windows: TrainingWindows, rows: np.ndarray, clip_norm: float
+) -> tuple[dict[str, torch.Tensor], float | None]:
+    """Sum of the per-window clipped gradients of ``rows`` and their mean loss (None if empty)."""
+    if len(rows) == 0:
+        return {name: torch.zeros_like(p) for name, p in model.named_parameters()}, None
+    items, targets, gaps = trimmed_batch(windows, rows)
+    result = clipped_gradient_sum(
+        model, items, targets, gaps,
+        row_units=torch.arange(len(items)),
+        row_weights=1.0 / (targets > 0).sum(1).clamp(min=1),
+        clip_norm=clip_norm,
+    )  # fmt: skip
+    return result.grads, result.loss / len(items)

@@ -20,10 +20,13 @@ from server.node_errors import NodeError
 from server.run_recorder import BEST_CHECKPOINT, CHECKPOINT, RunRecorder, record_failure
 
 
-def recorder_for(cycle_log: Path, results: Path, eval_every: int = 1) -> RunRecorder:
+def recorder_for(
+    cycle_log: Path, results: Path, eval_every: int = 1, dp: str = "none"
+) -> RunRecorder:
     config = FederatedConfig(
         dataset=str(cycle_log), model="lstm", dim=8, max_len=6, num_server_rounds=3,
-        eval_every=eval_every,
+        eval_every=eval_every, dp=dp, partition_mode="cohort" if dp == "user" else "cross-device",
+        noise_multiplier=1.0 if dp != "none" else 0.0,
     )  # fmt: skip
     split = load_split(config.dataset)
     torch.manual_seed(0)
@@ -49,7 +52,10 @@ def test_rounds_are_recorded_and_the_best_is_tested(cycle_log: Path, tmp_path: P
         rows = list(csv.DictReader(handle))
     assert [r["clients"] for r in rows] == ["", "2.0", "2.0", "2.0"]
     assert [bool(r["valid_ndcg@10"]) for r in rows] == [True, False, True, True]  # every 2 + last
-    assert summary["status"] == "completed" and summary["best_round"] == 0  # same model: first wins
+    assert (
+        summary["status"] == "completed" and summary["released_round"] == 0
+    )  # same model: first wins
+    assert summary["release_selection"] == "best validation NDCG@10"
     assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["round"] == 3
     assert torch.load(tmp_path / BEST_CHECKPOINT, weights_only=True)["round"] == 0
     assert json.loads((tmp_path / "summary.json").read_text())["test"]["count"] == 20
@@ -128,3 +134,19 @@ def test_checkpoints_stand_alone_and_rounds_continue_from_an_offset(
     assert checkpoint.round == 5 and checkpoint.model_config == config.model_config()
     assert checkpoint.item_ids == dataset_item_ids(str(cycle_log))
     assert checkpoint.valid["ndcg@10"] == recorder.untrained["ndcg@10"]
+
+
+def test_a_dp_run_releases_its_last_round_not_a_best_one(cycle_log: Path, tmp_path: Path) -> None:
+    recorder = recorder_for(cycle_log, tmp_path, dp="user")
+    arrays = model_to_arrays(recorder.model)
+
+    recorder.evaluate(0, arrays)
+    for server_round in (1, 2, 3):
+        recorder.aggregate_train([reply(2.0, 10)], "num-examples")
+        recorder.evaluate(server_round, arrays)
+    summary = recorder.finish()
+
+    assert summary["released_round"] == 3 and summary["release_selection"] == "last round"
+    assert summary["released_checkpoint"] == CHECKPOINT
+    assert not (tmp_path / BEST_CHECKPOINT).exists()
+    assert "not privatized" in summary["simulation_only_diagnostics"]
