@@ -27,6 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common.data.catalogue import ItemCatalogue
 from common.data.loaders import builtin_path
 from deploy.local import run_local
 
@@ -35,7 +36,8 @@ USERS = 100
 
 
 def write_node_data(folder: Path) -> tuple[Path, list[Path]]:
-    """The first ``USERS`` users of ML-100k (server set) and two halves of them (nodes)."""
+    """The public item list of the first ``USERS`` ML-100k users' items (the server's only
+    data) and two halves of those users' logs (nodes)."""
     rows = builtin_path("ml-100k").read_text().splitlines()
     users = sorted({int(row.split("\t")[0]) for row in rows})[:USERS]
     halves = (set(users[: USERS // 2]), set(users[USERS // 2 :]))
@@ -45,12 +47,16 @@ def write_node_data(folder: Path) -> tuple[Path, list[Path]]:
         path.parent.mkdir(parents=True)
         path.write_text("\n".join(r for r in rows if int(r.split("\t")[0]) in keep) + "\n")
         paths.append(path)
-    return paths[0], paths[1:]
+    catalogue = folder / "server" / "catalogue.txt"
+    ItemCatalogue.from_dataset(str(paths[0])).write(catalogue)
+    paths[0].unlink()  # the server holds no user data
+    return catalogue, paths[1:]
 
 
 def measure(mode: str, server: Path, nodes: list[Path], rounds: int, work: Path) -> dict[str, Any]:
     """One deployment run; per-round seconds from its metrics.csv."""
-    overrides = [f"dataset={json.dumps(str(server))}", f"num-server-rounds={rounds}"]
+    overrides = [f"catalogue={json.dumps(str(server))}", f"population={USERS}"]
+    overrides += [f"num-server-rounds={rounds}"]
     overrides += ["model=lstm", "dim=16", "fraction-train=1.0", "local-epochs=1"]
     summary = run_local(nodes, "ml100k-fedavg", overrides, work / mode, warm=mode == "warm")
     (run_dir,) = (work / mode).iterdir()

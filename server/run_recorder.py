@@ -45,6 +45,11 @@ COLUMNS = (
     + [f"fed_{name}" for name in METRIC_NAMES]
 )
 CHECKPOINT = "checkpoint.pt"
+FEDERATED_METRICS = (
+    "the valid and test figures (and metrics.csv's fed_ columns) are exact metric sums "
+    "that the nodes computed on their users' held-out items and sent to the server: a "
+    "release of users' data outside the DP guarantee, which covers the models only"
+)
 SIMULATION_ONLY = (
     "metrics.csv (train loss, client and clipped counts, validation metrics), the valid "
     "and test figures here and the choice of a best round without DP are computed by the "
@@ -73,7 +78,7 @@ class RunRecorder:
         self,
         results_dir: Path,
         model: SequenceRecommender,
-        split: LeaveOneOutSplit,
+        split: LeaveOneOutSplit | None,
         config: FederatedConfig,
         expected_clients: int,
         item_ids: Sequence[ItemId] | None = None,
@@ -88,7 +93,7 @@ class RunRecorder:
         self.config = config
         self.expected_clients = expected_clients
         self.item_ids = list(item_ids) if item_ids is not None else dataset_item_ids(config.dataset)
-        if len(self.item_ids) != split.n_items:
+        if split is not None and len(self.item_ids) != split.n_items:
             raise ValueError(
                 f"catalogue of {len(self.item_ids)} item ids for {split.n_items} items"
             )
@@ -97,7 +102,8 @@ class RunRecorder:
         self.best_score, self.best_round = -1.0, -1
         # Picking a best round by validation on users' data is a release: DP runs release
         # the last round instead (DESIGN.md, "Every release is accounted or withheld").
-        self.selects_best = config.dp == "none"
+        # A deployment's server has no validation data: it releases the last round too.
+        self.selects_best = config.dp == "none" and split is not None
         self.untrained: dict[str, float] = {}
         self.round_seconds: list[float] = []
         self._train: dict[str, float] | None = None
@@ -157,7 +163,7 @@ class RunRecorder:
         started = time.perf_counter()
         valid: dict[str, float] = {}
         last = server_round == self.config.num_server_rounds
-        if server_round % self.config.eval_every == 0 or last:
+        if self.split is not None and (server_round % self.config.eval_every == 0 or last):
             valid = evaluate_model(
                 self.model, self.split, "valid", self.config.max_len, self.config.n_gap_buckets
             )
@@ -227,6 +233,7 @@ class RunRecorder:
         stopped: str = "",
         privacy: dict[str, Any] | None = None,
         node_errors: list[NodeError] | None = None,
+        federated: dict[str, dict[str, float]] | None = None,
     ) -> dict[str, Any]:
         """Test the released checkpoint and write ``summary.json`` with status completed.
 
@@ -236,16 +243,18 @@ class RunRecorder:
         ``stopped`` says why the run ended before its last round (e.g. a spent privacy
         budget); ``privacy`` is the run's privacy statement, if it had one;
         ``node_errors`` (error replies of nodes, see :mod:`server.node_errors`) are
-        listed in the summary: a run can complete while some node failed.
+        listed in the summary: a run can complete while some node failed. ``federated``
+        holds a deployment's valid and test metrics, summed by the nodes.
         """
         released = self.results_dir / (BEST_CHECKPOINT if self.selects_best else CHECKPOINT)
         checkpoint = torch.load(released, weights_only=True)
         self.model.load_state_dict(checkpoint["state_dict"])
-        stage_metrics = {
+        stage_metrics = federated or {
             stage: evaluate_model(
                 self.model, self.split, stage, self.config.max_len, self.config.n_gap_buckets
             )
             for stage in ("valid", "test")
+            if self.split is not None
         }
         rounds = self.round_seconds
         summary: dict[str, Any] = {
@@ -253,7 +262,8 @@ class RunRecorder:
             "released_round": int(checkpoint["round"]),
             "released_checkpoint": released.name,
             "release_selection": "best validation NDCG@10" if self.selects_best else "last round",
-            "simulation_only_diagnostics": SIMULATION_ONLY,
+            "simulation_only_diagnostics": SIMULATION_ONLY if self.split is not None else None,
+            "released_metrics": None if self.split is not None else FEDERATED_METRICS,
             "valid": stage_metrics["valid"],
             "test": stage_metrics["test"],
             "untrained_valid": self.untrained,

@@ -12,9 +12,8 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from common.data.catalogue import ItemCatalogue
-from common.data.partitioning import load_split
 from common.federation.app_logging import configure_app_logging
-from common.federation.checkpoints import ItemId, dataset_item_ids, load_initial_checkpoint
+from common.federation.checkpoints import ItemId, load_initial_checkpoint
 from common.federation.config import FederatedConfig
 from common.federation.messages import model_to_arrays
 from common.federation.strategies import build_strategy
@@ -23,9 +22,11 @@ from common.privacy.randomness import server_noise_source
 from common.training.local import round_seed
 from server.budget_refusals import BudgetRefusals
 from server.cohort_aggregation import CohortAggregation
+from server.federated_evaluation import deployment_figures
 from server.node_errors import ErrorRecordingGrid
 from server.run_recorder import RunRecorder, record_failure
 from server.secure_aggregation import run_secure_aggregation
+from server.server_view import server_view
 from server.update_decoding import with_update_decoding
 from server.user_level_privacy import PrivacyBudgetSpent, UserLevelPrivacy
 
@@ -66,52 +67,29 @@ def run_federation(
     """
     random.seed(config.seed)  # Flower samples nodes with the `random` module
     torch.manual_seed(config.seed)
-    split = load_split(config.dataset)
-    num_partitions = config.federation_size(split.n_users)
-    model = build_model(config.model_config(), split.n_items)
+    view = server_view(config)
+    num_partitions = config.federation_size(view.population)
+    model = build_model(config.model_config(), view.n_items)
+    catalogue = ItemCatalogue.from_ids(view.item_ids).to_config()
+    offset = continue_from_checkpoint(config, model, view.item_ids)
     cohorts = config.partition_mode == "cohort"
-    item_ids = dataset_item_ids(config.dataset)
-    catalogue = ItemCatalogue.from_ids(item_ids).to_config()
-    offset = continue_from_checkpoint(config, model, item_ids)
-    expected = max(int((split.n_users if cohorts else num_partitions) * config.fraction_train), 1)
-    recorder = RunRecorder(results_dir, model, split, config, expected, item_ids, offset)
+    expected = max(int((view.population if cohorts else num_partitions) * config.fraction_train), 1)
+    recorder = RunRecorder(results_dir, model, view.split, config, expected, view.item_ids, offset)
     logger.info(
-        "%s on %s: %d users, %d items, %d clients (%s), %d sampled per round",
-        config.strategy,
-        config.dataset,
-        split.n_users,
-        split.n_items,
-        num_partitions,
-        config.partition_mode,
+        "%s: %d users, %d items, %d clients (%s), %d sampled per round",
+        config.strategy, view.population, view.n_items, num_partitions, config.partition_mode,
         expected,
-    )
+    )  # fmt: skip
     if config.secure_aggregation:
         run_secure_aggregation(grid, context, config, recorder, num_partitions)
         recorder.finish(node_errors=grid.errors)
         return
-    flower_strategy = build_strategy(
-        config, num_partitions, recorder.aggregate_train, recorder.aggregate_evaluate
-    )
-    strategy: Strategy = with_update_decoding(flower_strategy, config.update_compression)
     privacy = (
-        UserLevelPrivacy.from_config(config, split.n_users, results_dir)
+        UserLevelPrivacy.from_config(config, view.population, results_dir)
         if config.dp == "user"
         else None
     )
-    if cohorts:
-        strategy = CohortAggregation(
-            flower_strategy,
-            noise_multiplier=privacy.noise_multiplier if privacy else 0.0,
-            clip_norm=config.clip_norm,
-            expected_users=split.n_users * config.fraction_train,
-            noise_source=server_noise_source(
-                config.insecure_reproducible_noise, config.seed, offset
-            ),
-            before_round=privacy.check_round if privacy else None,
-            on_release=privacy.record_round if privacy else None,
-        )
-    if config.dp == "local":
-        strategy = BudgetRefusals(strategy, recorder.note_refusals)
+    strategy = build_server_strategy(config, num_partitions, view.population, recorder, privacy)
     stopped = ""
     try:
         strategy.start(
@@ -125,11 +103,55 @@ def run_federation(
     except PrivacyBudgetSpent as reason:
         stopped = str(reason)
         logger.warning("stopped: %s", stopped)
+    figures = (
+        deployment_figures(
+            grid,
+            model_to_arrays(recorder.model),
+            {"server-round": config.num_server_rounds, **catalogue},
+        )
+        if view.split is None
+        else None
+    )
     recorder.finish(
         stopped=stopped,
         privacy=privacy.summary() if privacy else None,
         node_errors=grid.errors,
+        federated=figures,
     )
+
+
+def build_server_strategy(
+    config: FederatedConfig,
+    num_partitions: int,
+    population: int,
+    recorder: RunRecorder,
+    privacy: UserLevelPrivacy | None,
+) -> Strategy:
+    """Flower's strategy for the run config, wrapped for its mode.
+
+    Cohorts: summed user updates, noised under user-level DP (:mod:`server.cohort_aggregation`);
+    local DP: counting clients that refuse past their budget; otherwise per-client updates,
+    decoded when compressed.
+    """
+    flower_strategy = build_strategy(
+        config, num_partitions, recorder.aggregate_train, recorder.aggregate_evaluate
+    )
+    if config.partition_mode == "cohort":
+        return CohortAggregation(
+            flower_strategy,
+            noise_multiplier=privacy.noise_multiplier if privacy else 0.0,
+            clip_norm=config.clip_norm,
+            expected_users=population * config.fraction_train,
+            noise_source=server_noise_source(
+                config.insecure_reproducible_noise, config.seed, recorder.round_offset
+            ),
+            before_round=privacy.check_round if privacy else None,
+            on_release=privacy.record_round if privacy else None,
+        )
+    strategy: Strategy = with_update_decoding(flower_strategy, config.update_compression)
+    if config.dp == "local":
+        return BudgetRefusals(strategy, recorder.note_refusals)
+    return strategy
 
 
 def continue_from_checkpoint(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -70,6 +71,34 @@ class ItemCatalogue:
         Same numbering as :func:`common.data.sequences.build_sequences`: sorted unique ids.
         """
         return cls.from_ids(np.unique(load_dataset(dataset).frame["item"].to_numpy()))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ItemCatalogue:
+        """A public item list: one id per line, line ``i`` is item index ``i``.
+
+        What a deployment's server reads instead of users' data; a blank or duplicated
+        id is an error naming its line.
+        """
+        path = Path(path)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path}: cannot read the item catalogue ({error})") from None
+        seen: dict[str, int] = {}
+        for number, line in enumerate(lines, start=1):
+            item = line.strip()
+            if not item:
+                raise ValueError(f"{path}, line {number}: empty item id")
+            if item in seen:
+                raise ValueError(f"{path}, line {number}: item id {item!r} repeats line {seen[item]}")
+            seen[item] = number
+        if not seen:
+            raise ValueError(f"{path}: the item catalogue is empty")
+        return cls(tuple(seen))
+
+    def write(self, path: str | Path) -> None:
+        """Write the one-id-per-line file :meth:`from_file` reads."""
+        Path(path).write_text("".join(f"{item}\n" for item in self.item_ids), encoding="utf-8")
 
     def to_config(self) -> dict[str, bytes]:
         """``{"item-catalogue": bytes}`` for a ConfigRecord (Flower logs bytes as <bytes>)."""

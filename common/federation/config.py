@@ -67,6 +67,8 @@ class FederatedConfig:
     secagg_max_weight: float = 10000.0
     update_compression: str = "none"
     initial_checkpoint: str = ""
+    catalogue: str = ""
+    population: int = 0
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -118,6 +120,7 @@ class FederatedConfig:
                 f"update-compression must be one of {', '.join(COMPRESSIONS)}, "
                 f"got {self.update_compression!r}"
             )
+        _check_deployment(self)
         self.model_config()  # validates the architecture keys
         check_secure_aggregation(self)
         if self.update_compression != "none" and (
@@ -168,6 +171,18 @@ class FederatedConfig:
                 raise ValueError(f"unknown run-config key {key!r}")
             values[name] = _coerce(key, value, hints[name])
         return cls(**values)
+
+
+def _check_deployment(config: FederatedConfig) -> None:
+    """A deployment's server holds no user data: the public catalogue and population size."""
+    if config.population < 0:
+        raise ValueError(f"population must be >= 0, got {config.population}")
+    if config.deployment_nodes and not (config.catalogue and config.population):
+        raise ValueError(
+            "a deployment's server holds no user data: set run-config 'catalogue' (the "
+            "public item list, one id per line) and 'population' (the number of users "
+            "the federation protects)"
+        )
 
 
 def _coerce(key: str, value: Any, kind: type) -> Any:

@@ -1,8 +1,9 @@
 """End to end: SuperLink + three SuperNodes on 127.0.0.1 with TLS and node authentication.
 
 Two nodes hold disjoint halves of the users (one also has an item the server does not
-know), the third a malformed click log. Real Flower processes, warm SuperExecs, two
-rounds; every process is stopped afterwards.
+know), the third a malformed click log. The server holds no user data: only the public
+item list and the population size; evaluation is federated. Real Flower processes, warm
+SuperExecs, two rounds; every process is stopped afterwards.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from common.data.catalogue import ItemCatalogue
 from common.federation.config import FederatedConfig
 from common.privacy.ledger import read_ledger
 from deploy.local import CONNECTION, LocalDeployment
@@ -23,7 +25,7 @@ from simulations.superlink import flower_env
 TINY_RUN = {"model": "lstm", "dim": 8, "max-len": 10, "dropout": 0.0, "num-server-rounds": 2,
             "fraction-train": 1.0, "local-epochs": 2, "lr": 0.1, "batch-size": 16,
             "deployment-nodes": 3, "dp": "local", "noise-multiplier": 1.0,
-            "clip-norm": 1.0}  # fmt: skip
+            "clip-norm": 1.0, "fraction-evaluate": 1.0, "population": 20}  # fmt: skip
 
 
 def write_node_logs(cycle_log: Path, folder: Path) -> list[Path]:
@@ -51,7 +53,11 @@ def test_tls_deployment_with_node_auth_trains_and_names_the_broken_node(
 ) -> None:
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
     node_logs = write_node_logs(cycle_log, tmp_path / "nodes")
-    config = {**app_defaults(), **TINY_RUN, "dataset": str(cycle_log)}
+    catalogue = tmp_path / "catalogue.txt"  # the shop's public item list
+    ItemCatalogue.from_dataset(str(cycle_log)).write(catalogue)
+    no_user_data = str(tmp_path / "the-server-has-no-click-log.csv")
+    config = {**app_defaults(), **TINY_RUN, "dataset": no_user_data,
+              "catalogue": str(catalogue)}  # fmt: skip
     FederatedConfig.from_run_config(config)
     results = tmp_path / "results"
     results.mkdir()
@@ -64,14 +70,21 @@ def test_tls_deployment_with_node_auth_trains_and_names_the_broken_node(
     assert len(processes) == 1 + 2 * 3  # SuperLink, then a SuperNode + warm SuperExec per node
     assert all(process.poll() is not None for process in processes)
     assert summary["status"] == "completed"
-    assert (results / "checkpoint.pt").is_file() and (results / "best_checkpoint.pt").is_file()
+    assert (results / "checkpoint.pt").is_file() and not (results / "best_checkpoint.pt").exists()
+    assert summary["released_round"] == 2 and summary["release_selection"] == "last round"
     with (results / "metrics.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["round"], r["clients"]) for r in rows] == [("0", ""), ("1", "2.0"), ("2", "2.0")]
+    assert not any(r["valid_ndcg@10"] for r in rows)  # no server-side validation
     # DP-SGD noise on 20 users decides whether 2 rounds improve the model; they must move it
-    assert float(rows[2]["valid_ndcg@10"]) != pytest.approx(float(rows[0]["valid_ndcg@10"]))
+    assert float(rows[2]["fed_ndcg@10"]) != pytest.approx(float(rows[1]["fed_ndcg@10"]))
+    assert summary["test"]["count"] == 20 and summary["valid"]["count"] == 20  # the nodes' sums
+    assert "release of users' data" in summary["released_metrics"]
     errors = summary["node_errors"]
-    assert [e["server_round"] for e in errors] == [1, 2]
+    assert [(e["server_round"], e["message_type"]) for e in errors] == [
+        (1, "train"), (1, "evaluate"), (2, "train"), (2, "evaluate"),
+        (2, "evaluate"), (2, "evaluate"),  # the released model's federated valid and test
+    ]  # fmt: skip
     assert len({e["node_id"] for e in errors}) == 1
     expected = f"{node_logs[2]}, line 3: field 'timestamp' must be a number"
     assert all(expected in e["reason"] and "DataFormatError" in e["reason"] for e in errors)

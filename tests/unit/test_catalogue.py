@@ -11,6 +11,7 @@ import pytest
 from common.data.catalogue import CONFIG_KEY, ItemCatalogue
 from common.data.loaders import ClickLog, load_dataset
 from common.data.sequences import build_sequences
+from common.federation.config import FederatedConfig
 
 
 def test_catalogue_numbers_items_like_the_server_sequences(cycle_log: Path) -> None:
@@ -55,3 +56,25 @@ def test_catalogue_rejects_duplicates_and_empty() -> None:
         ItemCatalogue.from_ids(["a", "a"])
     with pytest.raises(ValueError, match="at least one item"):
         ItemCatalogue(())
+
+
+def test_a_public_item_list_round_trips_and_bad_lines_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "catalogue.txt"
+    ItemCatalogue.from_ids(["b7", "a1", "42"]).write(path)
+    assert ItemCatalogue.from_file(path).item_ids == ("b7", "a1", "42")  # file order is model order
+
+    path.write_text("a1\n\nb2\n")
+    with pytest.raises(ValueError, match=r"catalogue.txt, line 2: empty item id"):
+        ItemCatalogue.from_file(path)
+    path.write_text("a1\nb2\na1\n")
+    with pytest.raises(ValueError, match=r"line 3: item id 'a1' repeats line 1"):
+        ItemCatalogue.from_file(path)
+    with pytest.raises(ValueError, match=r"missing.txt: cannot read the item catalogue"):
+        ItemCatalogue.from_file(tmp_path / "missing.txt")
+
+
+def test_a_deployment_needs_the_catalogue_and_population_not_user_data() -> None:
+    with pytest.raises(ValueError, match="a deployment's server holds no user data"):
+        FederatedConfig(deployment_nodes=2)
+    config = FederatedConfig(deployment_nodes=2, catalogue="/srv/items.txt", population=900)
+    assert config.population == 900

@@ -1,0 +1,46 @@
+"""Evaluation in a deployment: the nodes score their own users and return metric sums.
+
+A deployment's server holds no user data (:mod:`server.server_view`), so the released
+model's validation and test figures come from the nodes: each sends exact metric sums
+over its users' held-out items, which the server adds. Those sums are a release the
+summary names (``released_metrics``); the DP guarantee covers the models only.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from common.federation.messages import WEIGHT_KEY
+from common.federation.metrics import metrics_from_sums, sum_metric_records
+
+logger = logging.getLogger("fedseqrec.server")
+
+
+def federated_metrics(
+    grid: Grid, arrays: ArrayRecord, settings: dict[str, object], stage: str
+) -> dict[str, float]:
+    """Metrics of ``arrays`` on every node's users at ``stage`` ('valid' or 'test')."""
+    config = ConfigRecord({**settings, "stage": stage})  # type: ignore[dict-item]
+    messages = [
+        Message(
+            content=RecordDict({"arrays": arrays, "config": config}),
+            dst_node_id=node_id,
+            message_type=MessageType.EVALUATE,
+        )
+        for node_id in grid.get_node_ids()
+    ]
+    replies = [reply for reply in grid.send_and_receive(messages) if not reply.has_error()]
+    if not replies:
+        raise RuntimeError(f"no node returned {stage} metrics")
+    logger.info("%s metrics from %d of %d nodes", stage, len(replies), len(messages))
+    return metrics_from_sums(sum_metric_records([reply.content for reply in replies], WEIGHT_KEY))
+
+
+def deployment_figures(
+    grid: Grid, arrays: ArrayRecord, settings: dict[str, object]
+) -> dict[str, dict[str, float]]:
+    """The released model's validation and test figures, from the nodes."""
+    return {stage: federated_metrics(grid, arrays, settings, stage) for stage in ("valid", "test")}
