@@ -10,7 +10,7 @@ from typing import Any, get_type_hints
 from common.data.partitioning import PARTITION_MODES, count_partitions
 from common.federation.compression import COMPRESSIONS
 from common.federation.secure_aggregation import check_secure_aggregation
-from common.models import ModelConfig
+from common.models import MODEL_KEYS, ModelConfig
 
 STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox")
 
@@ -20,19 +20,24 @@ DP_MODES = ("none", "user", "local")
 
 OPTIMIZERS = ("adam", "sgd")
 
+_MODEL = ModelConfig()  # the one set of architecture defaults, centralized and federated
+
 
 @dataclass(frozen=True)
 class FederatedConfig:
     """Every run-config key of the Flower app; kebab-case there, snake_case here."""
 
     dataset: str = "ml-100k"
-    model: str = "attention"
-    dim: int = 32
-    layers: int = 1
-    heads: int = 1
-    dropout: float = 0.2
-    max_len: int = 50
-    n_gap_buckets: int = 0
+    # The architecture: ModelConfig's fields and defaults (``model`` is its ``name``).
+    model: str = _MODEL.name
+    dim: int = _MODEL.dim
+    layers: int = _MODEL.layers
+    heads: int = _MODEL.heads
+    dropout: float = _MODEL.dropout
+    max_len: int = _MODEL.max_len
+    n_gap_buckets: int = _MODEL.n_gap_buckets
+    ffn_multiplier: int = _MODEL.ffn_multiplier
+    norm: str = _MODEL.norm
     num_server_rounds: int = 10
     fraction_train: float = 0.1
     fraction_evaluate: float = 0.0
@@ -134,15 +139,7 @@ class FederatedConfig:
 
     def model_config(self) -> ModelConfig:
         """The architecture part of the config."""
-        return ModelConfig(
-            name=self.model,
-            dim=self.dim,
-            layers=self.layers,
-            heads=self.heads,
-            dropout=self.dropout,
-            max_len=self.max_len,
-            n_gap_buckets=self.n_gap_buckets,
-        )
+        return ModelConfig(name=self.model, **{key: getattr(self, key) for key in MODEL_KEYS})
 
     def num_partitions(self, n_users: int) -> int:
         """Number of clients this config gives for ``n_users`` users."""

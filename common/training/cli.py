@@ -21,13 +21,12 @@ from tqdm import tqdm
 from common.data.loaders import DataFormatError, load_dataset
 from common.data.sequences import build_sequences, leave_one_out_split
 from common.evaluation.scoring import UNEXCLUDED_SUFFIX, evaluate_long_horizon
-from common.models import MODEL_NAMES, ModelConfig
+from common.models import MODEL_KEYS, MODEL_NAMES, ModelConfig
 from common.storage.run_folder import MetricsCSV, new_run_dir, plot_series, write_json
 from common.training.centralized import EpochRecord, TrainConfig, TrainResult, train_centralized
 
 logger = logging.getLogger("fedseqrec.train")
 
-MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)} - {"name"}
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
 RUN_KEYS = {"dataset", "model", "out", "threads", "text_init"}
 REPORTED = ("hr@10", "ndcg@10", "mrr", "hr@10" + UNEXCLUDED_SUFFIX, "ndcg@10" + UNEXCLUDED_SUFFIX)
@@ -49,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fields = [*dataclasses.fields(ModelConfig), *dataclasses.fields(TrainConfig)]
     for field in sorted(fields, key=lambda f: f.name):
-        if field.name in MODEL_KEYS | TRAIN_KEYS:
+        if field.name in {*MODEL_KEYS, *TRAIN_KEYS}:
             kind = {"float": float, "int": int}.get(str(field.type), str)
             parser.add_argument("--" + field.name.replace("_", "-"), type=kind)
     return parser
@@ -66,7 +65,7 @@ def load_settings(path: Path | None) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as error:
         raise DataFormatError(f"{path}: invalid TOML ({error})") from None
     settings = {key.replace("-", "_"): value for key, value in raw.items()}
-    unknown = set(settings) - MODEL_KEYS - TRAIN_KEYS - RUN_KEYS
+    unknown = set(settings) - set(MODEL_KEYS) - TRAIN_KEYS - RUN_KEYS
     if unknown:
         raise DataFormatError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")
     return settings
@@ -74,7 +73,7 @@ def load_settings(path: Path | None) -> dict[str, Any]:
 
 def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Defaults < config file < command-line flags."""
-    settings: dict[str, Any] = {"dataset": "ml-100k", "model": "attention", "out": "runs"}
+    settings: dict[str, Any] = {"dataset": "ml-100k", "model": ModelConfig().name, "out": "runs"}
     settings.update(load_settings(args.config))
     for key, value in vars(args).items():
         if key != "config" and value is not None:

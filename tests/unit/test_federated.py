@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from pathlib import Path
 
@@ -27,6 +28,32 @@ def test_config_defaults_match_the_app_run_config() -> None:
     defaults = pyproject["tool"]["flwr"]["app"]["config"]
     assert FederatedConfig.from_run_config(defaults).to_run_config() == defaults
     assert FederatedConfig().to_run_config() == defaults
+
+
+def app_run_config_defaults() -> dict[str, object]:
+    """``[tool.flwr.app.config]`` of pyproject.toml: the defaults `flwr run .` starts from."""
+    pyproject = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
+    return dict(pyproject["tool"]["flwr"]["app"]["config"])
+
+
+@pytest.mark.parametrize("key", list(FederatedConfig().to_run_config()))
+def test_every_run_config_default_in_pyproject_equals_the_dataclass_default(key: str) -> None:
+    defaults = app_run_config_defaults()
+
+    assert key in defaults, f"pyproject.toml lacks run-config key {key!r}"
+    assert defaults[key] == FederatedConfig().to_run_config()[key]
+
+
+@pytest.mark.parametrize("field", dataclasses.fields(ModelConfig), ids=lambda f: f.name)
+def test_every_model_option_is_a_run_config_key_with_the_model_default(
+    field: dataclasses.Field[object],
+) -> None:
+    key = "model" if field.name == "name" else field.name
+    changed = {"name": "lstm", "norm": "pre", "dropout": 0.5}.get(field.name, 3)
+
+    assert getattr(FederatedConfig(), key) == field.default
+    config = FederatedConfig.from_run_config({key.replace("_", "-"): changed})
+    assert getattr(config.model_config(), field.name) == changed
 
 
 def test_config_rejects_unknown_keys_and_wrong_types() -> None:
