@@ -1,9 +1,20 @@
-"""Flower ServerApp: builds the strategy from the run config and records every round."""
+"""Flower ServerApp: builds the strategy from the run config and records every round.
+
+Modes (docs/architecture.md has the legal combinations and their code paths):
+
+- ``secure-aggregation = true``: :func:`server.secure_aggregation.run_secure_aggregation`
+  (Flower's legacy SecAgg+ workflow);
+- every other mode: :func:`run_strategy`, Flower's strategy wrapped by
+  :func:`build_server_strategy`: update decoding (``update-compression``), cohort sums
+  with user-level noise (``partition-mode = "cohort"``, ``dp = "user"``), budget
+  refusals (``dp = "local"``).
+"""
 
 from __future__ import annotations
 
 import logging
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,10 +24,17 @@ from flwr.serverapp.strategy import Strategy
 
 from common.data.catalogue import ItemCatalogue
 from common.data.partitioning import load_split
+from common.data.sequences import LeaveOneOutSplit
 from common.federation.app_logging import configure_app_logging
 from common.federation.checkpoints import ItemId, dataset_item_ids, load_initial_checkpoint
 from common.federation.config import FederatedConfig
-from common.federation.messages import model_to_arrays
+from common.federation.messages import (
+    ROUND_OFFSET,
+    STAGE,
+    TRAIN_STAGE,
+    VALID_STAGE,
+    model_to_arrays,
+)
 from common.federation.strategies import build_strategy
 from common.models import SequenceRecommender, build_model
 from common.training.local import round_seed
@@ -55,10 +73,32 @@ def main(grid: Grid, context: Context) -> None:
         raise
 
 
+@dataclass(frozen=True)
+class RunSetup:
+    """What every mode starts from: the data, the model, the recorder, the federation."""
+
+    split: LeaveOneOutSplit
+    model: SequenceRecommender
+    recorder: RunRecorder
+    num_partitions: int
+    catalogue: dict[str, bytes]  # the item catalogue every message carries
+    offset: int  # rounds of the checkpoint this run continues from
+
+
 def run_federation(
     grid: ErrorRecordingGrid, config: FederatedConfig, results_dir: Path, context: Context
 ) -> None:
-    """Build the model, strategy and recorder, run all rounds, write the summary.
+    """Run all rounds in the config's mode (module docstring), then write the summary."""
+    setup = prepare_run(config, results_dir)
+    if config.secure_aggregation:
+        run_secure_aggregation(grid, context, config, setup.recorder, setup.num_partitions)
+        setup.recorder.finish(node_errors=grid.errors)
+        return
+    run_strategy(grid, config, setup, results_dir)
+
+
+def prepare_run(config: FederatedConfig, results_dir: Path) -> RunSetup:
+    """Seed, load the data, build (or continue) the model and the run's recorder.
 
     Every message carries the item catalogue, so that edge nodes can map their own
     click logs onto the model's items (:mod:`common.data.catalogue`).
@@ -84,45 +124,59 @@ def run_federation(
         config.partition_mode,
         expected,
     )
-    if config.secure_aggregation:
-        run_secure_aggregation(grid, context, config, recorder, num_partitions)
-        recorder.finish(node_errors=grid.errors)
-        return
+    return RunSetup(split, model, recorder, num_partitions, catalogue, offset)
+
+
+def build_server_strategy(
+    config: FederatedConfig, setup: RunSetup, privacy: UserLevelPrivacy | None
+) -> Strategy:
+    """Flower's strategy wrapped for the mode: decoding, cohort sums, budget refusals."""
+    recorder = setup.recorder
     flower_strategy = build_strategy(
-        config, num_partitions, recorder.aggregate_train, recorder.aggregate_evaluate
+        config, setup.num_partitions, recorder.aggregate_train, recorder.aggregate_evaluate
     )
     strategy: Strategy = with_update_decoding(flower_strategy, config.update_compression)
-    privacy = (
-        UserLevelPrivacy.from_config(config, split.n_users, results_dir)
-        if config.dp == "user"
-        else None
-    )
-    if cohorts:
+    if config.partition_mode == "cohort":
         strategy = CohortAggregation(
             flower_strategy,
             noise_multiplier=privacy.noise_multiplier if privacy else 0.0,
             clip_norm=config.clip_norm,
-            expected_users=split.n_users * config.fraction_train,
+            expected_users=setup.split.n_users * config.fraction_train,
             seed=config.seed,
             before_round=privacy.check_round if privacy else None,
             on_release=privacy.record_round if privacy else None,
         )
     if config.dp == "local":
         strategy = BudgetRefusals(strategy, recorder.note_refusals)
+    return strategy
+
+
+def run_strategy(
+    grid: ErrorRecordingGrid, config: FederatedConfig, setup: RunSetup, results_dir: Path
+) -> None:
+    """The Message API path: every mode but secure aggregation."""
+    privacy = (
+        UserLevelPrivacy.from_config(config, setup.split.n_users, results_dir)
+        if config.dp == "user"
+        else None
+    )
+    strategy = build_server_strategy(config, setup, privacy)
     stopped = ""
     try:
         strategy.start(
             grid=grid,
-            initial_arrays=model_to_arrays(model),
+            initial_arrays=model_to_arrays(setup.model),
             num_rounds=config.num_server_rounds,
-            train_config=ConfigRecord({"stage": "train", "round-offset": offset, **catalogue}),
-            evaluate_config=ConfigRecord({"stage": "valid", **catalogue}),
-            evaluate_fn=recorder.evaluate,
+            train_config=ConfigRecord(
+                {STAGE: TRAIN_STAGE, ROUND_OFFSET: setup.offset, **setup.catalogue}
+            ),
+            evaluate_config=ConfigRecord({STAGE: VALID_STAGE, **setup.catalogue}),
+            evaluate_fn=setup.recorder.evaluate,
         )
     except PrivacyBudgetSpent as reason:
         stopped = str(reason)
         logger.warning("stopped: %s", stopped)
-    recorder.finish(
+    setup.recorder.finish(
         stopped=stopped,
         privacy=privacy.summary() if privacy else None,
         node_errors=grid.errors,
