@@ -35,7 +35,7 @@ from common.data.node_data import NodeDataConfig, load_node_partition
 from common.data.partitioning import ClientPartition, load_split
 from common.federation.app_logging import configure_app_logging
 from common.federation.compression import encode_update
-from common.federation.config import FederatedConfig
+from common.federation.config import FederatedConfig, config_of_run
 from common.federation.messages import (
     ARRAYS,
     CLIPPED,
@@ -70,7 +70,7 @@ def _prepare(
     msg: Message, context: Context
 ) -> tuple[FederatedConfig, ClientPartition, SequenceRecommender]:
     """Config, this node's partition, and the model holding the server's arrays."""
-    config = FederatedConfig.from_run_config(context.run_config)
+    config = config_of_run(context.run_config, context.run_id)
     torch.set_num_threads(config.client_threads)
     partition = _partition(config, msg, context)
     model = build_model(config.model_config(), partition.split.n_items)

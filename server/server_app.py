@@ -27,7 +27,7 @@ from common.data.partitioning import load_split
 from common.data.sequences import LeaveOneOutSplit
 from common.federation.app_logging import configure_app_logging
 from common.federation.checkpoints import ItemId, dataset_item_ids, load_initial_checkpoint
-from common.federation.config import FederatedConfig
+from common.federation.config import FederatedConfig, config_of_run
 from common.federation.messages import (
     ROUND_OFFSET,
     STAGE,
@@ -59,12 +59,10 @@ def main(grid: Grid, context: Context) -> None:
     because ``flwr run`` itself exits 0 either way.
     """
     configure_app_logging(logger)
-    config = FederatedConfig.from_run_config(context.run_config)
+    config = config_of_run(context.run_config, context.run_id)
     results_dir = Path(config.results_dir)
-    if not config.results_dir or not results_dir.is_absolute():
-        raise ValueError(
-            f"run-config key 'results-dir' must be an absolute folder, got {config.results_dir!r}"
-        )
+    results_dir.mkdir(parents=True, exist_ok=True)  # plain `flwr run`: nobody made it yet
+    logger.info("run %d writes to %s", context.run_id, results_dir)
     recording_grid = ErrorRecordingGrid(grid)
     try:
         run_federation(recording_grid, config, results_dir, context)

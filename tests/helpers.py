@@ -37,7 +37,7 @@ def write_cycle_log(
     return path
 
 
-TINY_RUN = {"model": "lstm", "dim": 8, "layers": 1,
+TINY_RUN = {"model": "lstm", "dim": 8, "layers": 1, "partition-mode": "cross-device",
             "max-len": 10, "dropout": 0.0, "num-server-rounds": 2,
             "fraction-train": 1.0, "local-epochs": 10, "lr": 0.1, "batch-size": 16}  # fmt: skip
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, get_type_hints
+
+from flwr.supercore.utils import get_flwr_home
 
 from common.data.partitioning import PARTITION_MODES, count_partitions
 from common.federation.compression import COMPRESSIONS
@@ -39,7 +42,7 @@ class FederatedConfig:
     ffn_multiplier: int = _MODEL.ffn_multiplier
     norm: str = _MODEL.norm
     num_server_rounds: int = 10
-    fraction_train: float = 0.1
+    fraction_train: float = 1.0
     fraction_evaluate: float = 0.0
     local_epochs: int = 1
     optimizer: str = "adam"
@@ -53,8 +56,9 @@ class FederatedConfig:
     eval_every: int = 1
     seed: int = 42
     results_dir: str = ""
-    partition_mode: str = "cross-device"
-    users_per_client: int = 100
+    # Two edge nodes of ML-100k's 943 users: Flower's default simulation (2 SuperNodes)
+    partition_mode: str = "cross-silo"
+    users_per_client: int = 500
     client_threads: int = 1
     dp: str = "none"
     clip_norm: float = 1.0
@@ -164,6 +168,29 @@ class FederatedConfig:
                 raise ValueError(f"unknown run-config key {key!r}")
             values[name] = _coerce(key, value, hints[name])
         return cls(**values)
+
+
+def results_dir_of_run(results_dir: str, run_id: int) -> Path:
+    """The run folder: ``results-dir`` (absolute), or ``$FLWR_HOME/results/run-<run id>``.
+
+    The empty default serves plain ``flwr run .``; server and clients of one simulation
+    derive the same folder from the run id, and ``$FLWR_HOME`` is Flower's own (default
+    ``~/.flwr``; the Makefile sets ``<project>/.flwr``).
+    """
+    if not results_dir:
+        return get_flwr_home() / "results" / f"run-{run_id}"
+    if not Path(results_dir).is_absolute():
+        raise ValueError(
+            f"run-config key 'results-dir' must be an absolute folder or empty, got {results_dir!r}"
+        )
+    return Path(results_dir)
+
+
+def config_of_run(run_config: Mapping[str, Any], run_id: int) -> FederatedConfig:
+    """The checked config of a Flower run, with its run folder resolved."""
+    config = FederatedConfig.from_run_config(run_config)
+    folder = results_dir_of_run(config.results_dir, run_id)
+    return dataclasses.replace(config, results_dir=str(folder))
 
 
 def _coerce(key: str, value: Any, kind: type) -> Any:
