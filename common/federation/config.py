@@ -77,34 +77,33 @@ class FederatedConfig:
     initial_checkpoint: str = ""
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(
-                f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}"
-            )
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(
-                f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
-            )
-        if self.partition_mode not in PARTITION_MODES:
-            raise ValueError(
-                f"partition-mode must be one of {', '.join(PARTITION_MODES)}, "
-                f"got {self.partition_mode!r}"
-            )
+        self._check_choices()
+        self._check_ranges()
+        self.model_config()  # validates the architecture keys
+        check_secure_aggregation(self)
+        self._check_mode()
+
+    def _check_choices(self) -> None:
+        """Keys that name one of a fixed set of choices."""
+        choices = {
+            "strategy": STRATEGIES,
+            "optimizer": OPTIMIZERS,
+            "partition-mode": PARTITION_MODES,
+            "dp": DP_MODES,
+            "update-compression": COMPRESSIONS,
+        }
+        for key, allowed in choices.items():
+            value = getattr(self, key.replace("-", "_"))
+            if value not in allowed:
+                raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+
+    def _check_ranges(self) -> None:
+        """Numeric keys within their ranges."""
         for name in ("num_server_rounds", "local_epochs", "batch_size", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(
                     f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}"
                 )
-        if self.dp not in DP_MODES:
-            raise ValueError(f"dp must be one of {', '.join(DP_MODES)}, got {self.dp!r}")
-        if self.dp == "user" and self.partition_mode != "cohort":
-            raise ValueError(
-                "dp = 'user' (user-level DP-FedAvg with Poisson-sampled users) needs "
-                "partition-mode = 'cohort'"
-            )
-        if self.dp == "local" and self.partition_mode == "cohort":
-            raise ValueError("dp = 'local' trains one DP-SGD client per Flower client: "
-                             "use partition-mode cross-device or cross-silo")  # fmt: skip
         if min(self.noise_multiplier, self.target_epsilon, self.budget_epsilon) < 0:
             raise ValueError("noise-multiplier, target-epsilon and budget-epsilon must be >= 0")
         if self.clip_norm <= 0:
@@ -121,13 +120,20 @@ class FederatedConfig:
             raise ValueError(f"server-momentum must be in [0, 1), got {self.server_momentum}")
         if self.lr <= 0 or self.server_lr <= 0 or self.server_tau <= 0 or self.proximal_mu < 0:
             raise ValueError("lr, server-lr and server-tau must be > 0, proximal-mu >= 0")
-        if self.update_compression not in COMPRESSIONS:
+
+    def _check_mode(self) -> None:
+        """Legal combinations of partition-mode x dp x secure-aggregation x compression.
+
+        docs/architecture.md tabulates them; keep the two in step.
+        """
+        if self.dp == "user" and self.partition_mode != "cohort":
             raise ValueError(
-                f"update-compression must be one of {', '.join(COMPRESSIONS)}, "
-                f"got {self.update_compression!r}"
+                "dp = 'user' (user-level DP-FedAvg with Poisson-sampled users) needs "
+                "partition-mode = 'cohort'"
             )
-        self.model_config()  # validates the architecture keys
-        check_secure_aggregation(self)
+        if self.dp == "local" and self.partition_mode == "cohort":
+            raise ValueError("dp = 'local' trains one DP-SGD client per Flower client: "
+                             "use partition-mode cross-device or cross-silo")  # fmt: skip
         if self.update_compression != "none" and (
             self.partition_mode == "cohort" or self.secure_aggregation
         ):
