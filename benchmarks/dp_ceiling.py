@@ -1,6 +1,6 @@
 """How far user-level DP at epsilon 8 can take Beauty, with two generous baselines.
 
-The Beauty user-level DP model stays far below the non-private one (README,
+The Beauty user-level DP model stays far below the non-private one (docs/results.md,
 "Privacy-utility"). This benchmark asks whether that is our training or the budget:
 
 - ``transitions``: the next-item statistic that needs no training at all. Every user

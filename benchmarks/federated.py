@@ -46,7 +46,8 @@ RUNS = ROOT / "runs"
 GIB = 2**30
 ACCURACY_PRESETS = {"ml-100k": "ml100k-cohort", "beauty": "beauty-cohort"}
 SCALING_USERS = (100, 500, 1000)
-OVERHEAD_RUN = {"partition-mode": "cross-device", "model": "lstm", "dim": 8, "max-len": 20,
+OVERHEAD_RUN = {"partition-mode": "cross-device", "model": "lstm", "dim": 8, "layers": 1,
+                "max-len": 20,
                 "local-epochs": 1, "optimizer": "sgd", "lr": 0.1, "batch-size": 64,
                 "strategy": "fedavg", "fraction-train": 0.1, "num-server-rounds": 5,
                 "eval-every": 1000}  # fmt: skip

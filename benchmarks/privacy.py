@@ -46,7 +46,8 @@ RUNS = ROOT / "runs"
 EPSILONS = (1.0, 2.0, 4.0, 8.0)
 THROUGHPUT_REPEATS = 7  # one epoch takes well under a second: medians of several
 PRESETS = {"ml-100k": "ml100k-dp", "beauty": "beauty-dp"}
-THROUGHPUT = {"dim": 64, "max-len": 50, "batch-size": 64, "lr": 0.01, "optimizer": "sgd",
+THROUGHPUT = {"dim": 64, "layers": 1,
+              "max-len": 50, "batch-size": 64, "lr": 0.01, "optimizer": "sgd",
               "dropout": 0.0}  # fmt: skip
 
 

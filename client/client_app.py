@@ -4,6 +4,13 @@ In a simulation a node is a partition of the run's data set (node config
 ``partition-id``/``num-partitions``); on an edge node it is the node's own click log
 (node config ``data-path``, see :mod:`common.data.node_data`), mapped onto the item
 catalogue the server sends with every message.
+
+Modes of :func:`train`, one named function each (docs/architecture.md has the table):
+
+- ``secure-aggregation = true``: :data:`client.secure_client.secure_client_app` (SecAgg+);
+- ``partition-mode = "cohort"``: :func:`_train_cohort` (the sum of its users' updates);
+- ``dp = "local"``: :func:`_train_private` (DP-SGD within this client's budget);
+- otherwise: :func:`_train_plain` (local epochs, the new weights).
 """
 
 from __future__ import annotations
@@ -27,9 +34,27 @@ from common.data.catalogue import ItemCatalogue
 from common.data.node_data import NodeDataConfig, load_node_partition
 from common.data.partitioning import ClientPartition, load_split
 from common.federation.app_logging import configure_app_logging
-from common.federation.compression import UPDATE_BYTES_KEY, encode_update
-from common.federation.config import FederatedConfig
-from common.federation.messages import WEIGHT_KEY, load_arrays, model_to_arrays
+from common.federation.compression import encode_update
+from common.federation.config import FederatedConfig, config_of_run
+from common.federation.messages import (
+    ARRAYS,
+    CLIPPED,
+    CONFIG,
+    EPSILON,
+    METRICS,
+    NON_FINITE,
+    PROXIMAL_MU,
+    ROUND_OFFSET,
+    SERVER_ROUND,
+    STAGE,
+    TRAIN_LOSS,
+    UPDATE_BYTES_KEY,
+    USERS,
+    VALID_STAGE,
+    WEIGHT_KEY,
+    load_arrays,
+    model_to_arrays,
+)
 from common.federation.metrics import evaluation_sums
 from common.federation.node_partition import client_partition
 from common.models import SequenceRecommender, build_model
@@ -47,13 +72,13 @@ def _prepare(
     msg: Message, context: Context
 ) -> tuple[FederatedConfig, ClientPartition, SequenceRecommender]:
     """Config, this node's partition, and the model holding the server's arrays."""
-    config = FederatedConfig.from_run_config(context.run_config)
+    config = config_of_run(context.run_config, context.run_id)
     torch.set_num_threads(config.client_threads)
     partition = _partition(config, msg, context)
     model = build_model(config.model_config(), partition.split.n_items)
-    arrays = msg.content.array_records.get("arrays")
+    arrays = msg.content.array_records.get(ARRAYS)
     if not isinstance(arrays, ArrayRecord):
-        raise ValueError("the server message carries no ArrayRecord under 'arrays'")
+        raise ValueError(f"the server message carries no ArrayRecord under {ARRAYS!r}")
     load_arrays(model, arrays)
     return config, partition, model
 
@@ -70,34 +95,49 @@ def _partition(config: FederatedConfig, msg: Message, context: Context) -> Clien
 
 def _settings(msg: Message) -> ConfigRecord:
     """The strategy's ConfigRecord (server round, FedProx mu, stage); empty if absent."""
-    return msg.content.config_records.get("config") or ConfigRecord()
+    return msg.content.config_records.get(CONFIG) or ConfigRecord()
+
+
+def _reply(msg: Message, arrays: ArrayRecord, metrics: MetricRecord) -> Message:
+    """A train reply: the arrays and the metrics under the keys the server reads."""
+    return Message(content=RecordDict({ARRAYS: arrays, METRICS: metrics}), reply_to=msg)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Local epochs on this node's windows; reply the new arrays, loss and example count."""
+    """Train in the run's mode (module docstring) and reply the update and its metrics."""
     if uses_secure_aggregation(context):  # SecAgg+ stages, legacy messages
         return secure_client_app(msg, context)
     config, partition, model = _prepare(msg, context)
     settings = _settings(msg)
-    server_round = int(settings.get("server-round", 0))  # type: ignore[arg-type]
-    server_round += int(settings.get("round-offset", 0))  # type: ignore[arg-type]
+    server_round = int(settings.get(SERVER_ROUND, 0))  # type: ignore[arg-type]
+    server_round += int(settings.get(ROUND_OFFSET, 0))  # type: ignore[arg-type]
     if config.partition_mode == "cohort":
         return _train_cohort(msg, config, partition, model, server_round)
     if config.dp == "local":
         return _train_private(msg, context, config, partition, model, server_round)
-    proximal_mu = float(settings.get("proximal-mu", 0.0))  # type: ignore[arg-type]
+    return _train_plain(msg, config, partition, model, server_round)
+
+
+def _train_plain(
+    msg: Message,
+    config: FederatedConfig,
+    partition: ClientPartition,
+    model: SequenceRecommender,
+    server_round: int,
+) -> Message:
+    """Local epochs on this node's windows; reply the new arrays, loss and example count."""
+    proximal_mu = float(_settings(msg).get(PROXIMAL_MU, 0.0))  # type: ignore[arg-type]
     windows = partition.training_windows(config.max_len, config.n_gap_buckets)
     seed = round_seed(config.seed, server_round, _seed_identity(config, partition))
     loss, examples = train_local(model, windows, config, seed, proximal_mu)
     sent = encode_update(
-        model_to_arrays(model), msg.content.array_records["arrays"], config.update_compression
+        model_to_arrays(model), msg.content.array_records[ARRAYS], config.update_compression
     )
     metrics = MetricRecord(
-        {"train_loss": loss, WEIGHT_KEY: examples, UPDATE_BYTES_KEY: sent.count_bytes()}
+        {TRAIN_LOSS: loss, WEIGHT_KEY: examples, UPDATE_BYTES_KEY: sent.count_bytes()}
     )
-    content = RecordDict({"arrays": sent, "metrics": metrics})
-    return Message(content=content, reply_to=msg)
+    return _reply(msg, sent, metrics)
 
 
 def _seed_identity(config: FederatedConfig, partition: ClientPartition) -> int:
@@ -137,18 +177,17 @@ def _train_private(
                    server_round=server_round, clip_norm=config.clip_norm)  # fmt: skip
     save_history(context, [*history, plan.release])
     sent = encode_update(
-        model_to_arrays(model), msg.content.array_records["arrays"], config.update_compression
+        model_to_arrays(model), msg.content.array_records[ARRAYS], config.update_compression
     )
     # no exact loss or example count leaves a local-DP client: every update weighs 1
     metrics = MetricRecord(
         {
             WEIGHT_KEY: 1,
-            "epsilon": entry.epsilon,
+            EPSILON: entry.epsilon,
             UPDATE_BYTES_KEY: sent.count_bytes(),
         }
     )
-    content = RecordDict({"arrays": sent, "metrics": metrics})
-    return Message(content=content, reply_to=msg)
+    return _reply(msg, sent, metrics)
 
 
 def _train_cohort(
@@ -163,21 +202,21 @@ def _train_cohort(
     update = train_cohort(model, partition, config, server_round, n_users)
     metrics = MetricRecord(
         {
-            "train_loss": update.loss,
+            TRAIN_LOSS: update.loss,
             WEIGHT_KEY: update.weight,
-            "clients": update.users,
-            "clipped": update.clipped,
-            "non-finite": update.non_finite,
+            USERS: update.users,
+            CLIPPED: update.clipped,
+            NON_FINITE: update.non_finite,
         }
     )
     arrays = ArrayRecord({name: Array(value) for name, value in update.delta_sum.items()})
-    return Message(content=RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+    return _reply(msg, arrays, metrics)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Metric sums and counts on this node's users, for exact aggregation on the server."""
     config, partition, model = _prepare(msg, context)
-    stage = str(_settings(msg).get("stage", "valid"))
+    stage = str(_settings(msg).get(STAGE, VALID_STAGE))
     sums = evaluation_sums(model, partition.split, stage, config)
-    return Message(content=RecordDict({"metrics": MetricRecord(sums)}), reply_to=msg)  # type: ignore[arg-type]
+    return Message(content=RecordDict({METRICS: MetricRecord(sums)}), reply_to=msg)  # type: ignore[arg-type]

@@ -20,7 +20,7 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 
 from common.federation.config import FederatedConfig
-from common.federation.messages import load_arrays
+from common.federation.messages import PROXIMAL_MU, SERVER_ROUND, TRAIN_LOSS, load_arrays
 from common.federation.node_partition import client_partition
 from common.federation.secure_aggregation import (
     arrays_from_ndarrays,
@@ -52,12 +52,12 @@ class SequenceClient(NumPyClient):
         model = build_model(federated.model_config(), partition.split.n_items)
         load_arrays(model, arrays_from_ndarrays(model, parameters))
         windows = partition.training_windows(federated.max_len, federated.n_gap_buckets)
-        seed = round_seed(federated.seed, int(config["server-round"]), partition.partition_id)
-        proximal_mu = float(config.get("proximal-mu", 0.0))
+        seed = round_seed(federated.seed, int(config[SERVER_ROUND]), partition.partition_id)
+        proximal_mu = float(config.get(PROXIMAL_MU, 0.0))
         loss, examples = train_local(model, windows, federated, seed, proximal_mu)
         ndarrays = model_ndarrays(model)
         check_weighted_range(examples, ndarrays, federated)
-        return ndarrays, examples, {"train_loss": loss}
+        return ndarrays, examples, {TRAIN_LOSS: loss}
 
 
 def client_fn(context: Context) -> Client:

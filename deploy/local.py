@@ -3,7 +3,7 @@
 ``python -m deploy.local --data node1.csv --data node2.csv --preset PRESET [--set k=v ...]``
 
 For trying the deployment out, for the end-to-end test and for the benchmark; a real
-deployment runs the same Flower commands on separate machines (README, "Edge
+deployment runs the same Flower commands on separate machines (docs/deployment.md, "Edge
 deployment"). In ``WORK_DIR`` (default: a new folder under ``results/``) it creates a CA,
 the SuperLink certificate and one key pair per node (:mod:`deploy.certificates`),
 starts ``flower-superlink`` with TLS and ``--enable-supernode-auth``, names it as

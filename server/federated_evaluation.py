@@ -13,7 +13,14 @@ import logging
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from common.federation.messages import WEIGHT_KEY
+from common.federation.messages import (
+    ARRAYS,
+    CONFIG,
+    STAGE,
+    TEST_STAGE,
+    VALID_STAGE,
+    WEIGHT_KEY,
+)
 from common.federation.metrics import metrics_from_sums, sum_metric_records
 
 logger = logging.getLogger("fedseqrec.server")
@@ -23,10 +30,10 @@ def federated_metrics(
     grid: Grid, arrays: ArrayRecord, settings: dict[str, object], stage: str
 ) -> dict[str, float]:
     """Metrics of ``arrays`` on every node's users at ``stage`` ('valid' or 'test')."""
-    config = ConfigRecord({**settings, "stage": stage})  # type: ignore[dict-item]
+    config = ConfigRecord({**settings, STAGE: stage})  # type: ignore[dict-item]
     messages = [
         Message(
-            content=RecordDict({"arrays": arrays, "config": config}),
+            content=RecordDict({ARRAYS: arrays, CONFIG: config}),
             dst_node_id=node_id,
             message_type=MessageType.EVALUATE,
         )
@@ -43,4 +50,7 @@ def deployment_figures(
     grid: Grid, arrays: ArrayRecord, settings: dict[str, object]
 ) -> dict[str, dict[str, float]]:
     """The released model's validation and test figures, from the nodes."""
-    return {stage: federated_metrics(grid, arrays, settings, stage) for stage in ("valid", "test")}
+    return {
+        stage: federated_metrics(grid, arrays, settings, stage)
+        for stage in (VALID_STAGE, TEST_STAGE)
+    }

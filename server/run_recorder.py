@@ -23,7 +23,7 @@ from common.evaluation.scoring import evaluate_model, flatten_metrics
 from common.federation.checkpoints import Checkpoint, ItemId, dataset_item_ids, save_checkpoint
 from common.federation.compression import UPDATE_BYTES_KEY
 from common.federation.config import FederatedConfig
-from common.federation.messages import load_arrays
+from common.federation.messages import NON_FINITE, load_arrays
 from common.federation.metrics import metrics_from_sums, sum_metric_records
 from common.models import SequenceRecommender
 from common.storage.run_folder import MetricsCSV, write_json
@@ -123,7 +123,7 @@ class RunRecorder:
             _scalar(next(iter(r.metric_records.values())).get("clients", 1)) for r in records
         )
         non_finite = sum(
-            _scalar(next(iter(r.metric_records.values())).get("non-finite", 0)) for r in records
+            _scalar(next(iter(r.metric_records.values())).get(NON_FINITE, 0)) for r in records
         )
         self._train = {
             "clients": clients,
@@ -246,26 +246,9 @@ class RunRecorder:
         listed in the summary: a run can complete while some node failed. ``federated``
         holds a deployment's valid and test metrics, summed by the nodes.
         """
-        released = self.results_dir / (BEST_CHECKPOINT if self.selects_best else CHECKPOINT)
-        checkpoint = torch.load(released, weights_only=True)
-        self.model.load_state_dict(checkpoint["state_dict"])
-        stage_metrics = federated or {
-            stage: evaluate_model(
-                self.model, self.split, stage, self.config.max_len, self.config.n_gap_buckets
-            )
-            for stage in ("valid", "test")
-            if self.split is not None
-        }
+        summary: dict[str, Any] = {"status": "completed", **self._release(federated)}
         rounds = self.round_seconds
-        summary: dict[str, Any] = {
-            "status": "completed",
-            "released_round": int(checkpoint["round"]),
-            "released_checkpoint": released.name,
-            "release_selection": "best validation NDCG@10" if self.selects_best else "last round",
-            "simulation_only_diagnostics": SIMULATION_ONLY if self.split is not None else None,
-            "released_metrics": None if self.split is not None else FEDERATED_METRICS,
-            "valid": stage_metrics["valid"],
-            "test": stage_metrics["test"],
+        summary.update({
             "untrained_valid": self.untrained,
             "rounds": len(rounds),
             "mean_round_seconds": sum(rounds) / len(rounds) if rounds else 0.0,
@@ -275,7 +258,7 @@ class RunRecorder:
             "budget_refusals": sum(self.refusals.values()),
             "privacy": privacy,
             "node_errors": [error.to_json() for error in node_errors or []],
-        }
+        })  # fmt: skip
         if self.config.initial_checkpoint:
             summary["started_from"] = {
                 "checkpoint": self.config.initial_checkpoint,
@@ -290,6 +273,29 @@ class RunRecorder:
             summary["test"]["ndcg@10"],
         )
         return summary
+
+    def _release(self, federated: dict[str, dict[str, float]] | None) -> dict[str, Any]:
+        """Which checkpoint is released, why, and its valid and test figures."""
+        released = self.results_dir / (BEST_CHECKPOINT if self.selects_best else CHECKPOINT)
+        checkpoint = torch.load(released, weights_only=True)
+        self.model.load_state_dict(checkpoint["state_dict"])
+        figures = federated or {
+            stage: evaluate_model(
+                self.model, self.split, stage, self.config.max_len, self.config.n_gap_buckets
+            )
+            for stage in ("valid", "test")
+            if self.split is not None
+        }
+        simulated = self.split is not None
+        return {
+            "released_round": int(checkpoint["round"]),
+            "released_checkpoint": released.name,
+            "release_selection": "best validation NDCG@10" if self.selects_best else "last round",
+            "simulation_only_diagnostics": SIMULATION_ONLY if simulated else None,
+            "released_metrics": None if simulated else FEDERATED_METRICS,
+            "valid": figures["valid"],
+            "test": figures["test"],
+        }
 
 
 def record_failure(

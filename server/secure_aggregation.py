@@ -27,7 +27,14 @@ from flwr.server.workflow.secure_aggregation.secaggplus_workflow import Workflow
 from flwr.serverapp import Grid
 
 from common.federation.config import FederatedConfig
-from common.federation.messages import WEIGHT_KEY
+from common.federation.messages import (
+    METRICS,
+    PROXIMAL_MU,
+    SERVER_ROUND,
+    STAGE,
+    TRAIN_STAGE,
+    WEIGHT_KEY,
+)
 from common.federation.secure_aggregation import (
     MODULUS_RANGE,
     arrays_from_ndarrays,
@@ -116,7 +123,7 @@ def build_legacy_strategy(
 
     def fit_config(server_round: int) -> Metrics:
         mu = config.proximal_mu if config.strategy == "fedprox" else 0.0
-        return {"server-round": server_round, "proximal-mu": mu, "stage": "train"}
+        return {SERVER_ROUND: server_round, PROXIMAL_MU: mu, STAGE: TRAIN_STAGE}
 
     return LegacyFedAvg(
         fraction_fit=config.fraction_train,
@@ -154,7 +161,7 @@ def _fit_metrics_fn(
 
     def aggregate(replies: list[tuple[int, Metrics]]) -> Metrics:
         records = [
-            RecordDict({"metrics": MetricRecord({**metrics, WEIGHT_KEY: examples})})  # type: ignore[dict-item]
+            RecordDict({METRICS: MetricRecord({**metrics, WEIGHT_KEY: examples})})  # type: ignore[dict-item]
             for examples, metrics in replies
         ]
         return _scalars(recorder.aggregate_train(records, WEIGHT_KEY))

@@ -1,9 +1,20 @@
-"""Flower ServerApp: builds the strategy from the run config and records every round."""
+"""Flower ServerApp: builds the strategy from the run config and records every round.
+
+Modes (docs/architecture.md has the legal combinations and their code paths):
+
+- ``secure-aggregation = true``: :func:`server.secure_aggregation.run_secure_aggregation`
+  (Flower's legacy SecAgg+ workflow);
+- every other mode: :func:`run_strategy`, Flower's strategy wrapped by
+  :func:`build_server_strategy`: update decoding (``update-compression``), cohort sums
+  with user-level noise (``partition-mode = "cohort"``, ``dp = "user"``), budget
+  refusals (``dp = "local"``).
+"""
 
 from __future__ import annotations
 
 import logging
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,8 +25,15 @@ from flwr.serverapp.strategy import Strategy
 from common.data.catalogue import ItemCatalogue
 from common.federation.app_logging import configure_app_logging
 from common.federation.checkpoints import ItemId, load_initial_checkpoint
-from common.federation.config import FederatedConfig
-from common.federation.messages import model_to_arrays
+from common.federation.config import FederatedConfig, config_of_run
+from common.federation.messages import (
+    ROUND_OFFSET,
+    SERVER_ROUND,
+    STAGE,
+    TRAIN_STAGE,
+    VALID_STAGE,
+    model_to_arrays,
+)
 from common.federation.strategies import build_strategy
 from common.models import SequenceRecommender, build_model
 from common.privacy.randomness import server_noise_source
@@ -26,7 +44,7 @@ from server.federated_evaluation import deployment_figures
 from server.node_errors import ErrorRecordingGrid
 from server.run_recorder import RunRecorder, record_failure
 from server.secure_aggregation import run_secure_aggregation
-from server.server_view import server_view
+from server.server_view import ServerView, server_view
 from server.update_decoding import with_update_decoding
 from server.user_level_privacy import PrivacyBudgetSpent, UserLevelPrivacy
 
@@ -43,12 +61,10 @@ def main(grid: Grid, context: Context) -> None:
     because ``flwr run`` itself exits 0 either way.
     """
     configure_app_logging(logger)
-    config = FederatedConfig.from_run_config(context.run_config)
+    config = config_of_run(context.run_config, context.run_id)
     results_dir = Path(config.results_dir)
-    if not config.results_dir or not results_dir.is_absolute():
-        raise ValueError(
-            f"run-config key 'results-dir' must be an absolute folder, got {config.results_dir!r}"
-        )
+    results_dir.mkdir(parents=True, exist_ok=True)  # plain `flwr run`: nobody made it yet
+    logger.info("run %d writes to %s", context.run_id, results_dir)
     recording_grid = ErrorRecordingGrid(grid)
     try:
         run_federation(recording_grid, config, results_dir, context)
@@ -57,10 +73,32 @@ def main(grid: Grid, context: Context) -> None:
         raise
 
 
+@dataclass(frozen=True)
+class RunSetup:
+    """What every mode starts from: the data, the model, the recorder, the federation."""
+
+    view: ServerView  # the public catalogue and population (+ users' data if simulated)
+    model: SequenceRecommender
+    recorder: RunRecorder
+    num_partitions: int
+    catalogue: dict[str, bytes]  # the item catalogue every message carries
+    offset: int  # rounds of the checkpoint this run continues from
+
+
 def run_federation(
     grid: ErrorRecordingGrid, config: FederatedConfig, results_dir: Path, context: Context
 ) -> None:
-    """Build the model, strategy and recorder, run all rounds, write the summary.
+    """Run all rounds in the config's mode (module docstring), then write the summary."""
+    setup = prepare_run(config, results_dir)
+    if config.secure_aggregation:
+        run_secure_aggregation(grid, context, config, setup.recorder, setup.num_partitions)
+        setup.recorder.finish(node_errors=grid.errors)
+        return
+    run_strategy(grid, config, setup, results_dir)
+
+
+def prepare_run(config: FederatedConfig, results_dir: Path) -> RunSetup:
+    """Seed, read what the server may know, build (or continue) the model and recorder.
 
     Every message carries the item catalogue, so that edge nodes can map their own
     click logs onto the model's items (:mod:`common.data.catalogue`).
@@ -70,9 +108,9 @@ def run_federation(
     view = server_view(config)
     num_partitions = config.federation_size(view.population)
     model = build_model(config.model_config(), view.n_items)
+    cohorts = config.partition_mode == "cohort"
     catalogue = ItemCatalogue.from_ids(view.item_ids).to_config()
     offset = continue_from_checkpoint(config, model, view.item_ids)
-    cohorts = config.partition_mode == "cohort"
     expected = max(int((view.population if cohorts else num_partitions) * config.fraction_train), 1)
     recorder = RunRecorder(results_dir, model, view.split, config, expected, view.item_ids, offset)
     logger.info(
@@ -80,78 +118,70 @@ def run_federation(
         config.strategy, view.population, view.n_items, num_partitions, config.partition_mode,
         expected,
     )  # fmt: skip
-    if config.secure_aggregation:
-        run_secure_aggregation(grid, context, config, recorder, num_partitions)
-        recorder.finish(node_errors=grid.errors)
-        return
+    return RunSetup(view, model, recorder, num_partitions, catalogue, offset)
+
+
+def build_server_strategy(
+    config: FederatedConfig, setup: RunSetup, privacy: UserLevelPrivacy | None
+) -> Strategy:
+    """Flower's strategy wrapped for the mode: decoding, cohort sums, budget refusals."""
+    recorder = setup.recorder
+    flower_strategy = build_strategy(
+        config, setup.num_partitions, recorder.aggregate_train, recorder.aggregate_evaluate
+    )
+    strategy: Strategy = with_update_decoding(flower_strategy, config.update_compression)
+    if config.partition_mode == "cohort":
+        strategy = CohortAggregation(
+            flower_strategy,
+            noise_multiplier=privacy.noise_multiplier if privacy else 0.0,
+            clip_norm=config.clip_norm,
+            expected_users=setup.view.population * config.fraction_train,
+            noise_source=server_noise_source(
+                config.insecure_reproducible_noise, config.seed, setup.offset
+            ),
+            before_round=privacy.check_round if privacy else None,
+            on_release=privacy.record_round if privacy else None,
+        )
+    if config.dp == "local":
+        strategy = BudgetRefusals(strategy, recorder.note_refusals)
+    return strategy
+
+
+def run_strategy(
+    grid: ErrorRecordingGrid, config: FederatedConfig, setup: RunSetup, results_dir: Path
+) -> None:
+    """The Message API path: every mode but secure aggregation."""
     privacy = (
-        UserLevelPrivacy.from_config(config, view.population, results_dir)
+        UserLevelPrivacy.from_config(config, setup.view.population, results_dir)
         if config.dp == "user"
         else None
     )
-    strategy = build_server_strategy(config, num_partitions, view.population, recorder, privacy)
+    strategy = build_server_strategy(config, setup, privacy)
     stopped = ""
     try:
         strategy.start(
             grid=grid,
-            initial_arrays=model_to_arrays(model),
+            initial_arrays=model_to_arrays(setup.model),
             num_rounds=config.num_server_rounds,
-            train_config=ConfigRecord({"stage": "train", "round-offset": offset, **catalogue}),
-            evaluate_config=ConfigRecord({"stage": "valid", **catalogue}),
-            evaluate_fn=recorder.evaluate,
+            train_config=ConfigRecord(
+                {STAGE: TRAIN_STAGE, ROUND_OFFSET: setup.offset, **setup.catalogue}
+            ),
+            evaluate_config=ConfigRecord({STAGE: VALID_STAGE, **setup.catalogue}),
+            evaluate_fn=setup.recorder.evaluate,
         )
     except PrivacyBudgetSpent as reason:
         stopped = str(reason)
         logger.warning("stopped: %s", stopped)
-    figures = (
-        deployment_figures(
-            grid,
-            model_to_arrays(recorder.model),
-            {"server-round": config.num_server_rounds, **catalogue},
-        )
-        if view.split is None
-        else None
-    )
-    recorder.finish(
+    figures = None
+    if setup.view.split is None:  # a deployment: the nodes evaluate the released model
+        settings = {SERVER_ROUND: config.num_server_rounds, **setup.catalogue}
+        figures = deployment_figures(grid, model_to_arrays(setup.model), settings)
+    setup.recorder.finish(
         stopped=stopped,
         privacy=privacy.summary() if privacy else None,
         node_errors=grid.errors,
         federated=figures,
     )
-
-
-def build_server_strategy(
-    config: FederatedConfig,
-    num_partitions: int,
-    population: int,
-    recorder: RunRecorder,
-    privacy: UserLevelPrivacy | None,
-) -> Strategy:
-    """Flower's strategy for the run config, wrapped for its mode.
-
-    Cohorts: summed user updates, noised under user-level DP (:mod:`server.cohort_aggregation`);
-    local DP: counting clients that refuse past their budget; otherwise per-client updates,
-    decoded when compressed.
-    """
-    flower_strategy = build_strategy(
-        config, num_partitions, recorder.aggregate_train, recorder.aggregate_evaluate
-    )
-    if config.partition_mode == "cohort":
-        return CohortAggregation(
-            flower_strategy,
-            noise_multiplier=privacy.noise_multiplier if privacy else 0.0,
-            clip_norm=config.clip_norm,
-            expected_users=population * config.fraction_train,
-            noise_source=server_noise_source(
-                config.insecure_reproducible_noise, config.seed, recorder.round_offset
-            ),
-            before_round=privacy.check_round if privacy else None,
-            on_release=privacy.record_round if privacy else None,
-        )
-    strategy: Strategy = with_update_decoding(flower_strategy, config.update_compression)
-    if config.dp == "local":
-        return BudgetRefusals(strategy, recorder.note_refusals)
-    return strategy
 
 
 def continue_from_checkpoint(

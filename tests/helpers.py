@@ -37,7 +37,8 @@ def write_cycle_log(
     return path
 
 
-TINY_RUN = {"model": "lstm", "dim": 8, "max-len": 10, "dropout": 0.0, "num-server-rounds": 2,
+TINY_RUN = {"model": "lstm", "dim": 8, "layers": 1, "partition-mode": "cross-device",
+            "max-len": 10, "dropout": 0.0, "num-server-rounds": 2,
             "fraction-train": 1.0, "local-epochs": 10, "lr": 0.1, "batch-size": 16}  # fmt: skip
 
 
@@ -59,7 +60,8 @@ def launch_run(root: Path, name: str, settings: dict[str, object]) -> Path:
     return folder
 
 
-BASE = {"model": "lstm", "dim": 8, "max-len": 20, "dropout": 0.0, "num-server-rounds": 4,
+BASE = {"model": "lstm", "dim": 8, "layers": 1,
+        "max-len": 20, "dropout": 0.0, "num-server-rounds": 4,
         "local-epochs": 1, "optimizer": "sgd", "lr": 0.5, "batch-size": 4,
         "strategy": "fedavg", "clip-norm": 0.5, "noise-multiplier": 1.0}  # fmt: skip
 
@@ -67,6 +69,17 @@ BASE = {"model": "lstm", "dim": 8, "max-len": 20, "dropout": 0.0, "num-server-ro
 def running(pid: int) -> bool:
     """Whether a process exists and has not exited (a zombie has)."""
     return process_table().get(pid, (0, 0, "X"))[2] not in ("Z", "X")
+
+
+def still_running(pids: list[int], within: float = 5.0) -> list[int]:
+    """The ``pids`` still running after up to ``within`` seconds: a SIGKILLed process
+    takes a moment to exit on a loaded machine."""
+    deadline = time.monotonic() + within
+    alive = [pid for pid in pids if running(pid)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [pid for pid in alive if running(pid)]
+    return alive
 
 
 def start_session_tree(folder: Path) -> tuple[subprocess.Popen[bytes], list[int]]:

@@ -20,10 +20,11 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
+from common.federation.messages import UPDATE_BYTES_KEY as UPDATE_BYTES_KEY  # re-exported
+
 COMPRESSIONS = ("none", "float16", "int8")
 SCALE_SUFFIX = "@scale"
 INT8_LEVELS = 127
-UPDATE_BYTES_KEY = "update-bytes"
 
 
 def _check_method(method: str) -> None:

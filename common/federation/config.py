@@ -5,12 +5,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, get_type_hints
+
+from flwr.supercore.utils import get_flwr_home
 
 from common.data.partitioning import PARTITION_MODES, count_partitions
 from common.federation.compression import COMPRESSIONS
 from common.federation.secure_aggregation import check_secure_aggregation
-from common.models import ModelConfig
+from common.models import MODEL_KEYS, ModelConfig
 
 STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox")
 
@@ -20,21 +23,26 @@ DP_MODES = ("none", "user", "local")
 
 OPTIMIZERS = ("adam", "sgd")
 
+_MODEL = ModelConfig()  # the one set of architecture defaults, centralized and federated
+
 
 @dataclass(frozen=True)
 class FederatedConfig:
     """Every run-config key of the Flower app; kebab-case there, snake_case here."""
 
     dataset: str = "ml-100k"
-    model: str = "attention"
-    dim: int = 32
-    layers: int = 1
-    heads: int = 1
-    dropout: float = 0.2
-    max_len: int = 50
-    n_gap_buckets: int = 0
+    # The architecture: ModelConfig's fields and defaults (``model`` is its ``name``).
+    model: str = _MODEL.name
+    dim: int = _MODEL.dim
+    layers: int = _MODEL.layers
+    heads: int = _MODEL.heads
+    dropout: float = _MODEL.dropout
+    max_len: int = _MODEL.max_len
+    n_gap_buckets: int = _MODEL.n_gap_buckets
+    ffn_multiplier: int = _MODEL.ffn_multiplier
+    norm: str = _MODEL.norm
     num_server_rounds: int = 10
-    fraction_train: float = 0.1
+    fraction_train: float = 1.0
     fraction_evaluate: float = 0.0
     local_epochs: int = 1
     optimizer: str = "adam"
@@ -48,8 +56,9 @@ class FederatedConfig:
     eval_every: int = 1
     seed: int = 42
     results_dir: str = ""
-    partition_mode: str = "cross-device"
-    users_per_client: int = 100
+    # Two edge nodes of ML-100k's 943 users: Flower's default simulation (2 SuperNodes)
+    partition_mode: str = "cross-silo"
+    users_per_client: int = 500
     client_threads: int = 1
     dp: str = "none"
     clip_norm: float = 1.0
@@ -71,34 +80,34 @@ class FederatedConfig:
     population: int = 0
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(
-                f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}"
-            )
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(
-                f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
-            )
-        if self.partition_mode not in PARTITION_MODES:
-            raise ValueError(
-                f"partition-mode must be one of {', '.join(PARTITION_MODES)}, "
-                f"got {self.partition_mode!r}"
-            )
+        self._check_choices()
+        self._check_ranges()
+        self.model_config()  # validates the architecture keys
+        check_secure_aggregation(self)
+        self._check_mode()
+        _check_deployment(self)
+
+    def _check_choices(self) -> None:
+        """Keys that name one of a fixed set of choices."""
+        choices = {
+            "strategy": STRATEGIES,
+            "optimizer": OPTIMIZERS,
+            "partition-mode": PARTITION_MODES,
+            "dp": DP_MODES,
+            "update-compression": COMPRESSIONS,
+        }
+        for key, allowed in choices.items():
+            value = getattr(self, key.replace("-", "_"))
+            if value not in allowed:
+                raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+
+    def _check_ranges(self) -> None:
+        """Numeric keys within their ranges."""
         for name in ("num_server_rounds", "local_epochs", "batch_size", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(
                     f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}"
                 )
-        if self.dp not in DP_MODES:
-            raise ValueError(f"dp must be one of {', '.join(DP_MODES)}, got {self.dp!r}")
-        if self.dp == "user" and self.partition_mode != "cohort":
-            raise ValueError(
-                "dp = 'user' (user-level DP-FedAvg with Poisson-sampled users) needs "
-                "partition-mode = 'cohort'"
-            )
-        if self.dp == "local" and self.partition_mode == "cohort":
-            raise ValueError("dp = 'local' trains one DP-SGD client per Flower client: "
-                             "use partition-mode cross-device or cross-silo")  # fmt: skip
         if min(self.noise_multiplier, self.target_epsilon, self.budget_epsilon) < 0:
             raise ValueError("noise-multiplier, target-epsilon and budget-epsilon must be >= 0")
         if self.clip_norm <= 0:
@@ -115,14 +124,20 @@ class FederatedConfig:
             raise ValueError(f"server-momentum must be in [0, 1), got {self.server_momentum}")
         if self.lr <= 0 or self.server_lr <= 0 or self.server_tau <= 0 or self.proximal_mu < 0:
             raise ValueError("lr, server-lr and server-tau must be > 0, proximal-mu >= 0")
-        if self.update_compression not in COMPRESSIONS:
+
+    def _check_mode(self) -> None:
+        """Legal combinations of partition-mode x dp x secure-aggregation x compression.
+
+        docs/architecture.md tabulates them; keep the two in step.
+        """
+        if self.dp == "user" and self.partition_mode != "cohort":
             raise ValueError(
-                f"update-compression must be one of {', '.join(COMPRESSIONS)}, "
-                f"got {self.update_compression!r}"
+                "dp = 'user' (user-level DP-FedAvg with Poisson-sampled users) needs "
+                "partition-mode = 'cohort'"
             )
-        _check_deployment(self)
-        self.model_config()  # validates the architecture keys
-        check_secure_aggregation(self)
+        if self.dp == "local" and self.partition_mode == "cohort":
+            raise ValueError("dp = 'local' trains one DP-SGD client per Flower client: "
+                             "use partition-mode cross-device or cross-silo")  # fmt: skip
         if self.update_compression != "none" and (
             self.partition_mode == "cohort" or self.secure_aggregation
         ):
@@ -138,15 +153,7 @@ class FederatedConfig:
 
     def model_config(self) -> ModelConfig:
         """The architecture part of the config."""
-        return ModelConfig(
-            name=self.model,
-            dim=self.dim,
-            layers=self.layers,
-            heads=self.heads,
-            dropout=self.dropout,
-            max_len=self.max_len,
-            n_gap_buckets=self.n_gap_buckets,
-        )
+        return ModelConfig(name=self.model, **{key: getattr(self, key) for key in MODEL_KEYS})
 
     def num_partitions(self, n_users: int) -> int:
         """Number of clients this config gives for ``n_users`` users."""
@@ -183,6 +190,29 @@ def _check_deployment(config: FederatedConfig) -> None:
             "public item list, one id per line) and 'population' (the number of users "
             "the federation protects)"
         )
+
+
+def results_dir_of_run(results_dir: str, run_id: int) -> Path:
+    """The run folder: ``results-dir`` (absolute), or ``$FLWR_HOME/results/run-<run id>``.
+
+    The empty default serves plain ``flwr run .``; server and clients of one simulation
+    derive the same folder from the run id, and ``$FLWR_HOME`` is Flower's own (default
+    ``~/.flwr``; the Makefile sets ``<project>/.flwr``).
+    """
+    if not results_dir:
+        return get_flwr_home() / "results" / f"run-{run_id}"
+    if not Path(results_dir).is_absolute():
+        raise ValueError(
+            f"run-config key 'results-dir' must be an absolute folder or empty, got {results_dir!r}"
+        )
+    return Path(results_dir)
+
+
+def config_of_run(run_config: Mapping[str, Any], run_id: int) -> FederatedConfig:
+    """The checked config of a Flower run, with its run folder resolved."""
+    config = FederatedConfig.from_run_config(run_config)
+    folder = results_dir_of_run(config.results_dir, run_id)
+    return dataclasses.replace(config, results_dir=str(folder))
 
 
 def _coerce(key: str, value: Any, kind: type) -> Any:

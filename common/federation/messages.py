@@ -1,4 +1,8 @@
-"""What travels in Flower messages: record keys, and the model as an ArrayRecord."""
+"""What travels in Flower messages: every record name and key, and the model as an ArrayRecord.
+
+Client and server name these only through the constants below (Flower's own keys
+included, passed to its strategies explicitly), so a key cannot drift on one side.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,28 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 
-WEIGHT_KEY = "num-examples"
+# Records of a Message's RecordDict.
+ARRAYS = "arrays"  # ArrayRecord: the global model (to clients), the update (replies)
+METRICS = "metrics"  # MetricRecord of a reply
+CONFIG = "config"  # ConfigRecord the server sends with each message
+
+# Keys of the server's ConfigRecord.
+STAGE = "stage"  # which split a message is about: TRAIN_STAGE or VALID_STAGE
+TRAIN_STAGE = "train"
+VALID_STAGE = "valid"
+TEST_STAGE = "test"
+SERVER_ROUND = "server-round"  # set by Flower's strategies
+ROUND_OFFSET = "round-offset"  # rounds of the checkpoint this run continues from
+PROXIMAL_MU = "proximal-mu"  # set by Flower's FedProx
+
+# Keys of a reply's MetricRecord (sums: the server adds them up over replies).
+WEIGHT_KEY = "num-examples"  # the example count Flower's strategies weight by
+TRAIN_LOSS = "train_loss"  # mean local training loss
+EPSILON = "epsilon"  # dp = local: this client's epsilon so far
+USERS = "clients"  # cohorts: users whose updates the sum holds
+CLIPPED = "clipped"  # cohorts: users whose update was clipped
+NON_FINITE = "non-finite"  # cohorts: users whose update was not finite (they added zero)
+UPDATE_BYTES_KEY = "update-bytes"  # bytes of the arrays a client sent
 
 
 def model_to_arrays(model: torch.nn.Module) -> ArrayRecord:

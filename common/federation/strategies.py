@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from common.federation.config import FederatedConfig
-from common.federation.messages import WEIGHT_KEY
+from common.federation.messages import ARRAYS, CONFIG, WEIGHT_KEY
 from common.federation.metrics import sum_metric_records
 
 if TYPE_CHECKING:
@@ -29,6 +29,8 @@ def build_strategy(
         "min_evaluate_nodes": 1 if config.fraction_evaluate > 0 else 0,
         "min_available_nodes": num_partitions,
         "weighted_by_key": WEIGHT_KEY,
+        "arrayrecord_key": ARRAYS,
+        "configrecord_key": CONFIG,
         "train_metrics_aggr_fn": train_metrics_aggr_fn,
         "evaluate_metrics_aggr_fn": evaluate_metrics_aggr_fn or sum_metric_records,
     }

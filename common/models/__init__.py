@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from common.models.attention import NORM_PLACEMENTS, AttentionRecommender
 from common.models.base import SequenceRecommender, next_item_loss
@@ -12,6 +12,7 @@ from common.models.multiscale import MultiScaleRecommender
 MODEL_NAMES = ("lstm", "multiscale", "attention")
 
 __all__ = [
+    "MODEL_KEYS",
     "MODEL_NAMES",
     "ModelConfig",
     "SequenceRecommender",
@@ -45,6 +46,10 @@ class ModelConfig:
             raise ValueError(f"norm must be one of {', '.join(NORM_PLACEMENTS)}, got {self.norm!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+MODEL_KEYS = tuple(field.name for field in fields(ModelConfig) if field.name != "name")
+"""ModelConfig fields run configs and TOML files set by name (``name`` is ``model`` there)."""
 
 
 def build_model(config: ModelConfig, n_items: int) -> SequenceRecommender:

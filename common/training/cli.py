@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +20,14 @@ import torch
 from tqdm import tqdm
 
 from common.data.loaders import DataFormatError, load_dataset
-from common.data.sequences import build_sequences, leave_one_out_split
+from common.data.sequences import LeaveOneOutSplit, build_sequences, leave_one_out_split
 from common.evaluation.scoring import UNEXCLUDED_SUFFIX, evaluate_long_horizon
-from common.models import MODEL_NAMES, ModelConfig
+from common.models import MODEL_KEYS, MODEL_NAMES, ModelConfig
 from common.storage.run_folder import MetricsCSV, new_run_dir, plot_series, write_json
 from common.training.centralized import EpochRecord, TrainConfig, TrainResult, train_centralized
 
 logger = logging.getLogger("fedseqrec.train")
 
-MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)} - {"name"}
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
 RUN_KEYS = {"dataset", "model", "out", "threads", "text_init"}
 REPORTED = ("hr@10", "ndcg@10", "mrr", "hr@10" + UNEXCLUDED_SUFFIX, "ndcg@10" + UNEXCLUDED_SUFFIX)
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fields = [*dataclasses.fields(ModelConfig), *dataclasses.fields(TrainConfig)]
     for field in sorted(fields, key=lambda f: f.name):
-        if field.name in MODEL_KEYS | TRAIN_KEYS:
+        if field.name in {*MODEL_KEYS, *TRAIN_KEYS}:
             kind = {"float": float, "int": int}.get(str(field.type), str)
             parser.add_argument("--" + field.name.replace("_", "-"), type=kind)
     return parser
@@ -66,7 +66,7 @@ def load_settings(path: Path | None) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as error:
         raise DataFormatError(f"{path}: invalid TOML ({error})") from None
     settings = {key.replace("-", "_"): value for key, value in raw.items()}
-    unknown = set(settings) - MODEL_KEYS - TRAIN_KEYS - RUN_KEYS
+    unknown = set(settings) - set(MODEL_KEYS) - TRAIN_KEYS - RUN_KEYS
     if unknown:
         raise DataFormatError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")
     return settings
@@ -74,7 +74,7 @@ def load_settings(path: Path | None) -> dict[str, Any]:
 
 def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Defaults < config file < command-line flags."""
-    settings: dict[str, Any] = {"dataset": "ml-100k", "model": "attention", "out": "runs"}
+    settings: dict[str, Any] = {"dataset": "ml-100k", "model": ModelConfig().name, "out": "runs"}
     settings.update(load_settings(args.config))
     for key, value in vars(args).items():
         if key != "config" and value is not None:
@@ -106,12 +106,24 @@ def run(settings: dict[str, Any]) -> tuple[Path, TrainResult]:
         {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()},
     )
     columns = ["epoch", "train_loss", "seconds", "lr", *(f"valid_{k}" for k in REPORTED)]
-    metrics = MetricsCSV(run_dir / "metrics.csv", columns)
+    on_epoch = epoch_logger(MetricsCSV(run_dir / "metrics.csv", columns))
     model = None
     if settings.get("text_init"):
         from common.models.item_text_init import text_initialised_model
 
         model = text_initialised_model(model_config, dataset)
+
+    def progress(epoch: int, total: int) -> Any:
+        bar = tqdm(total=total, desc=f"epoch {epoch}", unit="seq", leave=False)
+        return bar.update
+
+    result = train_centralized(split, model_config, train_config, on_epoch, progress, model)
+    write_results(run_dir, label, model_config, split, result)
+    return run_dir, result
+
+
+def epoch_logger(metrics: MetricsCSV) -> Callable[[EpochRecord], None]:
+    """A callback that appends each epoch to metrics.csv and prints one line."""
 
     def on_epoch(record: EpochRecord) -> None:
         row: dict[str, Any] = {
@@ -125,11 +137,17 @@ def run(settings: dict[str, Any]) -> tuple[Path, TrainResult]:
         shown = f" valid ndcg@10 {record.valid['ndcg@10']:.4f}" if record.valid else ""
         tqdm.write(f"epoch {record.epoch}: loss {record.train_loss:.4f}{shown}")
 
-    def progress(epoch: int, total: int) -> Any:
-        bar = tqdm(total=total, desc=f"epoch {epoch}", unit="seq", leave=False)
-        return bar.update
+    return on_epoch
 
-    result = train_centralized(split, model_config, train_config, on_epoch, progress, model)
+
+def write_results(
+    run_dir: Path,
+    label: str,
+    model_config: ModelConfig,
+    split: LeaveOneOutSplit,
+    result: TrainResult,
+) -> None:
+    """checkpoint.pt, test_metrics.json and valid_ndcg.png of a finished run."""
     state = {key: value.cpu() for key, value in result.model.state_dict().items()}
     torch.save(
         {"model_config": dataclasses.asdict(model_config), "state_dict": state},
@@ -156,7 +174,6 @@ def run(settings: dict[str, Any]) -> tuple[Path, TrainResult]:
         "epoch",
         f"{label}: validation NDCG@10",
     )
-    return run_dir, result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ from common.privacy.ledger import read_ledger
 from simulations.canary_audit import main
 from tests.helpers import free_port, write_cycle_log, write_preset
 
-MEMORISING = {"model": "lstm", "dim": 32, "max-len": 40, "dropout": 0.0,
+MEMORISING = {"model": "lstm", "dim": 32, "layers": 1, "max-len": 40, "dropout": 0.0,
               "partition-mode": "cohort", "users-per-client": 200, "fraction-train": 1.0,
               "local-epochs": 1, "optimizer": "sgd", "lr": 1.0, "batch-size": 8,
               "strategy": "fedadam", "server-lr": 0.05, "server-tau": 1e-8,

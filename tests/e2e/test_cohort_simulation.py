@@ -10,7 +10,8 @@ import torch
 
 from tests.helpers import launch_run as run
 
-RUN = {"model": "lstm", "dim": 8, "max-len": 20, "dropout": 0.0, "num-server-rounds": 2,
+RUN = {"model": "lstm", "dim": 8, "layers": 1,
+       "max-len": 20, "dropout": 0.0, "num-server-rounds": 2,
        "fraction-train": 1.0, "local-epochs": 1, "optimizer": "sgd", "lr": 0.5,
        "batch-size": 16, "strategy": "fedavg"}  # fmt: skip
 

@@ -22,7 +22,8 @@ from deploy.run import submit_run
 from simulations.launch import app_defaults
 from simulations.superlink import flower_env
 
-TINY_RUN = {"model": "lstm", "dim": 8, "max-len": 10, "dropout": 0.0, "num-server-rounds": 2,
+TINY_RUN = {"model": "lstm", "dim": 8, "layers": 1, "partition-mode": "cross-device",
+            "max-len": 10, "dropout": 0.0, "num-server-rounds": 2,
             "fraction-train": 1.0, "local-epochs": 2, "lr": 0.1, "batch-size": 16,
             "deployment-nodes": 3, "dp": "local", "noise-multiplier": 1.0,
             "clip-norm": 1.0, "fraction-evaluate": 1.0, "population": 20}  # fmt: skip

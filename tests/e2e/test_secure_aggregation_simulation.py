@@ -16,7 +16,8 @@ from common.models import build_model
 from tests.helpers import TINY_ITEMS, launch_run, metrics_rows, write_cycle_log
 
 # 20 users, 3 per client: 7 clients of 33 or 22 examples (unequal FedAvg weights).
-SECURE_RUN = {"model": "lstm", "dim": 8, "max-len": 10, "dropout": 0.0, "num-server-rounds": 1,
+SECURE_RUN = {"model": "lstm", "dim": 8, "layers": 1,
+              "max-len": 10, "dropout": 0.0, "num-server-rounds": 1,
               "fraction-train": 1.0, "local-epochs": 10, "lr": 0.1, "batch-size": 16,
               "partition-mode": "cross-silo", "users-per-client": 3,
               "secagg-max-weight": 40.0}  # fmt: skip

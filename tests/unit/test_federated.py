@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi
 
 from common.data.partitioning import load_partition, load_split
 from common.evaluation.scoring import evaluate_model
-from common.federation.config import FederatedConfig
+from common.federation.config import FederatedConfig, config_of_run, results_dir_of_run
 from common.federation.messages import load_arrays, model_to_arrays
 from common.federation.metrics import evaluation_sums, metrics_from_sums, sum_metric_records
 from common.federation.strategies import build_strategy
@@ -27,6 +28,45 @@ def test_config_defaults_match_the_app_run_config() -> None:
     defaults = pyproject["tool"]["flwr"]["app"]["config"]
     assert FederatedConfig.from_run_config(defaults).to_run_config() == defaults
     assert FederatedConfig().to_run_config() == defaults
+
+
+def app_run_config_defaults() -> dict[str, object]:
+    """``[tool.flwr.app.config]`` of pyproject.toml: the defaults `flwr run .` starts from."""
+    pyproject = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
+    return dict(pyproject["tool"]["flwr"]["app"]["config"])
+
+
+@pytest.mark.parametrize("key", list(FederatedConfig().to_run_config()))
+def test_every_run_config_default_in_pyproject_equals_the_dataclass_default(key: str) -> None:
+    defaults = app_run_config_defaults()
+
+    assert key in defaults, f"pyproject.toml lacks run-config key {key!r}"
+    assert defaults[key] == FederatedConfig().to_run_config()[key]
+
+
+@pytest.mark.parametrize("field", dataclasses.fields(ModelConfig), ids=lambda f: f.name)
+def test_every_model_option_is_a_run_config_key_with_the_model_default(
+    field: dataclasses.Field[object],
+) -> None:
+    key = "model" if field.name == "name" else field.name
+    changed = {"name": "lstm", "norm": "pre", "dropout": 0.5}.get(field.name, 3)
+
+    assert getattr(FederatedConfig(), key) == field.default
+    config = FederatedConfig.from_run_config({key.replace("_", "-"): changed})
+    assert getattr(config.model_config(), field.name) == changed
+
+
+def test_empty_results_dir_is_the_run_folder_under_flwr_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / ".flwr"))
+
+    config = config_of_run({"results-dir": ""}, run_id=123)
+
+    assert config.results_dir == str(tmp_path / ".flwr" / "results" / "run-123")
+    assert results_dir_of_run(str(tmp_path), 123) == tmp_path
+    with pytest.raises(ValueError, match="'results-dir' must be an absolute folder or empty"):
+        config_of_run({"results-dir": "runs/x"}, run_id=123)
 
 
 def test_config_rejects_unknown_keys_and_wrong_types() -> None:

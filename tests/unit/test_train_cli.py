@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.training.cli import main
+from common.federation.config import FederatedConfig
+from common.models import ModelConfig
+from common.training.cli import build_parser, configs_from, main, resolve_settings
 
 
 def tiny_log(tmp_path: Path) -> Path:
@@ -135,3 +137,11 @@ def test_cuda_without_cuda_fails_before_writing_anything(
     assert main(["--dataset", str(tiny_log(tmp_path)), "--device", "cuda", "--out", str(runs)]) == 2
     assert "device 'cuda' asked for, but CUDA is not available" in capsys.readouterr().err
     assert not runs.exists()
+
+
+def test_defaults_are_the_shared_model_config() -> None:
+    settings = resolve_settings(build_parser().parse_args([]))
+
+    model, _ = configs_from(settings)
+
+    assert model == ModelConfig() == FederatedConfig().model_config()

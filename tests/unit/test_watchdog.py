@@ -12,7 +12,7 @@ import pytest
 
 from simulations.process_tree import stop_process_group
 from simulations.watchdog import DONE, main, start_time, watch
-from tests.helpers import running, start_session_tree
+from tests.helpers import running, still_running, start_session_tree
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def test_an_end_of_input_without_done_stops_the_whole_tree(
     root, pids = tree
     stopped = watch(root.pid, io.BytesIO(b""), timeout=1.0)  # the launcher died
     assert stopped
-    assert [pid for pid in pids if running(pid)] == []
+    assert still_running(pids) == []
 
 
 def test_a_launcher_that_said_done_leaves_everything_to_itself(
