@@ -12,7 +12,7 @@ import pytest
 
 from simulations.process_tree import stop_process_group
 from simulations.watchdog import DONE, main, start_time, watch
-from tests.helpers import running, still_running, start_session_tree
+from tests.helpers import running, start_session_tree, still_running
 
 
 @pytest.fixture
