@@ -29,12 +29,11 @@ from common.data.partitioning import ClientPartition, load_split
 from common.federation.app_logging import configure_app_logging
 from common.federation.compression import UPDATE_BYTES_KEY, encode_update
 from common.federation.config import FederatedConfig
-from common.federation.messages import WEIGHT_KEY, load_arrays, model_to_arrays
+from common.federation.messages import POPULATION_KEY, WEIGHT_KEY, load_arrays, model_to_arrays
 from common.federation.metrics import evaluation_sums
 from common.federation.node_partition import client_partition
 from common.models import SequenceRecommender, build_model
-from common.privacy.accounting import rdp_epsilon
-from common.privacy.ledger import PrivacyLedger, epsilon_after
+from common.privacy.ledger import BudgetExceededError, PrivacyLedger, check_budget
 from common.training.cohort import train_cohort
 from common.training.dp_sgd import train_local_dp
 from common.training.local import round_seed, train_local
@@ -116,13 +115,16 @@ def _train_private(
 ) -> Message:
     """DP-SGD with this client's accountant history; refuse when the budget is spent."""
     windows = partition.training_windows(config.max_len, config.n_gap_buckets)
-    privacy = ClientPrivacy.from_context(config, context, partition.partition_id)
+    population = _settings(msg).get(POPULATION_KEY)  # ledger (14.4): users protected
+    privacy = ClientPrivacy.from_context(config, context, partition.partition_id, population)
     plan = plan_round(config, windows, privacy)
     ledger = PrivacyLedger(privacy.ledger)
     history = load_history(context, ledger, privacy.who)
     who = privacy.who
-    if plan.budget and epsilon_after(history, plan.release, plan.delta) > plan.budget.epsilon:
-        return refusal(msg, who, rdp_epsilon(history, plan.delta), plan.budget)
+    try:  # ledger (15.2): the one budget check
+        check_budget(who, history, plan.release, plan.delta, plan.budget)
+    except BudgetExceededError as error:
+        return refusal(msg, error)
     seed = round_seed(config.seed, server_round, _seed_identity(config, partition))
     loss, release = train_local_dp(
         model, windows, epochs=config.local_epochs, batch_size=config.batch_size, lr=config.lr,
@@ -131,8 +133,8 @@ def _train_private(
     )  # fmt: skip
     if (release.sampling_rate, release.steps) != (plan.release.sampling_rate, plan.release.steps):
         raise RuntimeError(f"{who}: trained {release}, but planned {plan.release}")
-    entry = record(ledger, plan, history, who=who, run_id=str(msg.metadata.run_id),
-                   server_round=server_round, clip_norm=config.clip_norm)  # fmt: skip
+    entry = record(ledger, privacy, plan, history, server_round=server_round,
+                   clip_norm=config.clip_norm)  # fmt: skip
     save_history(context, [*history, plan.release])
     sent = encode_update(
         model_to_arrays(model), msg.content.array_records["arrays"], config.update_compression

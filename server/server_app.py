@@ -16,7 +16,7 @@ from common.data.partitioning import load_split
 from common.federation.app_logging import configure_app_logging
 from common.federation.checkpoints import ItemId, dataset_item_ids, load_initial_checkpoint
 from common.federation.config import FederatedConfig
-from common.federation.messages import model_to_arrays
+from common.federation.messages import POPULATION_KEY, model_to_arrays
 from common.federation.strategies import build_strategy
 from common.models import SequenceRecommender, build_model
 from common.training.local import round_seed
@@ -26,7 +26,7 @@ from server.node_errors import ErrorRecordingGrid
 from server.run_recorder import RunRecorder, record_failure
 from server.secure_aggregation import run_secure_aggregation
 from server.update_decoding import with_update_decoding
-from server.user_level_privacy import PrivacyBudgetSpent, UserLevelPrivacy
+from server.user_level_privacy import PrivacyBudgetSpent, UserLevelPrivacy, carry_ledger_forward
 
 logger = logging.getLogger("fedseqrec.server")
 
@@ -115,7 +115,14 @@ def run_federation(
             grid=grid,
             initial_arrays=model_to_arrays(model),
             num_rounds=config.num_server_rounds,
-            train_config=ConfigRecord({"stage": "train", "round-offset": offset, **catalogue}),
+            train_config=ConfigRecord(  # ledger (14.4): POPULATION_KEY, delta's users protected
+                {
+                    "stage": "train",
+                    "round-offset": offset,
+                    POPULATION_KEY: split.n_users,
+                    **catalogue,
+                }
+            ),
             evaluate_config=ConfigRecord({"stage": "valid", **catalogue}),
             evaluate_fn=recorder.evaluate,
         )
@@ -141,6 +148,8 @@ def continue_from_checkpoint(
         return 0
     start = load_initial_checkpoint(config.initial_checkpoint, config.model_config(), item_ids)
     model.load_state_dict(start.state_dict)
+    # ledger (14.6): the server ledger carries the earlier runs' releases forward
+    carry_ledger_forward(Path(config.initial_checkpoint), start.ledger, Path(config.results_dir))
     random.seed(round_seed(config.seed, start.round, 0))
     logger.info("continuing from %s (round %d)", config.initial_checkpoint, start.round)
     return start.round

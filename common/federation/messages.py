@@ -7,6 +7,7 @@ import torch
 from flwr.app import Array, ArrayRecord
 
 WEIGHT_KEY = "num-examples"
+POPULATION_KEY = "population"  # train config: users protected, for delta (ledger, 14.4)
 
 
 def model_to_arrays(model: torch.nn.Module) -> ArrayRecord:

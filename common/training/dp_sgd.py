@@ -14,7 +14,6 @@ release; this module only trains and reports what it released.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -24,17 +23,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from common.data.features import TrainingWindows
 from common.models import SequenceRecommender
+from common.privacy.accounting import Release
 from common.training.centralized import trimmed_batch
 from common.training.clipping import clipped_gradient_sum
-
-
-@dataclass(frozen=True)
-class LocalRelease:
-    """What one local training call released: Gaussian noise, sampling rate, steps."""
-
-    noise_multiplier: float
-    sampling_rate: float
-    steps: int
 
 
 def steps_per_epoch(windows: TrainingWindows, batch_size: int) -> int:
@@ -67,7 +58,7 @@ def train_local_dp(
     noise_multiplier: float,
     clip_norm: float,
     seed: int,
-) -> tuple[float, LocalRelease]:
+) -> tuple[float, Release]:
     """DP-SGD for ``epochs`` local epochs; returns (mean loss, the release to account).
 
     Opacus samples the batches (``DPDataLoader``, Poisson) and adds the noise and the
@@ -126,4 +117,4 @@ def train_local_dp(
             steps += 1
     for param in params.values():
         param.summed_grad = None  # type: ignore[attr-defined]
-    return float(np.mean(losses)) if losses else 0.0, LocalRelease(noise_multiplier, rate, steps)
+    return float(np.mean(losses)) if losses else 0.0, Release(noise_multiplier, rate, steps)

@@ -19,9 +19,10 @@ def test_first_round_of_a_run_starts_from_the_nodes_earlier_releases(tmp_path: P
     ledger = PrivacyLedger(tmp_path / "ledger.jsonl")
     earlier = [Release(1.1, 0.25, 8), Release(1.1, 0.25, 8)]
     for round_, release in enumerate(earlier, start=1):
-        ledger.record_release("node-a", release, delta=1e-3, run_id="last-week", round=round_,
+        ledger.record_release("node-a", release, delta=1e-3, population=100, run_id="last-week", round=round_,
                               unit="user", mechanism="dp-sgd", clip_norm=1.0)  # fmt: skip
-    ledger.record_release("node-b", Release(2.0, 0.5, 1), delta=1e-3, run_id="last-week",
+    ledger.record_release("node-b", Release(2.0, 0.5, 1), delta=1e-3, population=100,
+                          run_id="last-week",
                           round=1, unit="user", mechanism="dp-sgd", clip_norm=1.0)  # fmt: skip
     context = fresh_context()
 
