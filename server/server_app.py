@@ -93,7 +93,7 @@ def run_federation(
     )
     strategy: Strategy = with_update_decoding(flower_strategy, config.update_compression)
     privacy = (
-        UserLevelPrivacy.from_config(config, split.n_users, results_dir)
+        UserLevelPrivacy.from_config(config, split.n_users, results_dir, round_offset=offset)
         if config.dp == "user"
         else None
     )

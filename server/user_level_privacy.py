@@ -64,6 +64,7 @@ class UserLevelPrivacy:
     ledger: PrivacyLedger
     population: int
     randomness: str = OS_ENTROPY
+    round_offset: int = 0  # a continued run's rounds are numbered after its checkpoint's
 
     @classmethod
     def from_config(
@@ -73,11 +74,13 @@ class UserLevelPrivacy:
         results_dir: Path,
         *,
         insecure_reproducible_noise: bool | None = None,
+        round_offset: int = 0,
     ) -> UserLevelPrivacy:
         """Resolve delta, noise and budget from the run config.
 
         ``insecure_reproducible_noise`` (default: the run config's
-        ``insecure-reproducible-noise``) marks every release as not private in the ledger.
+        ``insecure-reproducible-noise``) marks every release as not private in the ledger;
+        ``round_offset`` is the round of the checkpoint a continued run started from.
         """
         delta = resolve_delta(config.delta, n_users)
         rate = config.fraction_train
@@ -98,7 +101,7 @@ class UserLevelPrivacy:
         randomness = INSECURE_REPRODUCIBLE if insecure_reproducible_noise else OS_ENTROPY
         privacy = cls(
             results_dir.name, noise, config.clip_norm, rate, delta, budget, ledger, n_users,
-            randomness,
+            randomness, round_offset,
         )  # fmt: skip
         logger.info(
             "user-level DP: noise multiplier %.4f, clip %g, q %.5f, delta %.3g, budget %s",
@@ -122,7 +125,7 @@ class UserLevelPrivacy:
             check_budget(SERVER, history, self.release, self.delta, self.budget)
         except BudgetExceededError as error:
             raise PrivacyBudgetSpent(
-                f"round {server_round} would exceed the privacy budget: {error}"
+                f"round {self.round_offset + server_round} would exceed the privacy budget: {error}"
             ) from None
 
     def record_round(self, server_round: int) -> float:
@@ -135,7 +138,7 @@ class UserLevelPrivacy:
             budget=self.budget,
             randomness=self.randomness,
             run_id=self.run_id,
-            round=server_round,
+            round=self.round_offset + server_round,
             unit="user",
             mechanism="dp-fedavg",
             clip_norm=self.clip_norm,
