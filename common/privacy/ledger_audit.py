@@ -108,6 +108,7 @@ class AuditReport:
     parties: list[PartyAudit]
     skipped_lines: int
     failures: list[str]
+    notes: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:

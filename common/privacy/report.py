@@ -60,6 +60,7 @@ def render(report: AuditReport) -> str:
     lines.append(f"{entries} entries from {len(report.parties)} parties")
     if report.skipped_lines:
         lines.append(f"{report.skipped_lines} record(s) cut short by a crash were skipped")
+    lines.extend(f"Note: {note}" for note in report.notes)
     for statement in guarantees(report):
         epsilon = statement["epsilon"]
         parties = statement["parties"]
@@ -159,6 +160,7 @@ def report_dict(report: AuditReport) -> dict[str, Any]:
             "pld_over_rdp": agreement(report),
             "parties": parties,
             "failures": report.failures,
+            "notes": report.notes,
         }
     )
 

@@ -9,6 +9,9 @@ record the ledger heads at each release (:mod:`common.privacy.ledger_heads`) and
   but not in the ledger"), or a local-DP round with fewer client entries than updates;
 - an entry of another run, unless it was carried forward from the run this one
   continued (``started_from`` in the summary).
+
+A run killed before its summary was written is checked against what it left (its
+``config.json``, metrics and checkpoints), with a note saying so.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from common.privacy.ledger_audit import SERVER, AuditReport, audit_ledgers, find
 from common.privacy.ledger_heads import LEDGER_FOLDER, SERVER_LEDGER, check_head
 
 SUMMARY = "summary.json"
+CONFIG = "config.json"
 METRICS = "metrics.csv"
 CLIENTS_LEDGER = "clients.jsonl"
 
@@ -34,6 +38,11 @@ def audit_path(path: Path) -> AuditReport:
     report = audit_ledgers(find_ledgers(path))
     if path.is_dir() and (path / LEDGER_FOLDER).is_dir():
         report.failures.extend(run_failures(path))
+        if not (path / SUMMARY).is_file():
+            report.notes.append(
+                f"{path / SUMMARY} is missing (the run did not finish): the ledger was checked "
+                f"against its metrics and checkpoints only"
+            )
     return report
 
 
@@ -49,10 +58,13 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def run_failures(run: Path) -> list[str]:
     """Everything in which the run folder and its ledgers disagree."""
-    if not (run / SUMMARY).is_file():
-        return [f"{run / SUMMARY} is missing: the ledger cannot be tied to what the run released"]
-    summary = _read_json(run / SUMMARY)
-    failures = _summary_head_failures(run, summary)
+    finished = (run / SUMMARY).is_file()
+    summary = _read_json(run / SUMMARY) if finished else {}
+    if not isinstance(summary.get("config"), dict) and (run / CONFIG).is_file():
+        summary["config"] = _read_json(run / CONFIG).get("run_config")
+    if not finished and summary.get("config") is None:
+        return [f"{run / SUMMARY} and {CONFIG} are missing: the ledger cannot be tied to the run"]
+    failures = _summary_head_failures(run, summary) if finished else []
     failures += _checkpoint_failures(run)
     failures += _run_id_failures(run, summary)
     failures += _released_round_failures(run, summary)

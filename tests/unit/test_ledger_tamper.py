@@ -123,6 +123,18 @@ def strip_checkpoint_head(run: Path) -> None:
     torch.save(raw, run / "checkpoint.pt")
 
 
+def kill_before_summary(run: Path) -> None:
+    """What a run killed before it finished leaves: config.json, no summary.json."""
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "config.json").write_text(json.dumps({"run_config": summary["config"]}))
+    (run / "summary.json").unlink()
+
+
+def cut_tail_of_killed_run(run: Path) -> None:
+    kill_before_summary(run)
+    drop(4)(run)
+
+
 def delete_ledger(run: Path) -> None:
     (run / "ledger" / "server.jsonl").unlink()
 
@@ -156,6 +168,11 @@ CORPUS: dict[str, tuple[Edit, str]] = {
     "summary of another run": (edit_summary(run_id="run-b"), "neither this run's ('run-b')"),
     "removed checkpoint head": (strip_checkpoint_head, "checkpoint.pt records no ledger head"),
     "deleted server ledger": (delete_ledger, "no ledger found"),
+    "tail cut, summary deleted": (cut_tail_of_killed_run, "round 4 released but not in the"),
+    "summary and config deleted": (
+        lambda run: (run / "summary.json").unlink(),
+        "summary.json and config.json are missing",
+    ),
 }
 
 
@@ -195,3 +212,15 @@ def test_insecure_reproducible_noise_is_never_certified(
     assert {e.randomness for e in read_ledger(run / "ledger" / "server.jsonl")} == {
         "insecure-reproducible"
     }
+
+
+def test_a_run_killed_before_its_summary_passes_with_a_note(
+    honest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / honest.name
+    shutil.copytree(honest, run)
+    kill_before_summary(run)
+    code = main([str(run)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "summary.json is missing (the run did not finish)" in out
