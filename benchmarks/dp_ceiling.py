@@ -58,7 +58,7 @@ from common.data.partitioning import load_split
 from common.data.sequences import LeaveOneOutSplit
 from common.evaluation.scoring import evaluate_scorer, evaluation_mode, flatten_metrics
 from common.models import ModelConfig, build_model
-from common.privacy.accounting import noise_for_target_epsilon
+from common.privacy.calibration import noise_for_target_epsilon
 from common.storage.run_folder import write_json
 from common.training.cohort import clipped_sgd_update, sampled_users
 

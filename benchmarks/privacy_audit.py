@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.privacy.accounting import Release, _unit_rdp_curve, rdp_epsilon
-from common.privacy.ledger import LedgerEntry, PrivacyLedger
+from common.privacy.accounting import Release, _unit_rdp_curve
+from common.privacy.ledger import PrivacyLedger
 from common.privacy.ledger_audit import agreement, audit_ledgers
 
 DELTA = 1e-5
@@ -32,12 +32,10 @@ ROUNDS = 30
 def write_party(ledger: PrivacyLedger, who: str, rounds: list[int], release: Release) -> None:
     """Append one party's releases with honest cumulative RDP epsilons."""
     mechanism = "dp-fedavg" if who == "server" else "dp-sgd"
-    for count, number in enumerate(rounds, start=1):
-        epsilon = rdp_epsilon([release] * count, DELTA)
-        ledger.append(
-            LedgerEntry("bench", number, who, "user", mechanism, release.noise_multiplier,
-                        release.sampling_rate, release.steps, DELTA, epsilon, "rdp", 1.0,
-                        None, time.time())
+    for count, number in enumerate(rounds):
+        ledger.record_release(
+            who, release, delta=DELTA, population=943, history=[release] * count,
+            run_id="bench", round=number, unit="user", mechanism=mechanism, clip_norm=1.0,
         )  # fmt: skip
 
 

@@ -43,6 +43,7 @@ from common.federation.messages import (
     EPSILON,
     METRICS,
     NON_FINITE,
+    POPULATION_KEY,
     PROXIMAL_MU,
     ROUND_OFFSET,
     SERVER_ROUND,
@@ -58,8 +59,7 @@ from common.federation.messages import (
 from common.federation.metrics import evaluation_sums
 from common.federation.node_partition import client_partition
 from common.models import SequenceRecommender, build_model
-from common.privacy.accounting import rdp_epsilon
-from common.privacy.ledger import PrivacyLedger, epsilon_after
+from common.privacy.ledger import BudgetExceededError, PrivacyLedger, check_budget
 from common.privacy.randomness import privacy_randomness
 from common.training.cohort import train_cohort
 from common.training.dp_sgd import train_local_dp
@@ -157,13 +157,16 @@ def _train_private(
 ) -> Message:
     """DP-SGD with this client's accountant history; refuse when the budget is spent."""
     windows = partition.training_windows(config.max_len, config.n_gap_buckets)
-    privacy = ClientPrivacy.from_context(config, context, partition.partition_id)
+    population = _settings(msg).get(POPULATION_KEY)  # users protected, for the delta rule
+    privacy = ClientPrivacy.from_context(config, context, partition.partition_id, population)
     plan = plan_round(config, windows, privacy)
     ledger = PrivacyLedger(privacy.ledger)
     history = load_history(context, ledger, privacy.who)
     who = privacy.who
-    if plan.budget and epsilon_after(history, plan.release, plan.delta) > plan.budget.epsilon:
-        return refusal(msg, who, rdp_epsilon(history, plan.delta), plan.budget)
+    try:
+        check_budget(who, history, plan.release, plan.delta, plan.budget)
+    except BudgetExceededError as error:
+        return refusal(msg, error)
     seed = round_seed(config.seed, server_round, _seed_identity(config, partition))
     randomness = privacy_randomness(config.insecure_reproducible_noise, seed, 0x0DB)
     _, release = train_local_dp(
@@ -173,8 +176,8 @@ def _train_private(
     )  # fmt: skip
     if (release.sampling_rate, release.steps) != (plan.release.sampling_rate, plan.release.steps):
         raise RuntimeError(f"{who}: trained {release}, but planned {plan.release}")
-    entry = record(ledger, plan, history, who=who, run_id=str(msg.metadata.run_id),
-                   server_round=server_round, clip_norm=config.clip_norm)  # fmt: skip
+    entry = record(ledger, privacy, plan, history, server_round=server_round,
+                   clip_norm=config.clip_norm)  # fmt: skip
     save_history(context, [*history, plan.release])
     sent = encode_update(
         model_to_arrays(model), msg.content.array_records[ARRAYS], config.update_compression

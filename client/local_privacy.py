@@ -6,24 +6,39 @@ so epsilon composes over every round the client took part in. Before a round the
 checks that one more release stays within its budget; otherwise it refuses and says so
 in an error reply (the strategy skips it, the server counts it). Each release is written
 to the ledger before the update leaves.
+
+Delta, noise, the budget check and the ledger entry come from the same code the server
+uses (:mod:`common.privacy.calibration`, :meth:`PrivacyLedger.record_release`). delta is
+at most ``1 / (10 x users protected)``, the federation's user count, which the server
+sends in the train config (``population``) or an edge node sets in its node config.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from flwr.app import ConfigRecord, Context, Error, Message
 
 from common.data.features import TrainingWindows
 from common.data.node_data import NodeDataConfig
 from common.federation.config import FederatedConfig
-from common.privacy.accounting import Release, noise_for_target_epsilon
-from common.privacy.ledger import LedgerEntry, PrivacyBudget, PrivacyLedger, epsilon_after
+from common.federation.messages import POPULATION_KEY
+from common.privacy.accounting import Release
+from common.privacy.budget import BUDGET_EXHAUSTED, BudgetExceededError
+from common.privacy.calibration import calibrate_noise, check_population, resolve_delta
+from common.privacy.ledger import (
+    INSECURE_REPRODUCIBLE,
+    OS_ENTROPY,
+    LedgerEntry,
+    PrivacyBudget,
+    PrivacyLedger,
+)
 from common.training.dp_sgd import protected_unit, sampling_rate, steps_per_epoch
 
 STATE_KEY = "privacy-history"
-BUDGET_EXHAUSTED = 4001  # Flower error code of a refusal: this client's budget is spent
 EXHAUSTED_PREFIX = "privacy budget exhausted"
 
 
@@ -71,18 +86,33 @@ class LocalPrivacyPlan:
 
 @dataclass(frozen=True)
 class ClientPrivacy:
-    """Who this client is in the ledger, where its ledger is, and its budget."""
+    """Who this client is in the ledger, where its ledger is, its budget and population."""
 
     who: str
     ledger: Path
     budget_epsilon: float
-    delta: float  # 0: 1 / (10 x this client's training windows)
+    delta: float  # 0: 1 / (10 x population)
+    population: int  # users protected: the federation's, not this node's
+    run_id: str
+    randomness: str = OS_ENTROPY
 
     @classmethod
     def from_context(
-        cls, config: FederatedConfig, context: Context, partition_id: int
+        cls,
+        config: FederatedConfig,
+        context: Context,
+        partition_id: int,
+        population: object = None,
     ) -> ClientPrivacy:
-        """An edge node's keys (its own ledger and budget), else the simulation's."""
+        """An edge node's keys (its own ledger and budget), else the simulation's.
+
+        ``population`` is the server's train-config value; without it, the node
+        config's ``population``.
+        """
+        users = check_population(_population(population, context.node_config))
+        run_id = Path(config.results_dir).name or str(context.run_id)
+        insecure = bool(getattr(config, "insecure_reproducible_noise", False))
+        randomness = INSECURE_REPRODUCIBLE if insecure else OS_ENTROPY
         if NodeDataConfig.applies_to(context.node_config):
             node = NodeDataConfig.from_node_config(context.node_config)
             return cls(
@@ -90,13 +120,31 @@ class ClientPrivacy:
                 ledger=node.ledger_path,
                 budget_epsilon=node.budget_epsilon or config.budget_epsilon,
                 delta=node.budget_delta or config.delta,
+                population=users,
+                run_id=run_id,
+                randomness=randomness,
             )
         return cls(
             who=f"client-{partition_id}",
             ledger=Path(config.results_dir) / "ledger" / "clients.jsonl",
             budget_epsilon=config.budget_epsilon,
             delta=config.delta,
+            population=users,
+            run_id=run_id,
+            randomness=randomness,
         )
+
+
+def _population(sent: object, node_config: Mapping[str, Any]) -> object:
+    """The users protected: the server's train config, else the node config."""
+    if sent is not None:
+        return sent
+    if POPULATION_KEY in node_config:
+        return node_config[POPULATION_KEY]
+    raise ValueError(
+        f"local DP needs the federation's user count for delta: the server sends "
+        f"{POPULATION_KEY!r} in the train config, or set node config {POPULATION_KEY!r}"
+    )
 
 
 def plan_round(
@@ -104,62 +152,52 @@ def plan_round(
 ) -> LocalPrivacyPlan:
     """Noise (given, or derived so that every planned round fits the target) and budget.
 
-    delta defaults to 1 / (10 x windows): a sample is a window (or a user, see
-    :func:`common.training.dp_sgd.protected_unit`), and delta must stay well below 1 / samples.
+    delta defaults to 1 / (10 x the federation's users) and may not exceed it; a sample
+    is a window (or a user, see :func:`common.training.dp_sgd.protected_unit`).
     """
-    delta = privacy.delta or 1.0 / (10 * len(windows))
-    budget_epsilon = privacy.budget_epsilon
+    delta = resolve_delta(privacy.delta, privacy.population)
     rate = sampling_rate(windows, config.batch_size)
     steps = config.local_epochs * steps_per_epoch(windows, config.batch_size)
-    noise = config.noise_multiplier
-    if noise == 0:
-        if config.target_epsilon <= 0:
-            raise ValueError("dp = 'local' needs noise-multiplier > 0 or target-epsilon > 0")
-        noise = noise_for_target_epsilon(
-            config.target_epsilon, delta, rate, steps * config.num_server_rounds
-        )
-    budget_value = budget_epsilon or config.target_epsilon
+    noise = calibrate_noise(
+        config.noise_multiplier,
+        config.target_epsilon,
+        delta=delta,
+        sampling_rate=rate,
+        planned_steps=steps * config.num_server_rounds,
+        mode="local",
+    )
+    budget_value = privacy.budget_epsilon or config.target_epsilon
     budget = PrivacyBudget(budget_value, delta) if budget_value else None
     return LocalPrivacyPlan(Release(noise, rate, steps), delta, budget, protected_unit(windows))
 
 
-def refusal(msg: Message, who: str, spent: float, budget: PrivacyBudget) -> Message:
+def refusal(msg: Message, error: BudgetExceededError) -> Message:
     """The reply of a client whose next round would exceed its budget."""
-    reason = (
-        f"{EXHAUSTED_PREFIX}: {who} has spent epsilon {spent:.4g} of {budget.epsilon:g} "
-        f"(delta {budget.delta:g}); one more round would exceed it"
-    )
+    reason = f"{EXHAUSTED_PREFIX}: {error}; one more round would exceed it"
     return Message(Error(code=BUDGET_EXHAUSTED, reason=reason), reply_to=msg)
 
 
 def record(
     ledger: PrivacyLedger,
+    privacy: ClientPrivacy,
     plan: LocalPrivacyPlan,
     history: list[Release],
     *,
-    who: str,
-    run_id: str,
     server_round: int,
     clip_norm: float,
 ) -> LedgerEntry:
     """Append this round's release (cumulative epsilon over ``history``) to the ledger."""
-    import time
-
-    entry = LedgerEntry(
-        run_id=run_id,
+    return ledger.record_release(
+        privacy.who,
+        plan.release,
+        delta=plan.delta,
+        population=privacy.population,
+        budget=plan.budget,
+        history=history,
+        randomness=privacy.randomness,
+        run_id=privacy.run_id,
         round=server_round,
-        who=who,
         unit=plan.unit,
         mechanism="dp-sgd",
-        noise_multiplier=plan.release.noise_multiplier,
-        sampling_rate=plan.release.sampling_rate,
-        steps=plan.release.steps,
-        delta=plan.delta,
-        epsilon=epsilon_after(history, plan.release, plan.delta),
-        accountant="rdp",
         clip_norm=clip_norm,
-        budget_epsilon=plan.budget.epsilon if plan.budget else None,
-        time=time.time(),
     )
-    ledger.append(entry)
-    return entry

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
 
-from client.local_privacy import BUDGET_EXHAUSTED
+from common.privacy.budget import BUDGET_EXHAUSTED
 from server.strategy_wrapper import StrategyWrapper
 from server.user_level_privacy import PrivacyBudgetSpent
 

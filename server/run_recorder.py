@@ -26,6 +26,8 @@ from common.federation.config import FederatedConfig
 from common.federation.messages import NON_FINITE, load_arrays
 from common.federation.metrics import metrics_from_sums, sum_metric_records
 from common.models import SequenceRecommender
+from common.privacy.ledger import LedgerError
+from common.privacy.ledger_heads import LEDGER_FOLDER, ledger_heads, read_started_from
 from common.storage.run_folder import MetricsCSV, write_json
 from common.training.centralized import SELECTION_METRIC
 from server.node_errors import NodeError
@@ -190,6 +192,7 @@ class RunRecorder:
             item_ids=self.item_ids,
             dataset=self.config.dataset,
             valid=valid,
+            ledger=ledger_heads(self.results_dir / LEDGER_FOLDER),
         )
         save_checkpoint(self.results_dir / name, checkpoint)
 
@@ -258,11 +261,14 @@ class RunRecorder:
             "budget_refusals": sum(self.refusals.values()),
             "privacy": privacy,
             "node_errors": [error.to_json() for error in node_errors or []],
+            "run_id": self.results_dir.name,
+            "ledger": ledger_heads(self.results_dir / LEDGER_FOLDER),
         })  # fmt: skip
         if self.config.initial_checkpoint:
             summary["started_from"] = {
                 "checkpoint": self.config.initial_checkpoint,
                 "round": self.round_offset,
+                "ledger": read_started_from(self.results_dir / LEDGER_FOLDER),
             }
         write_json(self.results_dir / "summary.json", summary)
         logger.info(
@@ -310,11 +316,14 @@ def record_failure(
     node_errors = node_errors or []
     distinct = {(e.node_id, e.reason): e for e in node_errors}
     reason = "; ".join([f"{type(error).__name__}: {error}", *map(str, distinct.values())])
-    write_json(
-        results_dir / "summary.json",
-        {
-            "status": "failed",
-            "error": reason,
-            "node_errors": [e.to_json() for e in node_errors],
-        },
-    )
+    summary: dict[str, Any] = {
+        "status": "failed",
+        "error": reason,
+        "node_errors": [e.to_json() for e in node_errors],
+        "run_id": results_dir.name,
+    }
+    try:  # what was released before the failure stays auditable
+        summary["ledger"] = ledger_heads(results_dir / LEDGER_FOLDER)
+    except LedgerError as unreadable:
+        summary["ledger_error"] = str(unreadable)
+    write_json(results_dir / "summary.json", summary)

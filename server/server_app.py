@@ -27,6 +27,7 @@ from common.federation.app_logging import configure_app_logging
 from common.federation.checkpoints import ItemId, load_initial_checkpoint
 from common.federation.config import FederatedConfig, config_of_run
 from common.federation.messages import (
+    POPULATION_KEY,
     ROUND_OFFSET,
     SERVER_ROUND,
     STAGE,
@@ -46,7 +47,7 @@ from server.run_recorder import RunRecorder, record_failure
 from server.secure_aggregation import run_secure_aggregation
 from server.server_view import ServerView, server_view
 from server.update_decoding import with_update_decoding
-from server.user_level_privacy import PrivacyBudgetSpent, UserLevelPrivacy
+from server.user_level_privacy import PrivacyBudgetSpent, UserLevelPrivacy, carry_ledger_forward
 
 logger = logging.getLogger("fedseqrec.server")
 
@@ -152,7 +153,9 @@ def run_strategy(
 ) -> None:
     """The Message API path: every mode but secure aggregation."""
     privacy = (
-        UserLevelPrivacy.from_config(config, setup.view.population, results_dir)
+        UserLevelPrivacy.from_config(
+            config, setup.view.population, results_dir, round_offset=setup.offset
+        )
         if config.dp == "user"
         else None
     )
@@ -164,7 +167,12 @@ def run_strategy(
             initial_arrays=model_to_arrays(setup.model),
             num_rounds=config.num_server_rounds,
             train_config=ConfigRecord(
-                {STAGE: TRAIN_STAGE, ROUND_OFFSET: setup.offset, **setup.catalogue}
+                {
+                    STAGE: TRAIN_STAGE,
+                    ROUND_OFFSET: setup.offset,
+                    POPULATION_KEY: setup.view.population,  # users protected: delta's rule
+                    **setup.catalogue,
+                }
             ),
             evaluate_config=ConfigRecord({STAGE: VALID_STAGE, **setup.catalogue}),
             evaluate_fn=setup.recorder.evaluate,
@@ -196,6 +204,8 @@ def continue_from_checkpoint(
         return 0
     start = load_initial_checkpoint(config.initial_checkpoint, config.model_config(), item_ids)
     model.load_state_dict(start.state_dict)
+    # the server ledger carries the earlier runs' releases forward: epsilon covers them all
+    carry_ledger_forward(Path(config.initial_checkpoint), start.ledger, Path(config.results_dir))
     random.seed(round_seed(config.seed, start.round, 0))
     logger.info("continuing from %s (round %d)", config.initial_checkpoint, start.round)
     return start.round

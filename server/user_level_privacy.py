@@ -7,33 +7,48 @@ the sum before dividing by the expected number of users. One round is therefore 
 subsampled Gaussian mechanism on users (add/remove one user's whole data), accounted as
 ``Release(noise_multiplier, q, steps=1)`` and composed over rounds.
 
-The noise multiplier is either given or derived so that all planned rounds fit the
-target epsilon. Before each round the server checks that one more release stays within
-the budget and stops the run otherwise; each release is written to the run's ledger
-(``<results>/ledger/server.jsonl``) before the privatized model leaves the server.
+Delta and the noise multiplier come from :mod:`common.privacy.calibration` (delta at most
+``1 / (10 x users)``), the budget check and the ledger entry from
+:mod:`common.privacy.ledger`, the same code a node's DP-SGD uses. Before each round the
+server checks that one more release stays within the budget and stops the run
+otherwise; each release is written to the run's ledger (``<results>/ledger/server.jsonl``)
+before the privatized model leaves the server. A run continued from a checkpoint starts
+that ledger with the earlier run's entries (:func:`carry_ledger_forward`), so its epsilon
+and budget cover every run of the model.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from common.federation.config import FederatedConfig
-from common.privacy.accounting import Release, noise_for_target_epsilon
-from common.privacy.ledger import PrivacyBudget, PrivacyLedger, would_exceed
+from common.privacy.accounting import Release
+from common.privacy.calibration import calibrate_noise, resolve_delta
+from common.privacy.ledger import (
+    INSECURE_REPRODUCIBLE,
+    OS_ENTROPY,
+    BudgetExceededError,
+    PrivacyBudget,
+    PrivacyLedger,
+    check_budget,
+)
+from common.privacy.ledger_heads import (
+    LEDGER_FOLDER,
+    SERVER_LEDGER,
+    carry_forward,
+    write_started_from,
+)
 
 logger = logging.getLogger("fedseqrec.server")
 SERVER = "server"
 
 
-class PrivacyBudgetSpent(RuntimeError):
+class PrivacyBudgetSpent(BudgetExceededError):
     """The next round would exceed the run's privacy budget: the run stops before it."""
-
-
-def default_delta(n_users: int) -> float:
-    """delta = 1 / (10 n): well below 1 / n, the level at which one user may leak."""
-    return 1.0 / (10 * n_users)
 
 
 @dataclass
@@ -47,26 +62,47 @@ class UserLevelPrivacy:
     delta: float
     budget: PrivacyBudget | None
     ledger: PrivacyLedger
+    population: int
+    randomness: str = OS_ENTROPY
+    round_offset: int = 0  # a continued run's rounds are numbered after its checkpoint's
 
     @classmethod
     def from_config(
-        cls, config: FederatedConfig, n_users: int, results_dir: Path
+        cls,
+        config: FederatedConfig,
+        n_users: int,
+        results_dir: Path,
+        *,
+        insecure_reproducible_noise: bool | None = None,
+        round_offset: int = 0,
     ) -> UserLevelPrivacy:
-        """Resolve delta, noise and budget from the run config."""
-        delta = config.delta or default_delta(n_users)
-        if delta >= 1.0 / n_users:
-            raise ValueError(f"delta {delta:g} must be below 1 / number of users ({1 / n_users:g})")
+        """Resolve delta, noise and budget from the run config.
+
+        ``insecure_reproducible_noise`` (default: the run config's
+        ``insecure-reproducible-noise``) marks every release as not private in the ledger;
+        ``round_offset`` is the round of the checkpoint a continued run started from.
+        """
+        delta = resolve_delta(config.delta, n_users)
         rate = config.fraction_train
-        noise = config.noise_multiplier
-        if noise == 0:
-            if config.target_epsilon <= 0:
-                raise ValueError("dp = 'user' needs noise-multiplier > 0 or target-epsilon > 0")
-            noise = noise_for_target_epsilon(
-                config.target_epsilon, delta, rate, config.num_server_rounds
-            )
+        noise = calibrate_noise(
+            config.noise_multiplier,
+            config.target_epsilon,
+            delta=delta,
+            sampling_rate=rate,
+            planned_steps=config.num_server_rounds,
+            mode="user",
+        )
         budget = PrivacyBudget(config.target_epsilon, delta) if config.target_epsilon else None
-        ledger = PrivacyLedger(results_dir / "ledger" / f"{SERVER}.jsonl")
-        privacy = cls(results_dir.name, noise, config.clip_norm, rate, delta, budget, ledger)
+        ledger = PrivacyLedger(results_dir / LEDGER_FOLDER / SERVER_LEDGER)
+        if insecure_reproducible_noise is None:  # the key lands with the secure-noise work
+            insecure_reproducible_noise = bool(
+                getattr(config, "insecure_reproducible_noise", False)
+            )
+        randomness = INSECURE_REPRODUCIBLE if insecure_reproducible_noise else OS_ENTROPY
+        privacy = cls(
+            results_dir.name, noise, config.clip_norm, rate, delta, budget, ledger, n_users,
+            randomness, round_offset,
+        )  # fmt: skip
         logger.info(
             "user-level DP: noise multiplier %.4f, clip %g, q %.5f, delta %.3g, budget %s",
             noise,
@@ -84,11 +120,13 @@ class UserLevelPrivacy:
 
     def check_round(self, server_round: int) -> None:
         """Stop before a round whose release would exceed the budget."""
-        if self.budget and would_exceed(self.budget, self.ledger.releases(SERVER), self.release):
+        history = self.ledger.releases(SERVER)
+        try:
+            check_budget(SERVER, history, self.release, self.delta, self.budget)
+        except BudgetExceededError as error:
             raise PrivacyBudgetSpent(
-                f"round {server_round} would exceed the privacy budget "
-                f"(epsilon {self.budget.epsilon:g}, delta {self.budget.delta:g})"
-            )
+                f"round {self.round_offset + server_round} would exceed the privacy budget: {error}"
+            ) from None
 
     def record_round(self, server_round: int) -> float:
         """Append this round's release to the ledger (before the model leaves); epsilon."""
@@ -96,9 +134,11 @@ class UserLevelPrivacy:
             SERVER,
             self.release,
             delta=self.delta,
+            population=self.population,
             budget=self.budget,
+            randomness=self.randomness,
             run_id=self.run_id,
-            round=server_round,
+            round=self.round_offset + server_round,
             unit="user",
             mechanism="dp-fedavg",
             clip_norm=self.clip_norm,
@@ -120,9 +160,41 @@ class UserLevelPrivacy:
             "clip_norm": self.clip_norm,
             "sampling_rate": self.sampling_rate,
             "delta": self.delta,
+            "population": self.population,
+            "randomness": self.randomness,
             "epsilon": self.spent(),
             "rounds_accounted": len(self.ledger.releases(SERVER)),
             "budget_epsilon": self.budget.epsilon if self.budget else None,
             "accountant": "rdp (opacus)",
             "ledger": str(self.ledger.path),
         }
+
+
+def carry_ledger_forward(
+    checkpoint: Path, recorded_heads: Mapping[str, Any], results_dir: Path
+) -> dict[str, Any] | None:
+    """Start this run's server ledger with the one ``checkpoint``'s run released under.
+
+    The earlier run's ledger is read from ``<checkpoint folder>/ledger/server.jsonl``; a
+    checkpoint that recorded server releases without that ledger beside it is refused
+    (its epsilon would silently restart at 0). Returns the started-from record, which
+    is also written to ``ledger/started-from.json``; None when there is nothing to carry.
+    """
+    source = checkpoint.parent / LEDGER_FOLDER / SERVER_LEDGER
+    recorded = recorded_heads.get(SERVER_LEDGER)
+    if not source.is_file():
+        if recorded and recorded.get("entries"):
+            raise ValueError(
+                f"initial-checkpoint {checkpoint}: released after {recorded['entries']} "
+                f"server ledger entries, but {source} is missing; copy the earlier run's "
+                f"ledger folder beside the checkpoint so its privacy spend carries forward"
+            )
+        return None
+    folder = results_dir / LEDGER_FOLDER
+    record = {
+        "checkpoint": str(checkpoint),
+        **carry_forward(source, folder / SERVER_LEDGER, recorded),
+    }
+    write_started_from(folder, record)
+    logger.info("server ledger continues %s: %d entries", source, record["entries"])
+    return record

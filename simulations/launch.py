@@ -194,10 +194,10 @@ def privacy_report(results_dir: Path) -> None:
     The report also goes to ``audit.json`` in the run folder; a failed audit fails the
     launch, because the epsilon the run printed would then not be supported.
     """
-    from common.privacy.ledger_audit import audit_ledgers, find_ledgers
     from common.privacy.report import render, report_dict
+    from common.privacy.run_audit import audit_path
 
-    report = audit_ledgers(find_ledgers(results_dir))
+    report = audit_path(results_dir)  # cross-checked with the run folder
     write_json(results_dir / AUDIT_FILE, report_dict(report))
     print(render(report))
     if not report.passed:

@@ -136,3 +136,62 @@ def metrics_rows(run: Path) -> list[dict[str, str]]:
     """The rows of a run folder's metrics.csv."""
     with (run / "metrics.csv").open(newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def user_dp_run(
+    folder: Path,
+    click_log: Path,
+    rounds: int = 4,
+    *,
+    initial_checkpoint: Path | None = None,
+    insecure: bool = False,
+    target_epsilon: float = 0.0,
+) -> Path:
+    """A user-level DP run folder written by the real server code, without Flower.
+
+    :class:`UserLevelPrivacy` checks and records each round, :class:`RunRecorder` writes
+    metrics, checkpoints (with ledger heads) and the summary; a run continued from
+    ``initial_checkpoint`` first carries the earlier server ledger forward, as
+    ``server_app.continue_from_checkpoint`` does.
+    """
+    import torch
+    from flwr.app import MetricRecord, RecordDict
+
+    from common.data.partitioning import load_split
+    from common.federation.checkpoints import load_checkpoint
+    from common.federation.config import FederatedConfig
+    from common.federation.messages import model_to_arrays
+    from common.models import build_model
+    from server.run_recorder import RunRecorder
+    from server.user_level_privacy import UserLevelPrivacy, carry_ledger_forward
+
+    config = FederatedConfig(
+        dataset=str(click_log), model="lstm", dim=8, max_len=6, num_server_rounds=rounds,
+        partition_mode="cohort", dp="user", noise_multiplier=0.0 if target_epsilon else 1.0,
+        target_epsilon=target_epsilon, fraction_train=0.5, results_dir=str(folder),
+        initial_checkpoint=str(initial_checkpoint or ""),
+    )  # fmt: skip
+    split = load_split(config.dataset)
+    torch.manual_seed(0)
+    model = build_model(config.model_config(), split.n_items)
+    offset = 0
+    if initial_checkpoint is not None:
+        start = load_checkpoint(initial_checkpoint)
+        offset = start.round
+        carry_ledger_forward(initial_checkpoint, start.ledger, folder)
+    privacy = UserLevelPrivacy.from_config(
+        config, split.n_users, folder, insecure_reproducible_noise=insecure, round_offset=offset
+    )
+    recorder = RunRecorder(folder, model, split, config, 10, round_offset=offset)
+    arrays = model_to_arrays(model)
+    recorder.evaluate(0, arrays)
+    reply = RecordDict(
+        {"metrics": MetricRecord({"train_loss": 1.0, "num-examples": 10, "clients": 5})}
+    )
+    for server_round in range(1, rounds + 1):
+        privacy.check_round(server_round)
+        privacy.record_round(server_round)
+        recorder.aggregate_train([reply], "num-examples")
+        recorder.evaluate(server_round, arrays)
+    recorder.finish(privacy=privacy.summary())
+    return folder

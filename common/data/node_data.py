@@ -36,7 +36,7 @@ from common.data.sequences import SequenceDataset, build_sequences, leave_one_ou
 logger = logging.getLogger("fedseqrec.node")
 
 DATA_PATH_KEY = "data-path"
-NODE_KEYS = (DATA_PATH_KEY, "budget-epsilon", "budget-delta", "ledger-path")
+NODE_KEYS = (DATA_PATH_KEY, "budget-epsilon", "budget-delta", "ledger-path", "population")
 LEDGER_FILENAME = "ledger.jsonl"
 
 

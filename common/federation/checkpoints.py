@@ -10,7 +10,9 @@ A checkpoint file (``torch.save``, readable with ``weights_only=True``) is a dic
 - ``item_ids``: the catalogue, original item ids in model-index order (index ``i`` is
   ``item_ids[i - 1]``),
 - ``dataset``: name or path of the data set the catalogue came from,
-- ``valid``: validation metrics of these weights (empty when not evaluated).
+- ``valid``: validation metrics of these weights (empty when not evaluated),
+- ``ledger``: the run's privacy ledger heads when these weights left (entry count and
+  last hash per file, :mod:`common.privacy.ledger_heads`; empty without a ledger).
 
 So a device can rebuild the model and map its own item ids without the server or the
 data set. Older checkpoints (``{round, state_dict}`` from the federated server,
@@ -53,6 +55,7 @@ class Checkpoint:
     item_ids: Sequence[ItemId]
     dataset: str
     valid: Mapping[str, float] = field(default_factory=dict)
+    ledger: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def n_items(self) -> int:
@@ -76,6 +79,7 @@ class Checkpoint:
             "item_ids": list(self.item_ids),
             "dataset": self.dataset,
             "valid": {key: float(value) for key, value in self.valid.items()},
+            "ledger": {name: dict(head) for name, head in self.ledger.items()},
         }
 
 
@@ -111,6 +115,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
             item_ids=list(raw["item_ids"]),
             dataset=str(raw.get("dataset", "")),
             valid=dict(raw.get("valid", {})),
+            ledger=dict(raw.get("ledger", {})),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: malformed checkpoint ({error})") from None

@@ -23,6 +23,7 @@ TEST_STAGE = "test"
 SERVER_ROUND = "server-round"  # set by Flower's strategies
 ROUND_OFFSET = "round-offset"  # rounds of the checkpoint this run continues from
 PROXIMAL_MU = "proximal-mu"  # set by Flower's FedProx
+POPULATION_KEY = "population"  # users the federation protects (public), for delta
 
 # Keys of a reply's MetricRecord (sums: the server adds them up over replies).
 WEIGHT_KEY = "num-examples"  # the example count Flower's strategies weight by

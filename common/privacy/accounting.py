@@ -135,30 +135,6 @@ def rdp_epsilon(releases: Sequence[Release], delta: float) -> float:
     return epsilon_from_rdp(np.sum([rdp_curve(r) for r in releases], axis=0), delta)
 
 
-def noise_for_target_epsilon(
-    target_epsilon: float, delta: float, sampling_rate: float, steps: int
-) -> float:
-    """Smallest noise multiplier (within 1% of epsilon) whose RDP epsilon is <= target."""
-    from opacus.accountants.utils import get_noise_multiplier
-
-    if not math.isfinite(number_or_nan(target_epsilon)) or target_epsilon <= 0:
-        raise ValueError(f"target_epsilon must be a positive number, got {target_epsilon}")
-    _check_delta(delta)
-    Release(1.0, sampling_rate, steps)  # validates sampling_rate and steps
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return float(
-            get_noise_multiplier(
-                target_epsilon=target_epsilon,
-                target_delta=delta,
-                sample_rate=sampling_rate,
-                steps=steps,
-                accountant="rdp",
-                epsilon_tolerance=0.01 * target_epsilon,
-            )
-        )
-
-
 class PldComposer:
     """Composes releases' privacy loss distributions, caching each distinct release.
 

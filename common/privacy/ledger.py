@@ -1,9 +1,13 @@
-"""The privacy ledger: an append-only JSON-lines record of every DP release, and budgets.
+"""The privacy ledger: an append-only, hash-chained JSON-lines record of every DP release.
 
 Every party that releases something computed from private data (the server's noisy
 aggregate, a node's DP-SGD update) appends one :class:`LedgerEntry` per release *before*
-the release leaves, with the cumulative epsilon of all its releases so far. Appends are
-one ``os.write`` on an ``O_APPEND`` descriptor followed by ``fsync``, so several
+the release leaves, with the cumulative epsilon of all its releases so far. Each entry
+carries the SHA-256 of the line before it (``prev_hash``; the first one chains to
+:data:`GENESIS`), so an edited, deleted, duplicated or reordered line breaks the chain,
+and a run's summary and checkpoints record the head hash and entry count at release
+(:mod:`common.privacy.ledger_chain`), so a cut tail shows too. Appends hold an exclusive
+``flock`` while they read the head and write one line, then ``fsync``: any number of
 processes can share a file and a crash never loses a release that left. A run folder
 keeps its ledgers in ``<run>/ledger/*.jsonl``; a deployed node keeps ``ledger.jsonl``.
 """
@@ -11,6 +15,8 @@ keeps its ledgers in ``<run>/ledger/*.jsonl``; a deployed node keeps ``ledger.js
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import hashlib
 import json
 import logging
 import math
@@ -21,30 +27,65 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.privacy.accounting import Release, number_or_nan, rdp_epsilon
+from common.privacy.accounting import Release, number_or_nan
+from common.privacy.budget import (
+    BudgetExceededError,
+    PrivacyBudget,
+    check_budget,
+    epsilon_after,
+    would_exceed,
+)
+from common.privacy.calibration import check_delta, check_population
+
+__all__ = [  # the budget names are re-exported: callers record and check in one place
+    "BudgetExceededError",
+    "LedgerEntry",
+    "LedgerError",
+    "PrivacyBudget",
+    "PrivacyLedger",
+    "check_budget",
+    "epsilon_after",
+    "read_ledger",
+    "read_ledger_file",
+    "would_exceed",
+]
 
 logger = logging.getLogger("fedseqrec.privacy")
 
 UNITS = ("user", "window")
 MECHANISMS = ("dp-sgd", "dp-fedavg")
 ACCOUNTANTS = ("rdp",)
+OS_ENTROPY = "os-entropy"
+INSECURE_REPRODUCIBLE = "insecure-reproducible"
+RANDOMNESS = (OS_ENTROPY, INSECURE_REPRODUCIBLE)
+GENESIS = "0" * 64  # what the first entry of every ledger chains to
 
 
 class LedgerError(ValueError):
     """A ledger cannot be read; the message names the file, the line and the field."""
 
 
-class BudgetExceededError(RuntimeError):
-    """A release was refused because it would take its party past its budget."""
-
-
 def _field_error(name: str, expected: str, value: object) -> ValueError:
     return ValueError(f"field '{name}' must be {expected}, got {value!r}")
 
 
+def line_hash(line: bytes) -> str:
+    """SHA-256 of one ledger line as stored (without its newline): the chain's link."""
+    return hashlib.sha256(line).hexdigest()
+
+
+def _is_hash(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and set(value) <= set("0123456789abcdef")
+
+
 @dataclass(frozen=True)
 class LedgerEntry:
-    """One release by one party (``who``: "server" or a node id) in one round."""
+    """One release by one party (``who``: "server" or a node id) in one round.
+
+    ``population`` is the number of users protected (delta must stay at most
+    ``1 / (10 x population)``); ``randomness`` says where the mechanism's noise and
+    sampling came from; ``prev_hash`` links the entry to the line before it.
+    """
 
     run_id: str
     round: int
@@ -60,13 +101,21 @@ class LedgerEntry:
     clip_norm: float
     budget_epsilon: float | None
     time: float
+    population: int
+    randomness: str = OS_ENTROPY
+    prev_hash: str = GENESIS
 
     def __post_init__(self) -> None:
         for name in ("run_id", "who"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
                 raise _field_error(name, "a non-empty string", value)
-        choices = {"unit": UNITS, "mechanism": MECHANISMS, "accountant": ACCOUNTANTS}
+        choices = {
+            "unit": UNITS,
+            "mechanism": MECHANISMS,
+            "accountant": ACCOUNTANTS,
+            "randomness": RANDOMNESS,
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise _field_error(name, "one of " + ", ".join(allowed), getattr(self, name))
@@ -74,6 +123,7 @@ class LedgerEntry:
             raise _field_error("round", "an integer >= 0", self.round)
         try:
             self.release()
+            check_population(self.population)
         except ValueError as error:
             raise ValueError(f"field {error}") from None
         if not 0.0 < number_or_nan(self.delta) < 1.0:
@@ -87,6 +137,8 @@ class LedgerEntry:
             raise _field_error("budget_epsilon", "a positive number or null", budget)
         if not math.isfinite(number_or_nan(self.time)):
             raise _field_error("time", "unix seconds", self.time)
+        if not _is_hash(self.prev_hash):
+            raise _field_error("prev_hash", "64 lowercase hex digits (SHA-256)", self.prev_hash)
 
     def release(self) -> Release:
         """This entry's mechanism parameters as a :class:`Release`."""
@@ -132,12 +184,19 @@ def _is_truncated(text: str) -> bool:
 
 @dataclass(frozen=True)
 class LedgerFile:
-    """A ledger file as read: its entries, their line numbers, truncated lines skipped."""
+    """A ledger file as read: entries, their line numbers and hashes, cut lines skipped."""
 
     path: Path
     entries: list[LedgerEntry]
     line_numbers: list[int]
     skipped: int
+    hashes: list[str] = dataclasses.field(default_factory=list)
+    lines: list[bytes] = dataclasses.field(default_factory=list)
+
+    @property
+    def head(self) -> str:
+        """Hash of the last entry (the chain's head), :data:`GENESIS` when empty."""
+        return self.hashes[-1] if self.hashes else GENESIS
 
 
 def read_ledger(path: Path) -> list[LedgerEntry]:
@@ -152,70 +211,111 @@ def read_ledger(path: Path) -> list[LedgerEntry]:
 
 
 def read_ledger_file(path: Path) -> LedgerFile:
-    """Like :func:`read_ledger`, keeping line numbers and the count of skipped lines."""
+    """Like :func:`read_ledger`, keeping line numbers, hashes and raw lines."""
     try:
         raw = Path(path).read_bytes()
     except FileNotFoundError:
         raise LedgerError(f"{path}: ledger file not found") from None
     except IsADirectoryError:
         raise LedgerError(f"{path}: a folder, not a ledger file") from None
-    entries: list[LedgerEntry] = []
-    numbers: list[int] = []
+    ledger = LedgerFile(Path(path), [], [], 0)
     skipped = 0
     chunks = raw.split(b"\n")
     for number, chunk in enumerate(chunks, start=1):
-        last = number == len(chunks)
-        try:
-            line = chunk.decode("utf-8")
-        except UnicodeDecodeError:
-            if not last:
-                raise LedgerError(f"{path}, line {number}: not UTF-8 text") from None
-            line = chunk.decode("utf-8", errors="replace")
-        if not line.strip():
+        entry = _parse_line(path, number, chunk, last=number == len(chunks))
+        if entry is None:
+            skipped += bool(chunk.strip())
             continue
-        try:
-            entry = entry_from_json(line)
-        except json.JSONDecodeError as error:
-            if not _is_truncated(line):
-                raise LedgerError(f"{path}, line {number}: not JSON ({error.msg})") from None
-            logger.warning("%s, line %d: skipped a record cut short by a crash", path, number)
-            skipped += 1
-            continue
-        except (TypeError, ValueError) as error:
-            raise LedgerError(f"{path}, line {number}: {error}") from None
-        entries.append(entry)
-        numbers.append(number)
-    return LedgerFile(Path(path), entries, numbers, skipped)
+        ledger.entries.append(entry)
+        ledger.line_numbers.append(number)
+        ledger.hashes.append(line_hash(chunk))
+        ledger.lines.append(chunk)
+    return dataclasses.replace(ledger, skipped=skipped)
+
+
+def _parse_line(path: Path, number: int, chunk: bytes, *, last: bool) -> LedgerEntry | None:
+    """One line's entry; None for a blank line or a record cut short by a crash."""
+    try:
+        line = chunk.decode("utf-8")
+    except UnicodeDecodeError:
+        if not last:
+            raise LedgerError(f"{path}, line {number}: not UTF-8 text") from None
+        line = chunk.decode("utf-8", errors="replace")
+    if not line.strip():
+        return None
+    try:
+        return entry_from_json(line)
+    except json.JSONDecodeError as error:
+        if not _is_truncated(line):
+            raise LedgerError(f"{path}, line {number}: not JSON ({error.msg})") from None
+        logger.warning("%s, line %d: skipped a record cut short by a crash", path, number)
+        return None
+    except (TypeError, ValueError) as error:
+        raise LedgerError(f"{path}, line {number}: {error}") from None
+
+
+def _is_record(line: bytes) -> bool:
+    """Whether a line holds a whole JSON object (a record), not a cut one."""
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def _tail_head(descriptor: int) -> tuple[str, bool]:
+    """Hash of the file's last record, and whether the file ends mid-line.
+
+    Reads backwards from the end in growing blocks, so an append costs the same at
+    any ledger size.
+    """
+    size = os.fstat(descriptor).st_size
+    if size == 0:
+        return GENESIS, False
+    mid_line = os.pread(descriptor, 1, size - 1) != b"\n"
+    block = 8192
+    while True:
+        start = max(0, size - block)
+        lines = os.pread(descriptor, size - start, start).split(b"\n")
+        complete = lines if start == 0 else lines[1:]  # the first may be cut by the block
+        for line in reversed(complete):
+            if line.strip() and _is_record(line):
+                return line_hash(line), mid_line
+        if start == 0:
+            return GENESIS, mid_line
+        block *= 4
 
 
 class PrivacyLedger:
-    """An append-only ledger file shared safely by any number of processes."""
+    """An append-only, hash-chained ledger file shared safely by any number of processes."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
-    def append(self, entry: LedgerEntry) -> None:
-        """Write one line with a single ``os.write`` (O_APPEND), then fsync it.
+    def append(self, entry: LedgerEntry) -> LedgerEntry:
+        """Chain ``entry`` to the file's head and write it durably; returns it as written.
 
-        If the file ends with a line cut short by a crash, a newline goes first so that
-        the new record starts a line of its own.
+        Under an exclusive ``flock``: read the head, write one line (a newline first if
+        the file ends with a line cut short by a crash), ``fsync``.
         """
-        payload = (entry.to_json() + "\n").encode("utf-8")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         created = not self.path.exists()
         descriptor = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            size = os.fstat(descriptor).st_size
-            if size and os.pread(descriptor, 1, size - 1) != b"\n":
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            head, mid_line = _tail_head(descriptor)
+            chained = dataclasses.replace(entry, prev_hash=head)
+            payload = (chained.to_json() + "\n").encode("utf-8")
+            if mid_line:
                 payload = b"\n" + payload
             written = os.write(descriptor, payload)
             if written != len(payload):
                 raise OSError(f"{self.path}: short write ({written} of {len(payload)} bytes)")
             os.fsync(descriptor)
         finally:
-            os.close(descriptor)
+            os.close(descriptor)  # releases the lock
         if created:
             _fsync_folder(self.path.parent)
+        return chained
 
     def entries(self) -> list[LedgerEntry]:
         """Every entry so far (none when the file does not exist yet)."""
@@ -231,23 +331,24 @@ class PrivacyLedger:
         release: Release,
         *,
         delta: float,
+        population: int,
         budget: PrivacyBudget | None = None,
+        history: Sequence[Release] | None = None,
+        randomness: str = OS_ENTROPY,
         **fields: Any,
     ) -> LedgerEntry:
-        """Account, check the budget and append one release; call before it leaves.
+        """Account, check delta and the budget, append one release; call before it leaves.
 
-        ``fields`` are the other :class:`LedgerEntry` fields (run_id, round, unit,
-        mechanism, clip_norm). Raises :class:`BudgetExceededError`, writing nothing, when
-        the release would take ``who`` past ``budget``.
+        The one way any party records a release. ``history`` is the party's releases so
+        far (default: its entries in this ledger); ``fields`` are the other
+        :class:`LedgerEntry` fields (run_id, round, unit, mechanism, clip_norm). Raises
+        :class:`~common.privacy.calibration.DeltaError` or :class:`BudgetExceededError`,
+        writing nothing, when delta is too large for ``population`` or the release would
+        take ``who`` past ``budget``.
         """
-        if budget is not None and budget.delta != delta:
-            raise ValueError(f"delta {delta:g} differs from the budget's delta {budget.delta:g}")
-        epsilon = epsilon_after(self.releases(who), release, delta)
-        if budget is not None and epsilon > budget.epsilon:
-            raise BudgetExceededError(
-                f"{who}: this release would bring epsilon to {epsilon:.4g}, "
-                f"over the budget of {budget.epsilon:g} (delta {budget.delta:g})"
-            )
+        check_delta(delta, population)
+        past = self.releases(who) if history is None else list(history)
+        epsilon = check_budget(who, past, release, delta, budget)
         entry = LedgerEntry(
             who=who,
             noise_multiplier=release.noise_multiplier,
@@ -258,10 +359,11 @@ class PrivacyLedger:
             accountant="rdp",
             budget_epsilon=budget.epsilon if budget else None,
             time=time.time(),
+            population=population,
+            randomness=randomness,
             **fields,
         )
-        self.append(entry)
-        return entry
+        return self.append(entry)
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -271,27 +373,3 @@ def _fsync_folder(folder: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
-
-
-@dataclass(frozen=True)
-class PrivacyBudget:
-    """The most a party may spend: (epsilon, delta)-DP over all its releases."""
-
-    epsilon: float
-    delta: float
-
-    def __post_init__(self) -> None:
-        if not 0 < number_or_nan(self.epsilon) < math.inf:
-            raise ValueError(f"budget epsilon must be a positive number, got {self.epsilon!r}")
-        if not 0.0 < number_or_nan(self.delta) < 1.0:
-            raise ValueError(f"budget delta must be in (0, 1), got {self.delta!r}")
-
-
-def epsilon_after(history: Sequence[Release], next_release: Release, delta: float) -> float:
-    """Cumulative RDP epsilon if ``next_release`` followed ``history``."""
-    return rdp_epsilon([*history, next_release], delta)
-
-
-def would_exceed(budget: PrivacyBudget, history: Sequence[Release], next_release: Release) -> bool:
-    """Whether ``next_release`` would take a party with ``history`` past ``budget``."""
-    return epsilon_after(history, next_release, budget.delta) > budget.epsilon

@@ -1,12 +1,18 @@
-"""Audit of privacy ledgers: recompute every recorded epsilon, check budgets, state guarantees.
+"""Audit of privacy ledgers: recompute every recorded epsilon, check chains, state guarantees.
 
-For every party (``who``) the audit replays its releases in ledger order and, after each
-entry, recomputes the cumulative epsilon twice: with the recorded accountant (RDP, from
-the recorded parameters) and with an independent one (PLD, ``dp_accounting``). An entry
-fails when the recorded epsilon is not the RDP value (relative tolerance), when it is
-below the PLD value (the recorded guarantee is not supported), or when it exceeds the
-entry's budget. Parties are replayed in sorted order of their histories, so a prefix
-shared by many parties (identical rounds) is composed once.
+Each ledger file must be one unbroken hash chain (no line edited, deleted, duplicated
+or reordered). For every party (``who``) the audit replays its releases in ledger order
+and, after each entry, recomputes the cumulative epsilon twice: with the recorded
+accountant (RDP, from the recorded parameters) and with an independent one (PLD,
+``dp_accounting``). The check is one-sided: an entry fails when its recorded epsilon is
+below either by any amount (beyond float rounding), when it exceeds its budget, when
+its delta exceeds ``1 / (10 x population)``, or when its rounds repeat or go backwards
+(and, for the server, skip one). An overstated epsilon is conservative and passes; the
+guarantee printed is the larger of recorded and recomputed. Any release made with
+insecure reproducible noise fails the audit: such a run is NOT PRIVATE. Parties are
+replayed in sorted order of their histories, so a prefix shared by many parties
+(identical rounds) is composed once. The cross-checks against a run folder's summary,
+metrics and checkpoints are in :mod:`common.privacy.run_audit`.
 """
 
 from __future__ import annotations
@@ -21,15 +27,21 @@ from typing import Any
 import numpy as np
 
 from common.privacy.accounting import PldComposer, Release, epsilon_from_rdp, rdp_curve
+from common.privacy.calibration import delta_problem
 from common.privacy.ledger import (
+    GENESIS,
+    INSECURE_REPRODUCIBLE,
     LedgerEntry,
     LedgerError,
+    LedgerFile,
     PrivacyBudget,
     read_ledger_file,
     would_exceed,
 )
 
 SERVER = "server"
+FLOAT_SLACK = 1e-9  # relative: the same RDP sums in another order, nothing more
+NOT_PRIVATE = "NOT PRIVATE"
 NEIGHBOURS = {
     "user": "adding or removing one user's whole interaction sequence",
     "window": "adding or removing one training window (an input subsequence and its target)",
@@ -56,6 +68,11 @@ class CheckedEntry:
     entry: LedgerEntry
     rdp_epsilon: float
     pld_epsilon: float
+
+    @property
+    def spent(self) -> float:
+        """The epsilon the audit vouches for: the larger of recorded and recomputed."""
+        return max(self.entry.epsilon, self.rdp_epsilon)
 
 
 @dataclass
@@ -88,15 +105,20 @@ class AuditReport:
     """Everything the audit found; ``passed`` when there is no failure."""
 
     ledgers: list[str]
-    tolerance: float
     parties: list[PartyAudit]
     skipped_lines: int
     failures: list[str]
+    notes: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
         """Whether every recorded epsilon was confirmed and every budget kept."""
         return not self.failures
+
+    @property
+    def not_private(self) -> bool:
+        """Whether some release used insecure reproducible noise (never certified)."""
+        return any(failure.startswith(NOT_PRIVATE) for failure in self.failures)
 
 
 def find_ledgers(path: Path) -> list[Path]:
@@ -113,13 +135,38 @@ def find_ledgers(path: Path) -> list[Path]:
     return found
 
 
-def _read_parties(paths: list[Path]) -> tuple[dict[str, list[tuple[str, LedgerEntry]]], int]:
-    """Entries grouped by party, each party's in append order; and lines skipped."""
+def chain_failures(ledger: LedgerFile) -> list[str]:
+    """Where a ledger file's hash chain breaks: edited, deleted, duplicated, reordered lines."""
+    failures: list[str] = []
+    seen: dict[str, int] = {}
+    for index, (entry, number, digest) in enumerate(
+        zip(ledger.entries, ledger.line_numbers, ledger.hashes, strict=True)
+    ):
+        where = f"{ledger.path}, line {number}"
+        expected = ledger.hashes[index - 1] if index else GENESIS
+        if digest in seen:
+            failures.append(f"{where}: entry {index + 1} duplicated (same as entry {seen[digest]})")
+        elif entry.prev_hash != expected:
+            previous = f"entry {index}" if index else "the genesis value (the start was cut)"
+            failures.append(
+                f"{where}: entry {index + 1} does not chain to {previous}: a line was "
+                f"edited, removed or moved"
+            )
+        seen.setdefault(digest, index + 1)
+    return failures
+
+
+def _read_parties(
+    paths: list[Path],
+) -> tuple[dict[str, list[tuple[str, LedgerEntry]]], int, list[str]]:
+    """Entries grouped by party, each party's in append order; lines skipped; chain breaks."""
     located: dict[str, list[tuple[float, int, int, str, LedgerEntry]]] = defaultdict(list)
     skipped = 0
+    broken: list[str] = []
     for index, path in enumerate(paths):
         ledger = read_ledger_file(path)
         skipped += ledger.skipped
+        broken.extend(chain_failures(ledger))
         for number, entry in zip(ledger.line_numbers, ledger.entries, strict=True):
             source = f"{path}, line {number}"
             located[entry.who].append((entry.time, index, number, source, entry))
@@ -130,7 +177,7 @@ def _read_parties(paths: list[Path]) -> tuple[dict[str, list[tuple[str, LedgerEn
         if len({index for _, index, _, _, _ in items}) > 1:  # merge files by time
             items.sort(key=lambda item: item[:3])
         parties[who] = [(source, entry) for *_, source, entry in items]
-    return parties, skipped
+    return parties, skipped, broken
 
 
 @dataclass
@@ -178,30 +225,54 @@ def _history_key(items: list[tuple[str, LedgerEntry]]) -> list[tuple[float, floa
     return [(e.noise_multiplier, e.sampling_rate, e.steps) for _, e in items]
 
 
-def _entry_failures(item: CheckedEntry, tolerance: float) -> list[str]:
-    """What is wrong with one entry, in words naming where it is."""
+def _entry_failures(item: CheckedEntry) -> list[str]:
+    """What is wrong with one entry, in words naming where it is (one-sided checks)."""
     entry, recorded = item.entry, item.entry.epsilon
     where = f"{item.source}: {entry.who} round {entry.round}"
     failures = []
-    if not math.isclose(recorded, item.rdp_epsilon, rel_tol=tolerance):
+    if recorded < item.rdp_epsilon * (1 - FLOAT_SLACK):
         failures.append(
-            f"{where}: recorded epsilon {recorded:.6g} but RDP recomputes "
-            f"{item.rdp_epsilon:.6g} from the recorded parameters (tolerance {tolerance:.2%})"
+            f"{where}: recorded epsilon {recorded:.6g} is below the {item.rdp_epsilon:.6g} "
+            f"RDP recomputes from the recorded parameters: the epsilon is understated"
         )
-    if recorded < item.pld_epsilon * (1 - tolerance):
+    if recorded < item.pld_epsilon * (1 - FLOAT_SLACK):
         failures.append(
             f"{where}: recorded epsilon {recorded:.6g} is below the independent PLD epsilon "
             f"{item.pld_epsilon:.6g}: the recorded guarantee is not supported"
         )
     budget = entry.budget_epsilon
-    spent = max(recorded, item.rdp_epsilon)
-    if budget is not None and spent > budget * (1 + 1e-9):
-        failures.append(f"{where}: epsilon {spent:.6g} exceeds the budget {budget:g}")
+    if budget is not None and item.spent > budget * (1 + FLOAT_SLACK):
+        failures.append(f"{where}: epsilon {item.spent:.6g} exceeds the budget {budget:g}")
+    problem = delta_problem(entry.delta, entry.population)
+    if problem:
+        failures.append(f"{where}: {problem}, the users protected")
+    return failures
+
+
+def _round_failures(party: PartyAudit) -> list[str]:
+    """Rounds per run: unique and increasing; the server's also contiguous."""
+    failures = []
+    last: dict[str, CheckedEntry] = {}
+    for item in party.checked:
+        entry, before = item.entry, last.get(item.entry.run_id)
+        last[entry.run_id] = item
+        if before is None:
+            continue
+        where = f"{item.source}: {party.who}"
+        if entry.round == before.entry.round:
+            failures.append(f"{where} round {entry.round} recorded twice (run {entry.run_id})")
+        elif entry.round < before.entry.round:
+            failures.append(f"{where} round {entry.round} after round {before.entry.round}")
+        elif party.who == SERVER and entry.round > before.entry.round + 1:
+            failures.append(
+                f"{where} rounds jump from {before.entry.round} to {entry.round}: round "
+                f"{before.entry.round + 1} is not in the ledger"
+            )
     return failures
 
 
 def _party_failures(party: PartyAudit) -> list[str]:
-    """A party must keep one neighbouring relation and one mechanism: else no guarantee."""
+    """One neighbouring relation and mechanism per party, rounds in order, secure noise."""
     failures = []
     for name in ("unit", "mechanism"):
         values = sorted({getattr(item.entry, name) for item in party.checked})
@@ -210,17 +281,23 @@ def _party_failures(party: PartyAudit) -> list[str]:
                 f"{party.who}: entries mix {name}s {' and '.join(values)}; one guarantee "
                 f"cannot cover them"
             )
+    failures.extend(_round_failures(party))
+    insecure = [item for item in party.checked if item.entry.randomness == INSECURE_REPRODUCIBLE]
+    if insecure:
+        failures.append(
+            f"{NOT_PRIVATE}: {len(insecure)} release(s) of {party.who} (first {insecure[0].source})"
+            f" used insecure-reproducible noise, a test setting anyone with the seed can "
+            f"subtract; no guarantee holds"
+        )
     return failures
 
 
-def audit_ledgers(paths: list[Path], tolerance: float = 0.01) -> AuditReport:
+def audit_ledgers(paths: list[Path]) -> AuditReport:
     """Replay and check every entry of the given ledger files."""
-    if not 0 <= tolerance < 1:
-        raise ValueError(f"tolerance must be in [0, 1), got {tolerance}")
-    grouped, skipped = _read_parties(paths)
+    grouped, skipped, failures = _read_parties(paths)
     replay = _Replay()
     order = sorted(grouped, key=lambda who: _history_key(grouped[who]))
-    parties, failures = [], []
+    parties = []
     for who in order:
         items = grouped[who]
         history = [entry.release() for _, entry in items]
@@ -229,11 +306,11 @@ def audit_ledgers(paths: list[Path], tolerance: float = 0.01) -> AuditReport:
         for (source, entry), (rdp, pld) in zip(items, epsilons, strict=True):
             checked = CheckedEntry(source, entry, rdp, pld)
             party.checked.append(checked)
-            failures.extend(_entry_failures(checked, tolerance))
+            failures.extend(_entry_failures(checked))
         failures.extend(_party_failures(party))
         parties.append(party)
     parties.sort(key=lambda party: (party.who != SERVER, party.who))
-    return AuditReport([str(p) for p in paths], tolerance, parties, skipped, failures)
+    return AuditReport([str(p) for p in paths], parties, skipped, failures)
 
 
 def _summary(values: list[float]) -> dict[str, float]:
@@ -247,7 +324,7 @@ def guarantees(report: AuditReport) -> list[dict[str, Any]]:
         groups[(party.last.entry.mechanism, party.last.entry.unit)].append(party)
     statements = []
     for (mechanism, unit), parties in sorted(groups.items()):
-        finals = [party.last.entry.epsilon for party in parties]
+        finals = [party.last.spent for party in parties]
         statements.append(
             {
                 "mechanism": mechanism,
@@ -270,7 +347,7 @@ def client_distribution(report: AuditReport) -> dict[str, Any]:
         return {"count": 0}
     return {
         "count": len(clients),
-        "epsilon": _summary([party.last.entry.epsilon for party in clients]),
+        "epsilon": _summary([party.last.spent for party in clients]),
         "pld_epsilon": _summary([party.last.pld_epsilon for party in clients]),
         "with_budget": sum(party.last.entry.budget_epsilon is not None for party in clients),
         "at_budget": sum(party.at_budget() for party in clients),

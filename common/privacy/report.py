@@ -1,10 +1,14 @@
 """``fedseqrec-audit``: check a run's privacy ledgers and state the guarantee in plain words.
 
-    python -m common.privacy.report results/<run-id> [--tolerance 0.01] [--json report.json]
+    python -m common.privacy.report results/<run-id> [--json report.json]
 
-Exit status: 0 when every recorded epsilon is confirmed and every budget kept, 1 when the
-audit found a problem (each printed with its file, line, party and round), 2 when the
-ledgers cannot be read (one line on stderr).
+A run folder is cross-checked with its summary, metrics and checkpoints
+(:mod:`common.privacy.run_audit`). Exit status: 0 when every chain holds, every recorded
+epsilon is confirmed (none below its recomputed value), every delta fits the population,
+every budget is kept and every released round is ledgered; 1 when the audit found a
+problem (each printed as one sentence with its file and line) or a release was made with
+insecure reproducible noise ("NOT PRIVATE"); 2 when the ledgers cannot be read (one line
+on stderr naming the file, line and field).
 """
 
 from __future__ import annotations
@@ -21,13 +25,15 @@ from common.privacy.ledger_audit import (
     SERVER,
     AuditReport,
     agreement,
-    audit_ledgers,
     client_distribution,
-    find_ledgers,
     guarantees,
 )
+from common.privacy.run_audit import audit_path
 
-PASSED = "PASSED: every recorded epsilon matches RDP, none is below PLD, no budget is exceeded."
+PASSED = (
+    "PASSED: every chain holds, no recorded epsilon is below RDP or PLD, every delta fits "
+    "the population, no budget is exceeded."
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,12 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fedseqrec-audit", description="Recompute and explain a run's privacy ledger."
     )
     parser.add_argument("path", type=Path, help="run folder, node folder or ledger .jsonl file")
-    parser.add_argument(
-        "--tolerance",
-        type=float,
-        default=0.01,
-        help="relative difference allowed between recorded and recomputed epsilon (0.01)",
-    )
     parser.add_argument("--json", type=Path, help="also write the report to this JSON file")
     return parser
 
@@ -60,6 +60,7 @@ def render(report: AuditReport) -> str:
     lines.append(f"{entries} entries from {len(report.parties)} parties")
     if report.skipped_lines:
         lines.append(f"{report.skipped_lines} record(s) cut short by a crash were skipped")
+    lines.extend(f"Note: {note}" for note in report.notes)
     for statement in guarantees(report):
         epsilon = statement["epsilon"]
         parties = statement["parties"]
@@ -90,6 +91,8 @@ def render(report: AuditReport) -> str:
     if report.passed:
         lines.append(PASSED)
     else:
+        if report.not_private:
+            lines.append("NOT PRIVATE: this run used insecure reproducible noise; not certified.")
         lines.append(f"FAILED: {len(report.failures)} problem(s)")
         lines.extend(f"  {failure}" for failure in report.failures)
     return "\n".join(lines)
@@ -137,7 +140,8 @@ def report_dict(report: AuditReport) -> dict[str, Any]:
             "unit": party.last.entry.unit,
             "mechanism": party.last.entry.mechanism,
             "delta": party.last.entry.delta,
-            "epsilon": party.last.entry.epsilon,
+            "epsilon": party.last.spent,
+            "recorded_epsilon": party.last.entry.epsilon,
             "rdp_epsilon": party.last.rdp_epsilon,
             "pld_epsilon": party.last.pld_epsilon,
             "budget_epsilon": party.last.entry.budget_epsilon,
@@ -148,14 +152,15 @@ def report_dict(report: AuditReport) -> dict[str, Any]:
     return _jsonable(
         {
             "passed": report.passed,
+            "not_private": report.not_private,
             "ledgers": report.ledgers,
-            "tolerance": report.tolerance,
             "skipped_lines": report.skipped_lines,
             "guarantees": guarantees(report),
             "clients": client_distribution(report),
             "pld_over_rdp": agreement(report),
             "parties": parties,
             "failures": report.failures,
+            "notes": report.notes,
         }
     )
 
@@ -165,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        report = audit_ledgers(find_ledgers(args.path), args.tolerance)
-    except (LedgerError, ValueError) as error:
+        report = audit_path(args.path)
+    except (LedgerError, ValueError, OSError) as error:
         print(f"fedseqrec-audit: error: {error}", file=sys.stderr)
         return 2
     if args.json is not None:

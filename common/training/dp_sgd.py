@@ -17,25 +17,16 @@ release; this module only trains and reports what it released.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from common.data.features import TrainingWindows
 from common.models import SequenceRecommender
+from common.privacy.accounting import Release
 from common.privacy.randomness import PrivacyRandomness
 from common.training.centralized import trimmed_batch
 from common.training.clipping import clipped_gradient_sum
-
-
-@dataclass(frozen=True)
-class LocalRelease:
-    """What one local training call released: Gaussian noise, sampling rate, steps."""
-
-    noise_multiplier: float
-    sampling_rate: float
-    steps: int
 
 
 def steps_per_epoch(windows: TrainingWindows, batch_size: int) -> int:
@@ -69,7 +60,7 @@ def train_local_dp(
     clip_norm: float,
     seed: int,
     randomness: PrivacyRandomness,
-) -> tuple[float, LocalRelease]:
+) -> tuple[float, Release]:
     """DP-SGD for ``epochs`` local epochs; returns (mean loss, the release to account).
 
     Every step Poisson-samples windows with rate ``1 / steps_per_epoch`` (as Opacus's
@@ -107,7 +98,7 @@ def train_local_dp(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             steps += 1
-    return float(np.mean(losses)) if losses else 0.0, LocalRelease(noise_multiplier, rate, steps)
+    return float(np.mean(losses)) if losses else 0.0, Release(noise_multiplier, rate, steps)
 
 
 def _clipped_sum(

@@ -52,7 +52,7 @@ def test_local_dp_composes_across_rounds_and_clients_refuse_past_their_budget(
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
     part = load_partition(str(cycle_log), 2, 0, 42)
     windows = training_windows(part.split.train, 20, n_gap_buckets=0)
-    delta = 1 / (10 * len(windows))  # both clients hold 10 one-window users
+    delta = 1 / (10 * 20)  # the federation's 20 users, not the node's 10 windows
     rate = sampling_rate(windows, 4)
     steps = int(round(1 / rate))
     one = Release(1.0, rate, steps)
@@ -74,3 +74,5 @@ def test_local_dp_composes_across_rounds_and_clients_refuse_past_their_budget(
     assert sorted(by_client) == ["client-0", "client-1"]
     for epsilons in by_client.values():  # composed over rounds, never past the budget
         assert len(epsilons) == 2 and epsilons[0] < epsilons[1] <= budget
+    assert {(e.delta, e.population, e.run_id) for e in entries} == {(delta, 20, folder.name)}
+    assert json.loads((folder / "audit.json").read_text())["passed"]  # cross-checked run

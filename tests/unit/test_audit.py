@@ -11,6 +11,7 @@ import pytest
 from common.privacy.accounting import Release, pld_epsilon, rdp_epsilon
 from common.privacy.ledger import LedgerEntry, PrivacyBudget, PrivacyLedger, read_ledger
 from common.privacy.ledger_audit import audit_ledgers, find_ledgers
+from common.privacy.ledger_heads import ledger_heads
 from common.privacy.report import main
 
 DELTA = 1e-5
@@ -29,6 +30,7 @@ def honest_run(folder: Path) -> Path:
             "round": number,
             "unit": "user",
             "clip_norm": 1.0,
+            "population": 943,
         }
         for who, release in NODES.items():
             clients.record_release(
@@ -37,6 +39,8 @@ def honest_run(folder: Path) -> Path:
         server.record_release(
             "server", Release(1.0, 0.3, 1), delta=DELTA, mechanism="dp-fedavg", **common
         )
+    summary = {"status": "completed", "run_id": "run-a", "ledger": ledger_heads(folder / "ledger")}
+    (folder / "summary.json").write_text(json.dumps(summary))
     return folder
 
 
@@ -88,6 +92,7 @@ def test_recomputed_epsilons_match_direct_accounting_of_each_prefix(tmp_path: Pa
         "unit": "window",
         "mechanism": "dp-sgd",
         "clip_norm": 1.0,
+        "population": 943,
     }
     for who, history in histories.items():
         for number, release in enumerate(history, start=1):
@@ -117,10 +122,11 @@ def test_an_epsilon_edited_lower_fails_naming_who_and_round(
     # Assert
     assert code == 1
     assert f"{clients}, line 5: node-1 round 3: recorded epsilon" in out
-    assert "but RDP recomputes" in out
+    assert "RDP recomputes from the recorded parameters: the epsilon is understated" in out
     assert "is below the independent PLD epsilon" in out
     assert "the recorded guarantee is not supported" in out
-    assert "FAILED: 2 problem(s)" in out
+    assert f"{clients}, line 6: entry 6 does not chain to entry 5" in out
+    assert "FAILED: 3 problem(s)" in out
 
 
 def test_a_noise_multiplier_edited_fails(
@@ -128,13 +134,14 @@ def test_a_noise_multiplier_edited_fails(
 ) -> None:
     # Prepare: the server's round 2 claims more noise than its epsilon was computed with
     run = honest_run(tmp_path / "run")
-    rewrite(run / "ledger" / "server.jsonl", 2, noise_multiplier=3.0)
+    rewrite(run / "ledger" / "server.jsonl", 2, noise_multiplier=0.5)
     # Execute
     code, out, _ = run_audit(run, capsys)
     # Assert
     assert code == 1
     assert "server.jsonl, line 2: server round 2: recorded epsilon" in out
-    assert "RDP recomputes" in out
+    assert "RDP recomputes from the recorded parameters: the epsilon is understated" in out
+    assert "server.jsonl, line 3: entry 3 does not chain to entry 2" in out
 
 
 def test_a_budget_violation_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -146,7 +153,7 @@ def test_a_budget_violation_fails(tmp_path: Path, capsys: pytest.CaptureFixture[
         epsilon = rdp_epsilon(history, DELTA)
         ledger.append(
             LedgerEntry("r", number, "node-7", "user", "dp-sgd", 1.0, 0.2, 10, DELTA, epsilon,
-                        "rdp", 1.0, 2.0, 0.0)
+                        "rdp", 1.0, 2.0, 0.0, 943)
         )  # fmt: skip
     # Execute
     code, out, _ = run_audit(tmp_path / "node", capsys)
@@ -160,7 +167,8 @@ def test_a_budget_violation_fails(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 def test_mixed_units_for_one_party_fail(tmp_path: Path) -> None:
     ledger = PrivacyLedger(tmp_path / "ledger.jsonl")
-    fields: dict[str, Any] = {"run_id": "r", "mechanism": "dp-sgd", "clip_norm": 1.0}
+    fields: dict[str, Any] = {"run_id": "r", "mechanism": "dp-sgd", "clip_norm": 1.0,
+                              "population": 943}  # fmt: skip
     ledger.record_release("n", Release(2.0, 0.1, 1), delta=DELTA, round=1, unit="user", **fields)
     ledger.record_release("n", Release(2.0, 0.1, 1), delta=DELTA, round=2, unit="window", **fields)
     report = audit_ledgers([ledger.path])
@@ -178,6 +186,7 @@ def test_window_unit_is_explained_with_group_privacy(
         "unit": "window",
         "mechanism": "dp-sgd",
         "clip_norm": 1.0,
+        "population": 943,
     }
     ledger.record_release("n", Release(2.0, 0.1, 5), delta=DELTA, round=1, **fields)
     code, out, _ = run_audit(ledger.path, capsys)

@@ -14,12 +14,12 @@ from opacus.accountants import RDPAccountant
 from common.privacy.accounting import (
     PLD_DISCRETIZATION,
     Release,
-    noise_for_target_epsilon,
     pld_epsilon,
     rdp_epsilon,
     rdp_state,
     releases_from_rdp_state,
 )
+from common.privacy.calibration import noise_for_target_epsilon
 
 DELTA = 1e-5
 MIXED = [Release(1.0, 0.1, 5), Release(2.0, 0.5, 3), Release(0.7, 1.0, 2)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -19,15 +20,19 @@ from hypothesis import strategies as st
 
 from common.privacy.accounting import Release, rdp_epsilon
 from common.privacy.ledger import (
+    GENESIS,
     BudgetExceededError,
     LedgerEntry,
     LedgerError,
     PrivacyBudget,
     PrivacyLedger,
     epsilon_after,
+    line_hash,
     read_ledger,
+    read_ledger_file,
     would_exceed,
 )
+from common.privacy.ledger_audit import chain_failures
 from tests.helpers import PROJECT_ROOT
 
 DELTA = 1e-5
@@ -43,7 +48,8 @@ ledger, number = PrivacyLedger(path), 0
 while count < 0 or number < count:
     ledger.append(LedgerEntry(run_id="r" + "x" * pad, round=number, who=who, unit="user",
         mechanism="dp-sgd", noise_multiplier=1.0, sampling_rate=0.1, steps=10, delta=1e-5,
-        epsilon=0.5, accountant="rdp", clip_norm=1.0, budget_epsilon=None, time=0.0))
+        epsilon=0.5, accountant="rdp", clip_norm=1.0, budget_epsilon=None, time=0.0,
+        population=943))
     number += 1
 """
 
@@ -65,6 +71,7 @@ def make_entry(who: str = "node-1", round_number: int = 1, **changes: object) ->
         "clip_norm": 1.0,
         "budget_epsilon": 3.0,
         "time": 1_700_000_000.0,
+        "population": 943,
     }
     fields.update(changes)
     return LedgerEntry(**fields)  # type: ignore[arg-type]
@@ -81,13 +88,14 @@ def test_appended_entries_read_back_in_order(tmp_path: Path) -> None:
     ledger = PrivacyLedger(tmp_path / "ledger" / "clients.jsonl")
     written = [make_entry("a", 1), make_entry("b", 1, epsilon=float("inf")), make_entry("a", 2)]
     # Execute
-    for entry in written:
-        ledger.append(entry)
+    chained = [ledger.append(entry) for entry in written]
     # Assert
-    assert ledger.entries() == written
-    assert read_ledger(ledger.path) == written
+    assert ledger.entries() == chained
+    assert [dataclasses.replace(e, prev_hash=GENESIS) for e in chained] == written
     assert ledger.releases("a") == [Release(1.1, 0.05, 20)] * 2
     assert ledger.path.read_text().count("\n") == 3
+    lines = ledger.path.read_bytes().splitlines()
+    assert [e.prev_hash for e in chained] == [GENESIS, *map(line_hash, lines[:2])]
 
 
 def test_two_processes_appending_at_once_leave_well_formed_lines(tmp_path: Path) -> None:
@@ -97,10 +105,11 @@ def test_two_processes_appending_at_once_leave_well_formed_lines(tmp_path: Path)
     writers = [_writer(path, who, 150, pad=5000) for who in ("first", "second")]
     assert [writer.wait(timeout=300) for writer in writers] == [0, 0]
     # Assert
-    entries = read_ledger(path)
-    assert len(entries) == 300
+    ledger = read_ledger_file(path)
+    assert len(ledger.entries) == 300
     for who in ("first", "second"):
-        assert [e.round for e in entries if e.who == who] == list(range(150))
+        assert [e.round for e in ledger.entries if e.who == who] == list(range(150))
+    assert chain_failures(ledger) == []  # flock: no two appends chained to the same head
 
 
 def test_a_process_killed_mid_run_leaves_a_readable_ledger(tmp_path: Path) -> None:
@@ -115,10 +124,11 @@ def test_a_process_killed_mid_run_leaves_a_readable_ledger(tmp_path: Path) -> No
     os.kill(writer.pid, signal.SIGKILL)
     writer.wait(timeout=30)
     # Assert
-    entries = read_ledger(path)
+    ledger = read_ledger_file(path)
     assert writer.returncode == -signal.SIGKILL
-    assert len(entries) >= 30
-    assert [e.round for e in entries] == list(range(len(entries)))
+    assert len(ledger.entries) >= 30
+    assert [e.round for e in ledger.entries] == list(range(len(ledger.entries)))
+    assert chain_failures(ledger) == []
 
 
 def test_a_truncated_last_line_is_skipped_and_sealed_by_the_next_append(
@@ -126,19 +136,19 @@ def test_a_truncated_last_line_is_skipped_and_sealed_by_the_next_append(
 ) -> None:
     # Prepare: a crash mid-write left half a record without its newline
     ledger = PrivacyLedger(tmp_path / "ledger.jsonl")
-    first = make_entry(round_number=1)
-    ledger.append(first)
+    first = ledger.append(make_entry(round_number=1))
     with ledger.path.open("a") as handle:
         handle.write(make_entry(round_number=2).to_json()[:57])
     # Execute
     with caplog.at_level(logging.WARNING):
         before = read_ledger(ledger.path)
-    after_crash = make_entry(round_number=2, epsilon=1.2)
-    ledger.append(after_crash)
+    after_crash = ledger.append(make_entry(round_number=2, epsilon=1.2))
     # Assert
     assert before == [first]
     assert "ledger.jsonl, line 2: skipped a record cut short by a crash" in caplog.text
     assert read_ledger(ledger.path) == [first, after_crash]
+    assert after_crash.prev_hash == line_hash(first.to_json().encode())  # chains past the cut
+    assert chain_failures(read_ledger_file(ledger.path)) == []
 
 
 def test_every_cut_of_a_record_is_recognised_as_truncated(tmp_path: Path) -> None:
@@ -201,10 +211,11 @@ def test_record_release_refuses_over_budget_and_writes_nothing(tmp_path: Path) -
         "unit": "user",
         "mechanism": "dp-sgd",
         "clip_norm": 1.0,
+        "population": 943,
     }
     # Execute
     recorded = []
-    with pytest.raises(BudgetExceededError, match="over the budget of 2"):
+    with pytest.raises(BudgetExceededError, match="n1 has spent epsilon .* of 2 "):
         for number in range(1, 100):
             recorded.append(
                 ledger.record_release(
@@ -256,6 +267,7 @@ def test_a_budgeted_client_never_exceeds_and_trains_whenever_it_can(
         "unit": "user",
         "mechanism": "dp-sgd",
         "clip_norm": 1.0,
+        "population": 943,
     }
     with tempfile.TemporaryDirectory() as folder:
         ledger = PrivacyLedger(Path(folder) / "ledger.jsonl")

@@ -77,6 +77,8 @@ def test_a_round_without_replies_fails_the_run(cycle_log: Path, tmp_path: Path) 
         "status": "failed",
         "error": "RuntimeError: round 1: no client returned a training result",
         "node_errors": [],
+        "run_id": tmp_path.name,
+        "ledger": {},  # no ledger: nothing private was released
     }
 
 
