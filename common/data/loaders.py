@@ -28,8 +28,6 @@ from common.data.ids import (
 from common.data.log_format import LogFormat
 from common.data.timestamps import timestamp_seconds
 
-__all__ = ["BUILTIN_DATASETS", "ClickLog", "DataFormatError", "LogFormat", "load_dataset"]
-
 logger = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "FEDSEQREC_DATA"
@@ -223,6 +221,18 @@ def _read_table(path: Path, separator: str) -> pd.DataFrame:
     except UnicodeDecodeError as error:
         raise DataFormatError(f"{path}: not UTF-8 text ({error.reason})") from None
     return frame.loc[~frame.isna().all(axis=1)]
+
+
+def dataset_log_format(dataset: str, columns: str = "", time_unit: str = "") -> LogFormat:
+    """Parse a column spec and time unit for ``dataset``; checked before any file is read."""
+    log_format = LogFormat.parse(columns, time_unit)
+    suffix = Path(dataset).suffix.lower()
+    if not log_format.is_default and (dataset in BUILTIN_FILES or suffix not in TABLE_SUFFIXES):
+        raise ValueError(
+            f"dataset {dataset!r}: column names and time units apply to .csv, .tsv and "
+            ".parquet logs only (built-in data sets, u.data and .txt have a fixed layout)"
+        )
+    return log_format
 
 
 def load_dataset(name_or_path: str | Path, log_format: LogFormat | None = None) -> ClickLog:

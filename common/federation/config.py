@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, get_type_hints
 
+from common.data.attributes import check_attribute_source
+from common.data.loaders import dataset_log_format
 from common.data.partitioning import PARTITION_MODES, count_partitions
 from common.federation.compression import COMPRESSIONS
 from common.federation.secure_aggregation import check_secure_aggregation
@@ -66,6 +68,10 @@ class FederatedConfig:
     secagg_max_weight: float = 10000.0
     update_compression: str = "none"
     initial_checkpoint: str = ""
+    # --- data loading (h-data): common/data/log_format.py, common/data/attributes.py ---
+    dataset_columns: str = ""  # e.g. "user=customer_id,item=product_sku,timestamp=event_time"
+    dataset_time_unit: str = ""  # numeric timestamps: s, ms, us, ns; "" / auto = detected
+    item_attributes: str = ""  # "" = none, "builtin" = the data set's own file, or a path
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -118,6 +124,7 @@ class FederatedConfig:
                 f"got {self.update_compression!r}"
             )
         self.model_config()  # validates the architecture keys
+        check_data_options(self)  # h-data: column spec, time unit, attribute source
         check_secure_aggregation(self)
         if self.update_compression != "none" and (
             self.partition_mode == "cohort" or self.secure_aggregation
@@ -167,6 +174,15 @@ class FederatedConfig:
                 raise ValueError(f"unknown run-config key {key!r}")
             values[name] = _coerce(key, value, hints[name])
         return cls(**values)
+
+
+def check_data_options(config: FederatedConfig) -> None:
+    """h-data: the data-loading keys, checked before any file is read or process started."""
+    try:
+        dataset_log_format(config.dataset, config.dataset_columns, config.dataset_time_unit)
+    except ValueError as error:
+        raise ValueError(f"dataset-columns / dataset-time-unit: {error}") from None
+    check_attribute_source(config.item_attributes, config.dataset)
 
 
 def _coerce(key: str, value: Any, kind: type) -> Any:
