@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common.data.errors import DataFormatError
+from common.data.errors import DataFormatError, parser_problem
 from common.data.ids import MAX_ID_LENGTH, natural_key, text_id_column
 from common.data.loaders import BUILTIN_FILES, builtin_path
 
@@ -183,7 +183,7 @@ def _table_pairs(path: Path) -> list[tuple[str, str, str]]:
     try:
         frame = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False, na_values=[""])
     except pd.errors.ParserError as error:
-        raise DataFormatError(f"{path}: {error}") from None
+        raise DataFormatError(f"{path}: {parser_problem(error)}") from None
     except pd.errors.EmptyDataError:
         raise DataFormatError(f"{path}: file is empty (expected header item,attribute)") from None
     except UnicodeDecodeError as error:

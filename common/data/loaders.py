@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.data.errors import DataFormatError
+from common.data.errors import DataFormatError, parser_problem
 from common.data.ids import (
     MAX_INTEGER_DIGITS,
     drop_duplicate_interactions,
@@ -88,7 +88,9 @@ def load_ml100k(path: Path | None = None) -> ClickLog:
     try:
         raw = pd.read_csv(path, sep="\t", header=None, names=fields, dtype=str)
     except pd.errors.ParserError as error:
-        raise DataFormatError(f"{path}: {error} (expected 4 tab-separated fields)") from None
+        raise DataFormatError(
+            f"{path}: {parser_problem(error)} (expected 4 tab-separated fields)"
+        ) from None
     except UnicodeDecodeError as error:
         raise DataFormatError(f"{path}: not UTF-8 text ({error.reason})") from None
     columns = {
@@ -109,25 +111,22 @@ def load_beauty(path: Path | None = None) -> ClickLog:
     _require_file(path)
     users: list[int] = []
     items: list[int] = []
-    number = 0
-    try:
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                fields = line.split()
-                if not fields:
-                    continue
-                if len(fields) < 2:
-                    raise DataFormatError(
-                        f"{path}, line {number}: a user id needs at least one item"
-                    )
-                for position, token in enumerate(fields):
-                    _check_integer_token(token, path, number, position)
-                users.extend([int(fields[0])] * (len(fields) - 1))
-                items.extend(int(token) for token in fields[1:])
-    except UnicodeDecodeError as error:
-        raise DataFormatError(
-            f"{path}, line {number + 1}: not UTF-8 text ({error.reason})"
-        ) from None
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                fields = raw.decode("utf-8").split()
+            except UnicodeDecodeError as error:
+                raise DataFormatError(
+                    f"{path}, line {number}: not UTF-8 text ({error.reason})"
+                ) from None
+            if not fields:
+                continue
+            if len(fields) < 2:
+                raise DataFormatError(f"{path}, line {number}: a user id needs at least one item")
+            for position, token in enumerate(fields):
+                _check_integer_token(token, path, number, position)
+            users.extend([int(fields[0])] * (len(fields) - 1))
+            items.extend(int(token) for token in fields[1:])
     if not users:
         raise DataFormatError(f"{path}: no interactions found")
     frame = pd.DataFrame({"user": np.asarray(users), "item": np.asarray(items)})
@@ -215,7 +214,7 @@ def _read_table(path: Path, separator: str) -> pd.DataFrame:
             skip_blank_lines=False,
         )
     except pd.errors.ParserError as error:
-        raise DataFormatError(f"{path}: {error}") from None
+        raise DataFormatError(f"{path}: {parser_problem(error)}") from None
     except pd.errors.EmptyDataError:
         raise DataFormatError(f"{path}: no header line and no interactions") from None
     except UnicodeDecodeError as error:
