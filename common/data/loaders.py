@@ -123,8 +123,10 @@ def load_beauty(path: Path | None = None) -> ClickLog:
                 continue
             if len(fields) < 2:
                 raise DataFormatError(f"{path}, line {number}: a user id needs at least one item")
-            for position, token in enumerate(fields):
-                _check_integer_token(token, path, number, position)
+            plain = raw.isascii() and "".join(fields).isdigit()  # fast path: all digits
+            if not plain or max(map(len, fields)) > MAX_INTEGER_DIGITS:
+                for position, token in enumerate(fields):
+                    _check_integer_token(token, path, number, position)
             users.extend([int(fields[0])] * (len(fields) - 1))
             items.extend(int(token) for token in fields[1:])
     if not users:
