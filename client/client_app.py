@@ -57,7 +57,7 @@ from common.federation.messages import (
     model_to_arrays,
 )
 from common.federation.metrics import evaluation_sums
-from common.federation.node_partition import client_partition
+from common.federation.node_partition import client_partition, data_source
 from common.models import SequenceRecommender, build_model
 from common.privacy.ledger import BudgetExceededError, PrivacyLedger, check_budget
 from common.privacy.randomness import privacy_randomness
@@ -201,7 +201,7 @@ def _train_cohort(
     server_round: int,
 ) -> Message:
     """Edge aggregator: reply the sum of this cohort's sampled users' updates."""
-    n_users = load_split(config.dataset).n_users
+    n_users = load_split(*data_source(config)).n_users
     update = train_cohort(model, partition, config, server_round, n_users)
     metrics = MetricRecord(
         {

@@ -94,7 +94,11 @@ class RunRecorder:
         self.split = split
         self.config = config
         self.expected_clients = expected_clients
-        self.item_ids = list(item_ids) if item_ids is not None else dataset_item_ids(config.dataset)
+        self.item_ids = (
+            list(item_ids)
+            if item_ids is not None
+            else dataset_item_ids(config.dataset, config.dataset_columns, config.dataset_time_unit)
+        )
         if split is not None and len(self.item_ids) != split.n_items:
             raise ValueError(
                 f"catalogue of {len(self.item_ids)} item ids for {split.n_items} items"

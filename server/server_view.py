@@ -17,6 +17,7 @@ from common.data.partitioning import load_split
 from common.data.sequences import LeaveOneOutSplit
 from common.federation.checkpoints import ItemId, dataset_item_ids
 from common.federation.config import FederatedConfig
+from common.federation.node_partition import data_source
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,10 @@ def server_view(config: FederatedConfig) -> ServerView:
     if config.deployment_nodes:
         catalogue = ItemCatalogue.from_file(config.catalogue)
         return ServerView(list(catalogue.item_ids), config.population, None)
-    split = load_split(config.dataset)
+    split = load_split(*data_source(config))
     if config.population not in (0, split.n_users):
         raise ValueError(
             f"population {config.population} differs from the {split.n_users} users of "
             f"{config.dataset} (leave it 0 in simulations)"
         )
-    return ServerView(dataset_item_ids(config.dataset), split.n_users, split)
+    return ServerView(dataset_item_ids(*data_source(config)), split.n_users, split)

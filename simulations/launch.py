@@ -30,6 +30,7 @@ from common.data.loaders import BUILTIN_DATASETS, DataFormatError, builtin_path
 from common.data.partitioning import load_split
 from common.federation.checkpoints import CheckpointError, dataset_item_ids, load_initial_checkpoint
 from common.federation.config import FederatedConfig
+from common.federation.node_partition import data_source
 from common.storage.run_folder import new_run_dir, plot_series, write_json
 from simulations.flower_log import stream_flwr_run
 from simulations.superlink import (
@@ -229,9 +230,9 @@ def check_inputs(config: dict[str, Any]) -> int:
     """Read the data set (and any initial checkpoint) before starting; returns its users."""
     federated = FederatedConfig.from_run_config(config)
     try:
-        n_users = load_split(federated.dataset).n_users
+        n_users = load_split(*data_source(federated)).n_users
         if federated.initial_checkpoint:  # the ServerApp checks again; fail before starting
-            item_ids = dataset_item_ids(federated.dataset)
+            item_ids = dataset_item_ids(*data_source(federated))
             load_initial_checkpoint(
                 federated.initial_checkpoint, federated.model_config(), item_ids
             )

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from common.data.loaders import ClickLog, load_dataset
+from common.data.loaders import ClickLog, dataset_log_format, load_dataset
 
 CONFIG_KEY = "item-catalogue"
 SEPARATOR = "\n"
@@ -65,12 +65,14 @@ class ItemCatalogue:
         return cls(tuple(str(item) for item in item_ids))
 
     @classmethod
-    def from_dataset(cls, dataset: str) -> ItemCatalogue:
+    def from_dataset(cls, dataset: str, columns: str = "", time_unit: str = "") -> ItemCatalogue:
         """The catalogue of the model trained on ``dataset`` (name or path).
 
         Same numbering as :func:`common.data.sequences.build_sequences`: sorted unique ids.
+        ``columns`` / ``time_unit`` as in :mod:`common.data.log_format`.
         """
-        return cls.from_ids(np.unique(load_dataset(dataset).frame["item"].to_numpy()))
+        log = load_dataset(dataset, dataset_log_format(dataset, columns, time_unit))
+        return cls.from_ids(np.unique(log.frame["item"].to_numpy()))
 
     @classmethod
     def from_file(cls, path: str | Path) -> ItemCatalogue:

@@ -12,6 +12,14 @@ Keys (kebab-case, like the run config):
 - ``budget-epsilon``, ``budget-delta`` (optional): the node's privacy budget.
 - ``ledger-path`` (optional): where the node's privacy ledger goes; default
   ``<folder of data-path>/ledger.jsonl``.
+- ``data-columns`` (optional): column names of a CSV / Parquet log, e.g.
+  ``"user=customer_id,item=product_sku,timestamp=event_time"``
+  (:mod:`common.data.log_format`).
+- ``data-time-unit`` (optional): unit of numeric timestamps, ``s``, ``ms``, ``us``, ``ns``
+  or ``auto`` (default: detected, with a warning unless seconds).
+- ``item-attributes`` (optional): the public catalogue's item attributes, a path to a
+  JSON / CSV file (:mod:`common.data.attributes`) or ``builtin`` (the file beside a
+  Beauty-style ``data-path``); default none.
 
 The node maps its item ids onto the server's catalogue (:mod:`common.data.catalogue`), drops
 the items the model does not know (logged with counts), orders each user's interactions
@@ -28,15 +36,25 @@ from typing import Any
 
 import numpy as np
 
+from common.data.attributes import ItemAttributes, load_item_attributes
 from common.data.catalogue import ItemCatalogue
-from common.data.loaders import DataFormatError, load_dataset
+from common.data.loaders import DataFormatError, LogFormat, dataset_log_format, load_dataset
 from common.data.partitioning import ClientPartition
 from common.data.sequences import SequenceDataset, build_sequences, leave_one_out_split
 
 logger = logging.getLogger("fedseqrec.node")
 
 DATA_PATH_KEY = "data-path"
-NODE_KEYS = (DATA_PATH_KEY, "budget-epsilon", "budget-delta", "ledger-path", "population")
+NODE_KEYS = (
+    DATA_PATH_KEY,
+    "budget-epsilon",
+    "budget-delta",
+    "ledger-path",
+    "data-columns",
+    "data-time-unit",
+    "item-attributes",
+    "population",
+)
 LEDGER_FILENAME = "ledger.jsonl"
 
 
@@ -48,6 +66,8 @@ class NodeDataConfig:
     ledger_path: Path
     budget_epsilon: float | None = None
     budget_delta: float | None = None
+    log_format: LogFormat = LogFormat()
+    item_attributes: str = ""
 
     def __post_init__(self) -> None:
         if self.budget_epsilon is not None and not self.budget_epsilon > 0:
@@ -77,12 +97,33 @@ class NodeDataConfig:
         ledger = node_config.get("ledger-path", str(data_path.parent / LEDGER_FILENAME))
         if not isinstance(ledger, str) or not ledger.strip():
             raise ValueError(f"node config 'ledger-path' must be a file path, got {ledger!r}")
+        try:
+            log_format = dataset_log_format(
+                str(data_path),
+                _optional_text(node_config, "data-columns"),
+                _optional_text(node_config, "data-time-unit"),
+            )
+        except ValueError as error:
+            raise ValueError(f"node config 'data-columns' / 'data-time-unit': {error}") from None
         return cls(
             data_path=data_path,
             ledger_path=Path(ledger).expanduser(),
             budget_epsilon=_optional_float(node_config, "budget-epsilon"),
             budget_delta=_optional_float(node_config, "budget-delta"),
+            log_format=log_format,
+            item_attributes=_optional_text(node_config, "item-attributes"),
         )
+
+    def load_attributes(self, catalogue: ItemCatalogue) -> ItemAttributes | None:
+        """The node's public item attributes on the server's item indices (None if unset)."""
+        return load_item_attributes(self.item_attributes, catalogue.item_ids, str(self.data_path))
+
+
+def _optional_text(node_config: Mapping[str, Any], key: str) -> str:
+    value = node_config.get(key, "")
+    if not isinstance(value, str):
+        raise ValueError(f"node config {key!r} must be a string, got {value!r}")
+    return value
 
 
 def _optional_float(node_config: Mapping[str, Any], key: str) -> float | None:
@@ -94,9 +135,11 @@ def _optional_float(node_config: Mapping[str, Any], key: str) -> float | None:
     return float(value)
 
 
-def node_sequences(data_path: Path, catalogue: ItemCatalogue) -> SequenceDataset:
+def node_sequences(
+    data_path: Path, catalogue: ItemCatalogue, log_format: LogFormat | None = None
+) -> SequenceDataset:
     """The node's sequences with items as the server model's indices (unknown items dropped)."""
-    log = load_dataset(data_path)
+    log = load_dataset(data_path, log_format)
     encoded = catalogue.encode(log)
     if encoded.dropped_interactions:
         logger.warning(
@@ -130,7 +173,7 @@ def load_node_partition(
     settings: NodeDataConfig, catalogue: ItemCatalogue, node_id: int
 ) -> ClientPartition:
     """The node's users as a client partition (``partition_id`` = Flower node id)."""
-    dataset = node_sequences(settings.data_path, catalogue)
+    dataset = node_sequences(settings.data_path, catalogue, settings.log_format)
     split = leave_one_out_split(dataset)
     logger.info(
         "%s: %d users, %d interactions mapped onto %d catalogue items",

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.data.features import TrainingWindows, training_windows
-from common.data.loaders import load_dataset
+from common.data.loaders import dataset_log_format, load_dataset
 from common.data.sequences import LeaveOneOutSplit, build_sequences, leave_one_out_split
 
 PARTITION_MODES = ("cross-device", "cross-silo", "cohort")
@@ -73,9 +73,14 @@ def partition_of(n_users: int, num_partitions: int, partition_id: int, seed: int
 
 
 @functools.lru_cache(maxsize=2)
-def load_split(dataset: str) -> LeaveOneOutSplit:
-    """Load, sequence and split a data set once per process (keyed by name or path)."""
-    return leave_one_out_split(build_sequences(load_dataset(dataset), name=dataset))
+def load_split(dataset: str, columns: str = "", time_unit: str = "") -> LeaveOneOutSplit:
+    """Load, sequence and split a data set once per process (keyed by name or path).
+
+    ``columns`` and ``time_unit`` are the run config's ``dataset-columns`` and
+    ``dataset-time-unit`` (:mod:`common.data.log_format`).
+    """
+    log = load_dataset(dataset, dataset_log_format(dataset, columns, time_unit))
+    return leave_one_out_split(build_sequences(log, name=dataset))
 
 
 def subset_split(split: LeaveOneOutSplit, users: np.ndarray) -> LeaveOneOutSplit:
@@ -106,9 +111,14 @@ class ClientPartition:
 
 
 def load_partition(
-    dataset: str, num_partitions: int, partition_id: int, seed: int
+    dataset: str,
+    num_partitions: int,
+    partition_id: int,
+    seed: int,
+    columns: str = "",
+    time_unit: str = "",
 ) -> ClientPartition:
     """The data of one client: its users' sequences and targets, nothing else."""
-    split = load_split(dataset)
+    split = load_split(dataset, columns, time_unit)
     users = partition_of(split.n_users, num_partitions, partition_id, seed)
     return ClientPartition(partition_id, users, subset_split(split, users))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.data.ids import natural_ranks
 from common.data.loaders import ClickLog, DataFormatError
 
 logger = logging.getLogger(__name__)
@@ -48,8 +49,11 @@ class SequenceDataset:
 def build_sequences(log: ClickLog, name: str | None = None) -> SequenceDataset:
     """Remap ids and order each user's interactions by (timestamp, item id).
 
-    Without timestamps the file order is the time order (stable). Users and items are
-    numbered by sorted original id, so the mapping is deterministic.
+    Times are compared at full resolution (sub-second included); equal times are broken by
+    item id in natural order (``9`` before ``10``, see :mod:`common.data.ids`). Without
+    timestamps the file order is the time order (stable). Users and items are numbered by
+    sorted original id, so the mapping is deterministic. ``timestamps`` holds whole
+    seconds (rounded down), which is what the time-gap features use.
     """
     frame = log.frame
     if frame.empty:
@@ -61,8 +65,9 @@ def build_sequences(log: ClickLog, name: str | None = None) -> SequenceDataset:
     order_keys: list[np.ndarray] = [np.arange(len(frame))]
     times: np.ndarray | None = None
     if log.has_timestamps:
-        times = frame["timestamp"].to_numpy(dtype=np.int64)
-        order_keys = [items, times]
+        exact = frame["timestamp"].to_numpy(dtype=np.float64)
+        order_keys = [natural_ranks(item_ids)[item_index], exact]
+        times = np.floor(exact).astype(np.int64)
     order = np.lexsort([*order_keys, users])  # last key is primary
     sorted_users = users[order]
     boundaries = np.flatnonzero(np.diff(sorted_users)) + 1

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.data.loaders import load_dataset
+from common.data.loaders import dataset_log_format, load_dataset
 from common.data.sequences import build_sequences
 from common.models import ModelConfig, SequenceRecommender, build_model
 from common.storage.atomic import write_atomically
@@ -83,9 +83,10 @@ class Checkpoint:
         }
 
 
-def dataset_item_ids(dataset: str) -> list[ItemId]:
+def dataset_item_ids(dataset: str, columns: str = "", time_unit: str = "") -> list[ItemId]:
     """Original item ids of a data set in model-index order (index i is ``ids[i - 1]``)."""
-    item_ids: np.ndarray = build_sequences(load_dataset(dataset), name=dataset).item_ids
+    log = load_dataset(dataset, dataset_log_format(dataset, columns, time_unit))
+    item_ids: np.ndarray = build_sequences(log, name=dataset).item_ids
     return [value if isinstance(value, str) else int(value) for value in item_ids.tolist()]
 
 

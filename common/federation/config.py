@@ -10,6 +10,8 @@ from typing import Any, get_type_hints
 
 from flwr.supercore.utils import get_flwr_home
 
+from common.data.attributes import check_attribute_source
+from common.data.loaders import dataset_log_format
 from common.data.partitioning import PARTITION_MODES, count_partitions
 from common.federation.compression import COMPRESSIONS
 from common.federation.secure_aggregation import check_secure_aggregation
@@ -78,11 +80,15 @@ class FederatedConfig:
     initial_checkpoint: str = ""
     catalogue: str = ""
     population: int = 0
+    dataset_columns: str = ""  # e.g. "user=customer_id,item=product_sku,timestamp=event_time"
+    dataset_time_unit: str = ""  # numeric timestamps: s, ms, us, ns; "" / auto = detected
+    item_attributes: str = ""  # "" = none, "builtin" = the data set's own file, or a path
 
     def __post_init__(self) -> None:
         self._check_choices()
         self._check_ranges()
         self.model_config()  # validates the architecture keys
+        check_data_options(self)
         check_secure_aggregation(self)
         self._check_mode()
         _check_deployment(self)
@@ -213,6 +219,15 @@ def config_of_run(run_config: Mapping[str, Any], run_id: int) -> FederatedConfig
     config = FederatedConfig.from_run_config(run_config)
     folder = results_dir_of_run(config.results_dir, run_id)
     return dataclasses.replace(config, results_dir=str(folder))
+
+
+def check_data_options(config: FederatedConfig) -> None:
+    """The data-loading keys, checked before any file is read or process started."""
+    try:
+        dataset_log_format(config.dataset, config.dataset_columns, config.dataset_time_unit)
+    except ValueError as error:
+        raise ValueError(f"dataset-columns / dataset-time-unit: {error}") from None
+    check_attribute_source(config.item_attributes, config.dataset)
 
 
 def _coerce(key: str, value: Any, kind: type) -> Any:

@@ -18,11 +18,23 @@ def client_partition(config: FederatedConfig, node_config: Mapping[str, Any]) ->
         int(node_config["partition-id"]),
         int(node_config["num-partitions"]),
     )
-    n_users = load_split(config.dataset).n_users
+    n_users = load_split(*data_source(config)).n_users
     expected = config.num_partitions(n_users)
     if num_partitions != expected:
         raise ValueError(
             f"the federation has {num_partitions} nodes but partition-mode "
             f"{config.partition_mode!r} gives {expected} clients for {n_users} users"
         )
-    return load_partition(config.dataset, num_partitions, partition_id, config.seed)
+    return load_partition(
+        config.dataset,
+        num_partitions,
+        partition_id,
+        config.seed,
+        config.dataset_columns,
+        config.dataset_time_unit,
+    )
+
+
+def data_source(config: FederatedConfig) -> tuple[str, str, str]:
+    """``load_split``'s arguments for the run's data set: path, column spec, time unit."""
+    return config.dataset, config.dataset_columns, config.dataset_time_unit

@@ -19,8 +19,19 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from common.data.loaders import DataFormatError, load_dataset
-from common.data.sequences import LeaveOneOutSplit, build_sequences, leave_one_out_split
+from common.data.attributes import ItemAttributes, check_attribute_source, load_item_attributes
+from common.data.loaders import (
+    BUILTIN_DATASETS,
+    DataFormatError,
+    dataset_log_format,
+    load_dataset,
+)
+from common.data.sequences import (
+    LeaveOneOutSplit,
+    SequenceDataset,
+    build_sequences,
+    leave_one_out_split,
+)
 from common.evaluation.scoring import UNEXCLUDED_SUFFIX, evaluate_long_horizon
 from common.models import MODEL_KEYS, MODEL_NAMES, ModelConfig
 from common.storage.run_folder import MetricsCSV, new_run_dir, plot_series, write_json
@@ -29,7 +40,16 @@ from common.training.centralized import EpochRecord, TrainConfig, TrainResult, t
 logger = logging.getLogger("fedseqrec.train")
 
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
-RUN_KEYS = {"dataset", "model", "out", "threads", "text_init"}
+RUN_KEYS = {
+    "dataset",
+    "model",
+    "out",
+    "threads",
+    "text_init",
+    "columns",
+    "time_unit",
+    "item_attributes",
+}
 REPORTED = ("hr@10", "ndcg@10", "mrr", "hr@10" + UNEXCLUDED_SUFFIX, "ndcg@10" + UNEXCLUDED_SUFFIX)
 
 
@@ -37,7 +57,21 @@ def build_parser() -> argparse.ArgumentParser:
     """Flags mirror the TOML keys (dashes here, underscores or dashes in the file)."""
     parser = argparse.ArgumentParser(prog="fedseqrec-train", description=__doc__)
     parser.add_argument("--config", type=Path, help="TOML file with any of the keys below")
-    parser.add_argument("--dataset", help="ml-100k, beauty, or a path to a click log")
+    parser.add_argument(
+        "--dataset", help=f"{', '.join(BUILTIN_DATASETS)}, or a path to a click log"
+    )
+    parser.add_argument(
+        "--columns",
+        help="column names of a CSV / Parquet log, e.g. "
+        "user=customer_id,item=product_sku,timestamp=event_time",
+    )
+    parser.add_argument(
+        "--time-unit", help="unit of numeric timestamps: s, ms, us, ns (default: detected)"
+    )
+    parser.add_argument(
+        "--item-attributes",
+        help="item attributes: 'builtin' (beauty, sports, toys) or a .json / .csv path",
+    )
     parser.add_argument("--model", choices=MODEL_NAMES)
     parser.add_argument("--out", type=Path, help="folder for run folders (default runs/)")
     parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
@@ -91,13 +125,31 @@ def configs_from(settings: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
     return model, train
 
 
+def load_data(settings: dict[str, Any]) -> tuple[SequenceDataset, ItemAttributes | None]:
+    """The data set's sequences and, if asked for, its item attributes (all checked first)."""
+    name = str(settings["dataset"])
+    log_format = dataset_log_format(
+        name, str(settings.get("columns", "")), str(settings.get("time_unit", ""))
+    )
+    source = str(settings.get("item_attributes", ""))
+    check_attribute_source(source, name)
+    dataset = build_sequences(load_dataset(name, log_format), name)
+    attributes = load_item_attributes(source, dataset.item_ids, name)
+    if attributes is not None:
+        logger.info(
+            "%s: %d attributes over %d items", attributes.source, attributes.n_attributes,
+            attributes.n_items,
+        )  # fmt: skip
+    return dataset, attributes
+
+
 def run(settings: dict[str, Any]) -> tuple[Path, TrainResult]:
     """Train as configured and write the run folder."""
     model_config, train_config = configs_from(settings)
     train_config.torch_device()  # no CUDA: fail before anything is written
     if settings.get("threads"):
         torch.set_num_threads(int(settings["threads"]))
-    dataset = build_sequences(load_dataset(settings["dataset"]), str(settings["dataset"]))
+    dataset, _attributes = load_data(settings)
     split = leave_one_out_split(dataset)
     label = f"{Path(str(settings['dataset'])).stem}-{model_config.name}"
     run_dir = new_run_dir(Path(settings["out"]), label)

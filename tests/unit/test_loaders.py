@@ -14,6 +14,7 @@ from common.data.loaders import (
     load_dataset,
     load_ml100k,
 )
+from common.data.log_format import LogFormat
 from common.data.sequences import build_sequences
 
 
@@ -67,7 +68,7 @@ def test_beauty_bad_item_token(tmp_path: Path) -> None:
 def test_csv_with_string_ids_and_iso_dates(tmp_path: Path) -> None:
     path = tmp_path / "log.csv"
     path.write_text("uid,sku,when\nalice,b,2024-01-02\nalice,a,2024-01-01\nbob,a,2024-01-03\n")
-    log = load_click_log(path, user_column="uid", item_column="sku", time_column="when")
+    log = load_click_log(path, LogFormat.parse("user=uid,item=sku,timestamp=when"))
     dataset = build_sequences(log)
     assert list(dataset.user_ids) == ["alice", "bob"]
     assert list(dataset.item_ids) == ["a", "b"]

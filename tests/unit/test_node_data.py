@@ -70,3 +70,38 @@ def test_malformed_or_foreign_node_logs_fail_clearly(cycle_log: Path, tmp_path: 
         node_sequences(foreign, catalogue)
     with pytest.raises(DataFormatError, match="missing.csv: file not found"):
         node_sequences(tmp_path / "missing.csv", catalogue)
+
+
+def test_node_log_with_its_own_column_names_and_millisecond_times(
+    cycle_log: Path, tmp_path: Path
+) -> None:
+    server = load_split(str(cycle_log))
+    server_users = build_sequences(load_dataset(cycle_log)).user_ids.tolist()
+    catalogue = ItemCatalogue.from_dataset(str(cycle_log))
+    header, *rows = cycle_log.read_text().splitlines()
+    shop = ["sku,event_ms,shopper"] + [
+        f"{item},{int(time) * 1000},{user}"
+        for user, item, time in (row.split(",") for row in reversed(rows))
+        if user == "u4"
+    ]
+    node_file = tmp_path / "shop.csv"
+    node_file.write_text("\n".join(shop) + "\n")
+    settings = NodeDataConfig.from_node_config(
+        {
+            "data-path": str(node_file),
+            "data-columns": "user=shopper,item=sku,timestamp=event_ms",
+            "data-time-unit": "ms",
+        }
+    )
+
+    partition = load_node_partition(settings, catalogue, node_id=1)
+
+    row = server_users.index("u4")
+    assert np.array_equal(partition.split.train[0], server.train[row])
+    assert partition.split.test_target.tolist() == [server.test_target[row]]
+    with pytest.raises(ValueError, match="node config 'data-columns'.*unknown role 'shop'"):
+        NodeDataConfig.from_node_config({"data-path": "x.csv", "data-columns": "shop=a"})
+    with pytest.raises(ValueError, match="node config 'data-columns'.*time unit must be"):
+        NodeDataConfig.from_node_config({"data-path": "x.csv", "data-time-unit": "hours"})
+    with pytest.raises(ValueError, match="node config 'item-attributes' must be a string"):
+        NodeDataConfig.from_node_config({"data-path": "x.csv", "item-attributes": 3})

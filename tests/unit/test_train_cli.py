@@ -145,3 +145,24 @@ def test_defaults_are_the_shared_model_config() -> None:
     model, _ = configs_from(settings)
 
     assert model == ModelConfig() == FederatedConfig().model_config()
+
+
+def test_columns_time_unit_and_attributes_from_a_config_file(tmp_path: Path) -> None:
+    from common.training.cli import build_parser, load_data, resolve_settings
+
+    log = tmp_path / "shop.csv"
+    log.write_text("sku,shopper,ms\np2,c1,1700000000500\np1,c1,1700000000250\n")
+    attrs = tmp_path / "attrs.csv"
+    attrs.write_text("item,attribute\np1,red\np2,blue\n")
+    config = tmp_path / "train.toml"
+    config.write_text(
+        f'dataset = "{log}"\ncolumns = "user=shopper,item=sku,timestamp=ms"\n'
+        f'time-unit = "ms"\nitem-attributes = "{attrs}"\n'
+    )
+
+    settings = resolve_settings(build_parser().parse_args(["--config", str(config)]))
+    dataset, attributes = load_data(settings)
+
+    assert [list(dataset.item_ids[s - 1]) for s in dataset.sequences] == [["p1", "p2"]]
+    assert dataset.timestamps is not None and dataset.timestamps[0].tolist() == [1.7e9, 1.7e9]
+    assert attributes is not None and attributes.attribute_ids == ("blue", "red")
