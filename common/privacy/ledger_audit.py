@@ -53,10 +53,13 @@ PROTECTED = {
 }
 AGAINST = {
     "dp-fedavg": "anyone who sees the global models the server releases, the clients "
-    "included; not the server itself, which sees the clipped updates unless secure "
-    "aggregation is on",
+    "included; not the server itself: in a deployment it sees the cohorts' clipped sums "
+    "(only their total under secure aggregation), in a simulation it reads every user's "
+    "data as the measurement harness that evaluates them. The population size is public",
     "dp-sgd": "anyone who sees the node's model updates, the server included (and so "
-    "anyone who sees the global models)",
+    "anyone who sees the global models); in a simulation the server also reads every "
+    "user's data as the measurement harness that evaluates them. The population size is "
+    "public",
 }
 
 

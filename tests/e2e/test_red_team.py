@@ -20,7 +20,9 @@ from common.federation.config import FederatedConfig
 from common.federation.messages import model_to_arrays
 from common.models import build_model
 from common.privacy.randomness import server_noise_source
-from tests.helpers import BASE
+from simulations.launch import main as launch_main
+from simulations.superlink import free_port
+from tests.helpers import BASE, write_preset
 from tests.helpers import launch_run as run
 
 
@@ -57,10 +59,17 @@ def test_regenerating_the_noise_from_the_seed_works_only_on_an_insecure_run(
                 "dp": "user"}  # fmt: skip
     scale = BASE["noise-multiplier"] * BASE["clip-norm"] / 20  # noise std per round in row 0
 
-    insecure = run(tmp_path, "insecure", {**settings, "insecure-reproducible-noise": True})
+    preset = write_preset(tmp_path / "insecure.toml",
+                          {**settings, "insecure-reproducible-noise": True})  # fmt: skip
+    code = launch_main(["--preset", str(preset), "--results", str(tmp_path / "insecure"),
+                        "--port", str(free_port())])  # fmt: skip
+    (insecure,) = (tmp_path / "insecure").iterdir()
     default = run(tmp_path, "default", settings)
 
     assert noise_left_after_subtraction(insecure) < 1e-5  # the attack recovers the noise
     assert noise_left_after_subtraction(default) > 0.1 * scale  # it fails on a default run
-    ledger = (insecure / "ledger" / "server.jsonl").read_text()
-    assert "insecure-reproducible" in ledger
+    assert code == 1  # the launcher's audit refuses to certify the insecure run
+    audit = json.loads((insecure / "audit.json").read_text())
+    assert not audit["passed"] and audit["not_private"]
+    ledger = (insecure / "ledger" / "server.jsonl").read_text().splitlines()
+    assert all('"randomness": "insecure-reproducible"' in line for line in ledger)

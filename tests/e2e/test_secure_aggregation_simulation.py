@@ -33,8 +33,8 @@ def twin_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Pa
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FLWR_HOME", str(root / "flwr-home"))
         yield {
-            "plain": launch_run(settings, root, "plain"),
-            "secure": launch_run({**settings, "secure-aggregation": True}, root, "secure"),
+            "plain": launch_run(root, "plain", settings),
+            "secure": launch_run(root, "secure", {**settings, "secure-aggregation": True}),
             "dataset": dataset,
         }
 

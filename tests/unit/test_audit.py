@@ -73,7 +73,8 @@ def test_an_honest_run_passes_and_states_the_guarantee(
     assert "PASSED" in out
     assert f"epsilon = {server_last.epsilon:.4g}, delta = 1e-05" in out
     assert "adding or removing one user's whole interaction sequence" in out
-    assert "not the server itself, which sees the clipped updates" in out
+    assert "not the server itself: in a deployment it sees the cohorts' clipped sums" in out
+    assert "in a simulation it reads every user's data" in out
     assert "anyone who sees the node's model updates, the server included" in out
     assert report["passed"] is True
     assert report["clients"]["count"] == 2
