@@ -26,12 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from common.federation.checkpoints import CheckpointError, load_checkpoint
 from common.federation.config import FederatedConfig
+from common.federation.messages import model_to_arrays
 from common.models import SequenceRecommender
 from common.privacy.ledger import read_ledger_file
 from common.privacy.ledger_heads import LEDGER_FOLDER, ledger_heads
@@ -243,7 +246,6 @@ class RoundStateKeeper:
         self.best_file = resumption.state.best_file if resumption else ""
         self.resumes = resumption.state.resumes if resumption else []
         self.strategy = strategy
-        self.inner = strategy
         if resumption is not None:
             restore_optimizer(strategy, resumption.state.optimizer, self.names)
             self.strategy = SkipRounds(strategy, resumption.skip_through)
@@ -253,10 +255,17 @@ class RoundStateKeeper:
         if self.resumption is not None and server_round <= self.resumption.skip_through:
             return None  # done before the kill: its row and state are on disk
         result = self.recorder.evaluate(server_round, arrays)
-        self.save(self.recorder.round_offset + server_round)
+        self.save(self.recorder.round_offset + server_round, arrays)
         return result
 
-    def save(self, numbered_round: int) -> None:
+    def initial_arrays(self) -> ArrayRecord:
+        """What Flower starts from: the saved global arrays when resuming, else the model's."""
+        if self.resumption is None or not self.resumption.state.arrays:
+            return model_to_arrays(self.recorder.model)
+        saved = self.resumption.state.arrays
+        return ArrayRecord({name: Array(saved[name].numpy()) for name in self.names})
+
+    def save(self, numbered_round: int, arrays: ArrayRecord) -> None:
         """Save the state after ``numbered_round`` (its checkpoint and row are written)."""
         state_dir = self.folder / STATE_FOLDER
         state_dir.mkdir(exist_ok=True)
@@ -275,8 +284,9 @@ class RoundStateKeeper:
             refusals=dict(self.recorder.refusals),
             metrics_rows=metrics_rows(self.folder / METRICS),
             ledger=ledger_heads(self.folder / LEDGER_FOLDER), run_config=self.run_config,
-            resumes=self.resumes, optimizer=optimizer_state(self.inner, self.names),
+            resumes=self.resumes, optimizer=optimizer_state(self.strategy, self.names),
             python_random=python_random, torch_random=torch_random,
+            arrays={name: torch.from_numpy(np.array(arrays[name].numpy())) for name in arrays},
         )  # fmt: skip
         save_server_state(self.folder, state)
 

@@ -3,10 +3,11 @@
 ``<run>/state/`` holds, after every round (round 0 included):
 
 - ``server_state.pt`` (``torch.save``, readable with ``weights_only=True``): the round,
-  the server optimizer's state (FedAdam / FedYogi ``m_t`` and ``v_t``, FedAvgM's
-  momentum), the best round and its score, the Python ``random`` state Flower samples
-  nodes with, torch's RNG state, the rows of ``metrics.csv`` and the ledger heads at that
-  round, and the run config;
+  the global arrays as Flower holds them (FedAdam and FedYogi make them float64, the
+  checkpoints hold the model's float32), the server optimizer's state (FedAdam /
+  FedYogi ``m_t`` and ``v_t``, FedAvgM's momentum), the best round and its score, the
+  Python ``random`` state Flower samples nodes with, torch's RNG state, the rows of
+  ``metrics.csv`` and the ledger heads at that round, and the run config;
 - ``model-round-R.pt`` and ``best-round-B.pt``: hard links to (or copies of) that
   round's ``checkpoint.pt`` and the best round's ``best_checkpoint.pt``, which are
   written atomically by :class:`server.run_recorder.RunRecorder` before, so the state
@@ -63,13 +64,14 @@ class ServerState:
     run_config: dict[str, Any]
     resumes: list[dict[str, Any]] = field(default_factory=list)  # earlier resumptions
     optimizer: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    arrays: dict[str, torch.Tensor] = field(default_factory=dict)  # as Flower holds them
     python_random: tuple[Any, ...] = ()
     torch_random: torch.Tensor | None = None
 
     def describe(self) -> dict[str, Any]:
         """The JSON-able part (no arrays, no RNG states)."""
         described = asdict(self)
-        for key in ("optimizer", "python_random", "torch_random"):
+        for key in ("optimizer", "arrays", "python_random", "torch_random"):
             described.pop(key)
         described["optimizer"] = sorted(self.optimizer)
         described["format"] = STATE_FORMAT
@@ -79,6 +81,7 @@ class ServerState:
 def save_server_state(folder: Path, state: ServerState) -> None:
     """Write ``state`` atomically into ``folder/state/``, then drop files it no longer names."""
     state_dir = folder / STATE_FOLDER
+    state_dir.mkdir(parents=True, exist_ok=True)
     payload = {"format": STATE_FORMAT, **asdict(state)}
     payload["refusals"] = {int(k): int(v) for k, v in state.refusals.items()}
     write_atomically(state_dir / STATE_FILE, lambda handle: torch.save(payload, handle))

@@ -168,7 +168,7 @@ def run_strategy(
     try:
         keeper.strategy.start(
             grid=grid,
-            initial_arrays=model_to_arrays(setup.model),
+            initial_arrays=keeper.initial_arrays(),  # the saved ones when resuming
             num_rounds=config.num_server_rounds,
             train_config=ConfigRecord(
                 {

@@ -227,6 +227,8 @@ def launch(args: argparse.Namespace) -> dict[str, Any]:
         return launch_resumed(args)
     label, preset = load_preset(args.preset)
     config = resolve_config(app_defaults(), preset, parse_overrides(args.set), label)
+    if config.get("resume-from"):
+        raise LaunchError("resume-from: use --resume RUN_DIR (the run's own config and folder)")
     n_users = check_inputs(config)
     results_dir = new_run_dir(args.results.resolve(), label)
     return launch_in(results_dir, label, config, n_users, args.port)
