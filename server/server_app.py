@@ -45,6 +45,7 @@ from server.federated_evaluation import deployment_figures
 from server.node_errors import ErrorRecordingGrid
 from server.resumption import Resumption, RoundStateKeeper, resume_run
 from server.run_recorder import RunRecorder, record_failure
+from server.run_state import ResumeError
 from server.secure_aggregation import run_secure_aggregation
 from server.server_view import ServerView, server_view
 from server.update_decoding import with_update_decoding
@@ -60,7 +61,8 @@ def main(grid: Grid, context: Context) -> None:
     """Train for ``num-server-rounds``, validating on every user, then test the best.
 
     Any failure is written to ``summary.json`` (status failed) before it propagates,
-    because ``flwr run`` itself exits 0 either way.
+    because ``flwr run`` itself exits 0 either way; a refused ``resume-from`` is not, so
+    that the folder it names (a completed run's, say) stays as it was.
     """
     configure_app_logging(logger)
     config = config_of_run(context.run_config, context.run_id)
@@ -71,7 +73,8 @@ def main(grid: Grid, context: Context) -> None:
     try:
         run_federation(recording_grid, config, results_dir, context)
     except Exception as error:
-        record_failure(results_dir, error, recording_grid.errors)
+        if not isinstance(error, ResumeError):  # a refused resume leaves its folder as it was
+            record_failure(results_dir, error, recording_grid.errors)
         raise
 
 
