@@ -29,7 +29,7 @@ from server.run_state import (
 )
 from server.user_level_privacy import UserLevelPrivacy
 from simulations.launch import main
-from tests.helpers import metrics_rows
+from tests.helpers import metrics_rows, write_preset
 
 NAMES = ["a", "b"]
 
@@ -220,3 +220,13 @@ def test_the_launcher_refuses_what_it_cannot_resume(
     assert "no saved server state" in capsys.readouterr().err
     assert main(["--resume", str(tmp_path), "--set", "lr=1"]) == 1
     assert "drop --set" in capsys.readouterr().err
+
+
+def test_a_new_launch_does_not_take_resume_from(
+    cycle_log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    preset = write_preset(tmp_path / "tiny.toml", {"dataset": str(cycle_log)})
+    argv = ["--preset", str(preset), "--set", f"resume-from={json.dumps(str(tmp_path))}"]
+    assert main([*argv, "--results", str(tmp_path / "results")]) == 1
+    assert "resume-from: use --resume RUN_DIR" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
