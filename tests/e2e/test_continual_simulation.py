@@ -50,5 +50,5 @@ def test_int8_run_then_a_run_continued_from_its_checkpoint(
     assert load_checkpoint(saved).valid["ndcg@10"] == pytest.approx(ndcg[2], abs=1e-12)
     assert float(after[1]["update_bytes_per_client"]) == arrays.count_bytes()  # float32
     summary = json.loads((second / "summary.json").read_text())
-    assert summary["started_from"] == {"checkpoint": str(saved), "round": 2}
+    assert summary["started_from"] == {"checkpoint": str(saved), "round": 2, "ledger": None}
     assert load_checkpoint(second / CHECKPOINT).round == 3
