@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     except LaunchError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    results_dir = new_run_dir(args.results.resolve(), label)
+    resumed = str(config.get("resume-from") or "")  # a killed run carries on in its folder
+    results_dir = Path(resumed) if resumed else new_run_dir(args.results.resolve(), label)
     try:
         summary = submit_run(args.connection, config, results_dir, flower_env())
     except LaunchError as error:

@@ -43,7 +43,9 @@ from server.budget_refusals import BudgetRefusals
 from server.cohort_aggregation import CohortAggregation
 from server.federated_evaluation import deployment_figures
 from server.node_errors import ErrorRecordingGrid
+from server.resumption import Resumption, RoundStateKeeper, resume_run
 from server.run_recorder import RunRecorder, record_failure
+from server.run_state import ResumeError
 from server.secure_aggregation import run_secure_aggregation
 from server.server_view import ServerView, server_view
 from server.update_decoding import with_update_decoding
@@ -59,7 +61,8 @@ def main(grid: Grid, context: Context) -> None:
     """Train for ``num-server-rounds``, validating on every user, then test the best.
 
     Any failure is written to ``summary.json`` (status failed) before it propagates,
-    because ``flwr run`` itself exits 0 either way.
+    because ``flwr run`` itself exits 0 either way; a refused ``resume-from`` is not, so
+    that the folder it names (a completed run's, say) stays as it was.
     """
     configure_app_logging(logger)
     config = config_of_run(context.run_config, context.run_id)
@@ -70,7 +73,8 @@ def main(grid: Grid, context: Context) -> None:
     try:
         run_federation(recording_grid, config, results_dir, context)
     except Exception as error:
-        record_failure(results_dir, error, recording_grid.errors)
+        if not isinstance(error, ResumeError):  # a refused resume leaves its folder as it was
+            record_failure(results_dir, error, recording_grid.errors)
         raise
 
 
@@ -84,6 +88,7 @@ class RunSetup:
     num_partitions: int
     catalogue: dict[str, bytes]  # the item catalogue every message carries
     offset: int  # rounds of the checkpoint this run continues from
+    resumption: Resumption | None = None  # the saved state of a killed run (resume-from)
 
 
 def run_federation(
@@ -114,12 +119,13 @@ def prepare_run(config: FederatedConfig, results_dir: Path) -> RunSetup:
     offset = continue_from_checkpoint(config, model, view.item_ids)
     expected = max(int((view.population if cohorts else num_partitions) * config.fraction_train), 1)
     recorder = RunRecorder(results_dir, model, view.split, config, expected, view.item_ids, offset)
+    resumption = resume_run(config, model, recorder) if config.resume_from else None
     logger.info(
         "%s: %d users, %d items, %d clients (%s), %d sampled per round",
         config.strategy, view.population, view.n_items, num_partitions, config.partition_mode,
         expected,
     )  # fmt: skip
-    return RunSetup(view, model, recorder, num_partitions, catalogue, offset)
+    return RunSetup(view, model, recorder, num_partitions, catalogue, offset, resumption)
 
 
 def build_server_strategy(
@@ -160,11 +166,12 @@ def run_strategy(
         else None
     )
     strategy = build_server_strategy(config, setup, privacy)
+    keeper = RoundStateKeeper(setup.recorder, strategy, config, setup.resumption)
     stopped = ""
     try:
-        strategy.start(
+        keeper.strategy.start(
             grid=grid,
-            initial_arrays=model_to_arrays(setup.model),
+            initial_arrays=keeper.initial_arrays(),  # the saved ones when resuming
             num_rounds=config.num_server_rounds,
             train_config=ConfigRecord(
                 {
@@ -175,7 +182,7 @@ def run_strategy(
                 }
             ),
             evaluate_config=ConfigRecord({STAGE: VALID_STAGE, **setup.catalogue}),
-            evaluate_fn=setup.recorder.evaluate,
+            evaluate_fn=keeper.evaluate,  # the recorder's, then the state is saved
         )
     except PrivacyBudgetSpent as reason:
         stopped = str(reason)
@@ -190,6 +197,7 @@ def run_strategy(
         node_errors=grid.errors,
         federated=figures,
     )
+    keeper.note_resumes()
 
 
 def continue_from_checkpoint(
@@ -205,7 +213,10 @@ def continue_from_checkpoint(
     start = load_initial_checkpoint(config.initial_checkpoint, config.model_config(), item_ids)
     model.load_state_dict(start.state_dict)
     # the server ledger carries the earlier runs' releases forward: epsilon covers them all
-    carry_ledger_forward(Path(config.initial_checkpoint), start.ledger, Path(config.results_dir))
+    if not config.resume_from:  # a resumed run's ledger holds them already
+        carry_ledger_forward(
+            Path(config.initial_checkpoint), start.ledger, Path(config.results_dir)
+        )
     random.seed(round_seed(config.seed, start.round, 0))
     logger.info("continuing from %s (round %d)", config.initial_checkpoint, start.round)
     return start.round

@@ -1,6 +1,7 @@
 """Launch a federated simulation from a preset and check its outcome.
 
 ``python -m simulations.launch --preset ml100k-fedavg [--set key=value ...] [--results ROOT]``
+``python -m simulations.launch --resume RUN_DIR`` (a killed run, :mod:`simulations.resume`)
 
 The launcher resolves the run config (app defaults < preset < ``--set``), creates
 ``ROOT/<run-id>/`` with ``config.json``, starts its own local SuperLink (simulation
@@ -33,6 +34,7 @@ from common.federation.config import FederatedConfig
 from common.federation.node_partition import data_source
 from common.storage.run_folder import new_run_dir, plot_series, write_json
 from simulations.flower_log import stream_flwr_run
+from simulations.resume import keep_earlier_logs, resumed_run
 from simulations.superlink import (
     CONNECTION,
     LocalSuperLink,
@@ -208,8 +210,10 @@ def privacy_report(results_dir: Path) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """Command-line flags of the launcher."""
     parser = argparse.ArgumentParser(prog="python -m simulations.launch", description=__doc__)
-    parser.add_argument(
-        "--preset", required=True, help="name in simulations/presets or a .toml path"
+    start = parser.add_mutually_exclusive_group(required=True)
+    start.add_argument("--preset", help="name in simulations/presets or a .toml path")
+    start.add_argument(
+        "--resume", type=Path, metavar="RUN_DIR", help="carry on a killed run in its folder"
     )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--results", type=Path, default=PROJECT_ROOT / "results")
@@ -219,10 +223,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 def launch(args: argparse.Namespace) -> dict[str, Any]:
     """Resolve, run and check one simulation; returns its summary."""
+    if args.resume is not None:
+        return launch_resumed(args)
     label, preset = load_preset(args.preset)
     config = resolve_config(app_defaults(), preset, parse_overrides(args.set), label)
+    if config.get("resume-from"):
+        raise LaunchError("resume-from: use --resume RUN_DIR (the run's own config and folder)")
     n_users = check_inputs(config)
     results_dir = new_run_dir(args.results.resolve(), label)
+    return launch_in(results_dir, label, config, n_users, args.port)
+
+
+def launch_resumed(args: argparse.Namespace) -> dict[str, Any]:
+    """Carry on a killed run in its own folder, with its own config (no ``--set``)."""
+    if args.set:
+        raise LaunchError("--resume runs the saved config unchanged: drop --set")
+    try:
+        results_dir, label, config = resumed_run(args.resume)
+        FederatedConfig.from_run_config(config)
+    except ValueError as error:  # ResumeError, or a config this version refuses
+        raise LaunchError(f"cannot resume: {error}") from None
+    n_users = check_inputs(config)
+    keep_earlier_logs(results_dir)
     return launch_in(results_dir, label, config, n_users, args.port)
 
 

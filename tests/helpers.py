@@ -5,10 +5,15 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
 import time
+import uuid
+from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +69,85 @@ BASE = {"model": "lstm", "dim": 8, "layers": 1,
         "max-len": 20, "dropout": 0.0, "num-server-rounds": 4,
         "local-epochs": 1, "optimizer": "sgd", "lr": 0.5, "batch-size": 4,
         "strategy": "fedavg", "clip-norm": 0.5, "noise-multiplier": 1.0}  # fmt: skip
+
+
+MARKER = "FEDSEQREC_KILL_TEST"  # every process of a launched simulation inherits it
+
+
+@dataclass(frozen=True)
+class Launch:
+    """A launcher subprocess and the marker its whole simulation inherits."""
+
+    process: subprocess.Popen[bytes]
+    marker: str
+    results: Path
+    log: Path
+    port: int
+
+
+def live_processes() -> dict[int, tuple[list[bytes], str]]:
+    """Every other process that has not exited: pid -> (environment, command line)."""
+    found = {}
+    for pid, (_, _, state) in process_table().items():
+        if state in ("Z", "X") or pid == os.getpid():
+            continue
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:  # gone, or not ours to read
+            continue
+        found[pid] = (environ, command.decode(errors="replace"))
+    return found
+
+
+def simulation_processes(marker: str) -> dict[int, str]:
+    """Live processes whose environment carries ``MARKER=marker``: their command lines."""
+    wanted = f"{MARKER}={marker}".encode()
+    return {pid: command for pid, (env, command) in live_processes().items() if wanted in env}
+
+
+def processes_naming(*needles: str) -> dict[int, str]:
+    """Live processes whose command line contains one of ``needles``."""
+    return {
+        pid: command
+        for pid, (_, command) in live_processes().items()
+        if any(needle in command for needle in needles)
+    }
+
+
+def kill_simulation(launch: Launch, timeout: float = 30.0) -> dict[int, str]:
+    """SIGKILL the launcher's process group and every process of its simulation at once,
+    then again until none is left (a dying parent may have started a child); their commands."""
+    killed: dict[int, str] = {}
+    deadline = time.monotonic() + timeout
+    alive = simulation_processes(launch.marker)
+    if launch.process.poll() is None:
+        os.killpg(launch.process.pid, signal.SIGKILL)
+    while alive:
+        for pid in alive:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        killed.update(alive)
+        assert time.monotonic() < deadline, f"processes survive SIGKILL: {sorted(alive)}"
+        time.sleep(0.05)
+        alive = simulation_processes(launch.marker)
+    launch.process.wait(timeout=timeout)
+    return killed
+
+
+def spawn_launch(args: list[str], results: Path, log: Path, env: dict[str, str]) -> Launch:
+    """``python -m simulations.launch ARGS`` in a session of its own, marked for killing.
+
+    ``env`` is the launcher's environment (e.g. ``flower_env()``); a fresh marker is added.
+    """
+    env = {**env, MARKER: uuid.uuid4().hex}
+    command = [sys.executable, "-m", "simulations.launch", *args, "--results", str(results)]
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            command, cwd=PROJECT_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    return Launch(process, env[MARKER], results, log, 0)
 
 
 def running(pid: int) -> bool:

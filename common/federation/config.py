@@ -83,6 +83,7 @@ class FederatedConfig:
     dataset_columns: str = ""  # e.g. "user=customer_id,item=product_sku,timestamp=event_time"
     dataset_time_unit: str = ""  # numeric timestamps: s, ms, us, ns; "" / auto = detected
     item_attributes: str = ""  # "" = none, "builtin" = the data set's own file, or a path
+    resume_from: str = ""  # a killed run's folder to continue in (server/resumption.py)
 
     def __post_init__(self) -> None:
         self._check_choices()
@@ -92,6 +93,7 @@ class FederatedConfig:
         check_secure_aggregation(self)
         self._check_mode()
         _check_deployment(self)
+        check_resume_from(self)
 
     def _check_choices(self) -> None:
         """Keys that name one of a fixed set of choices."""
@@ -217,8 +219,23 @@ def results_dir_of_run(results_dir: str, run_id: int) -> Path:
 def config_of_run(run_config: Mapping[str, Any], run_id: int) -> FederatedConfig:
     """The checked config of a Flower run, with its run folder resolved."""
     config = FederatedConfig.from_run_config(run_config)
-    folder = results_dir_of_run(config.results_dir, run_id)
+    folder = results_dir_of_run(config.results_dir or config.resume_from, run_id)
     return dataclasses.replace(config, results_dir=str(folder))
+
+
+def check_resume_from(config: FederatedConfig) -> None:
+    """``resume-from``: an absolute run folder, the run's own, on the Message API path."""
+    if not config.resume_from:
+        return
+    if not Path(config.resume_from).is_absolute():
+        raise ValueError(f"resume-from must be an absolute folder, got {config.resume_from!r}")
+    if config.results_dir and Path(config.results_dir) != Path(config.resume_from):
+        raise ValueError(
+            f"resume-from {config.resume_from!r} must be the run's own folder, but "
+            f"results-dir is {config.results_dir!r}: a resumed run continues where it left"
+        )
+    if config.secure_aggregation:
+        raise ValueError("resume-from: runs with secure-aggregation cannot be resumed")
 
 
 def check_data_options(config: FederatedConfig) -> None:

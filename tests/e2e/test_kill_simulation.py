@@ -17,8 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,78 +25,24 @@ import pytest
 from common.privacy.ledger import read_ledger
 from common.privacy.report import main as audit_main
 from simulations.launch import PROJECT_ROOT
-from simulations.process_tree import process_table
 from simulations.superlink import flower_env
-from tests.helpers import BASE, free_port, write_preset
+from tests.helpers import (
+    BASE,
+    MARKER,
+    Launch,
+    free_port,
+    kill_simulation,
+    processes_naming,
+    simulation_processes,
+    write_preset,
+)
 
-MARKER = "FEDSEQREC_KILL_TEST"
 STARTUP_SECONDS = 180.0  # a launch takes about 20 s on 2 idle cores, 60 s on busy ones
 SETTINGS = {
     "user": {"partition-mode": "cohort", "users-per-client": 10, "fraction-train": 0.5},
     "local": {"partition-mode": "cross-silo", "users-per-client": 10, "fraction-train": 1.0},
 }
 ROUNDS = 100_000  # still running whenever the test kills it
-
-
-@dataclass(frozen=True)
-class Launch:
-    """A launcher subprocess and the marker its whole simulation inherits."""
-
-    process: subprocess.Popen[bytes]
-    marker: str
-    results: Path
-    log: Path
-    port: int
-
-
-def live_processes() -> dict[int, tuple[list[bytes], str]]:
-    """Every other process that has not exited: pid -> (environment, command line)."""
-    found = {}
-    for pid, (_, _, state) in process_table().items():
-        if state in ("Z", "X") or pid == os.getpid():
-            continue
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:  # gone, or not ours to read
-            continue
-        found[pid] = (environ, command.decode(errors="replace"))
-    return found
-
-
-def simulation_processes(marker: str) -> dict[int, str]:
-    """Live processes whose environment carries ``MARKER=marker``: their command lines."""
-    wanted = f"{MARKER}={marker}".encode()
-    return {pid: command for pid, (env, command) in live_processes().items() if wanted in env}
-
-
-def processes_naming(*needles: str) -> dict[int, str]:
-    """Live processes whose command line contains one of ``needles``."""
-    return {
-        pid: command
-        for pid, (_, command) in live_processes().items()
-        if any(needle in command for needle in needles)
-    }
-
-
-def kill_simulation(launch: Launch, timeout: float = 30.0) -> dict[int, str]:
-    """SIGKILL the launcher's process group and every process of its simulation at once,
-    then again until none is left (a dying parent may have started a child); their commands."""
-    killed: dict[int, str] = {}
-    deadline = time.monotonic() + timeout
-    alive = simulation_processes(launch.marker)
-    if launch.process.poll() is None:
-        os.killpg(launch.process.pid, signal.SIGKILL)
-    while alive:
-        for pid in alive:
-            with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        killed.update(alive)
-        assert time.monotonic() < deadline, f"processes survive SIGKILL: {sorted(alive)}"
-        time.sleep(0.05)
-        alive = simulation_processes(launch.marker)
-    launch.process.wait(timeout=timeout)
-    return killed
 
 
 @contextmanager

@@ -1,0 +1,232 @@
+"""Crash and resume: the server state saved each round, and a run resumed from it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM
+
+from common.data.partitioning import load_split
+from common.federation.config import FederatedConfig
+from common.federation.messages import model_to_arrays
+from common.models import build_model
+from server.resumption import RoundStateKeeper, SkipRounds, resume_run
+from server.run_recorder import CHECKPOINT, RunRecorder
+from server.run_state import (
+    ResumeError,
+    ServerState,
+    load_server_state,
+    optimizer_state,
+    restore_optimizer,
+    save_server_state,
+)
+from server.user_level_privacy import UserLevelPrivacy
+from simulations.launch import main
+from tests.helpers import metrics_rows, write_preset
+
+NAMES = ["a", "b"]
+
+
+def config_for(cycle_log: Path, folder: Path, **changes: object) -> FederatedConfig:
+    """A tiny user-level DP run in ``folder``."""
+    settings: dict[str, object] = {
+        "dataset": str(cycle_log), "model": "lstm", "dim": 8, "max_len": 6,
+        "num_server_rounds": 6, "partition_mode": "cohort", "dp": "user",
+        "noise_multiplier": 1.0, "fraction_train": 0.5, "results_dir": str(folder),
+    }  # fmt: skip
+    return FederatedConfig(**{**settings, **changes})  # type: ignore[arg-type]
+
+
+def recorder_for(config: FederatedConfig) -> RunRecorder:
+    split = load_split(config.dataset)
+    torch.manual_seed(0)
+    model = build_model(config.model_config(), split.n_items)
+    return RunRecorder(Path(config.results_dir), model, split, config, 10)
+
+
+def killed_run(cycle_log: Path, folder: Path, saved: int, released: int) -> RunRecorder:
+    """Rounds 1..``saved`` recorded and saved, then releases up to ``released``, unsaved."""
+    config = config_for(cycle_log, folder)
+    recorder = recorder_for(config)
+    privacy = UserLevelPrivacy.from_config(config, 20, folder)
+    keeper = RoundStateKeeper(recorder, FedAvg(), config)
+    reply = RecordDict({"metrics": MetricRecord({"train_loss": 1.0, "num-examples": 10})})
+    keeper.evaluate(0, model_to_arrays(recorder.model))
+    for server_round in range(1, released + 1):
+        privacy.record_round(server_round)
+        if server_round <= saved:
+            recorder.aggregate_train([reply], "num-examples")
+            with torch.no_grad():
+                next(recorder.model.parameters()).add_(0.01)
+            keeper.evaluate(server_round, model_to_arrays(recorder.model))
+    return recorder
+
+
+def fake_state(**changes: object) -> ServerState:
+    state = ServerState(
+        round=0, round_offset=0, model_file="", best_file="", best_score=-1.0, best_round=-1,
+        untrained={}, round_seconds=[], refusals={}, metrics_rows=0, ledger={}, run_config={},
+    )  # fmt: skip
+    return dataclasses.replace(state, **changes)  # type: ignore[arg-type]
+
+
+def test_fedadam_moments_and_the_random_state_survive_a_save(tmp_path: Path) -> None:
+    strategy = FedAdam()
+    strategy.m_t = {"a": np.ones(3, np.float32), "b": np.full((2, 2), 2.0, np.float32)}
+    strategy.v_t = {"a": np.zeros(3, np.float32), "b": np.full((2, 2), 0.5, np.float32)}
+    random.seed(3)
+    random.random()
+    expected_draw = random.getstate()
+    state = fake_state(optimizer=optimizer_state(SkipRounds(strategy, 0), NAMES),
+                       python_random=expected_draw)  # fmt: skip
+
+    save_server_state(tmp_path, state)
+    loaded = load_server_state(tmp_path)
+    fresh = FedAdam()
+    restore_optimizer(SkipRounds(fresh, 0), loaded.optimizer, NAMES)
+
+    assert fresh.m_t is not None and fresh.v_t is not None
+    for name in NAMES:
+        np.testing.assert_array_equal(fresh.m_t[name], strategy.m_t[name])
+        np.testing.assert_array_equal(fresh.v_t[name], strategy.v_t[name])
+    random.seed(99)
+    random.setstate((loaded.python_random[0], tuple(loaded.python_random[1]), None))
+    after = random.random()
+    random.setstate(expected_draw)
+    assert after == random.random()
+
+
+def test_fedavgm_momentum_survives_a_save(tmp_path: Path) -> None:
+    strategy = FedAvgM(server_momentum=0.9)
+    strategy.momentum_vector = [np.ones(2, np.float32), np.arange(4, dtype=np.float32)]
+    save_server_state(tmp_path, fake_state(optimizer=optimizer_state(strategy, NAMES)))
+    fresh = FedAvgM(server_momentum=0.9)
+    restore_optimizer(fresh, load_server_state(tmp_path).optimizer, NAMES)
+    assert fresh.momentum_vector is not None
+    for ours, theirs in zip(fresh.momentum_vector, strategy.momentum_vector, strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_a_state_for_another_strategy_is_refused(tmp_path: Path) -> None:
+    strategy = FedAvgM(server_momentum=0.9)
+    strategy.momentum_vector = [np.ones(2, np.float32), np.ones(2, np.float32)]
+    saved = optimizer_state(strategy, NAMES)
+    with pytest.raises(ResumeError, match="holds 'momentum_vector', which FedAdam lacks"):
+        restore_optimizer(FedAdam(), saved, NAMES)
+
+
+def test_skipped_rounds_send_nothing_and_keep_the_model() -> None:
+    skip = SkipRounds(FedAvg(), through=3)
+    assert list(skip.configure_train(3, ArrayRecord(), None, None)) == []  # type: ignore[arg-type]
+    assert skip.aggregate_train(2, []) == (None, None)
+    assert list(skip.configure_evaluate(1, ArrayRecord(), None, None)) == []  # type: ignore[arg-type]
+    assert skip.aggregate_evaluate(3, []) is None
+
+
+def test_a_resumed_run_counts_a_release_that_was_not_saved(cycle_log: Path, tmp_path: Path) -> None:
+    # Prepare: rounds 1-3 saved, round 4 released (ledger) and then the kill
+    folder = tmp_path / "run"
+    killed_run(cycle_log, folder, saved=3, released=4)
+    with (folder / "metrics.csv").open("a") as handle:
+        handle.write("4,5.0,10")  # half a row written when the kill landed
+    # Execute
+    config = config_for(cycle_log, folder, resume_from=str(folder))
+    recorder = recorder_for(config)
+    resumption = resume_run(config, recorder.model, recorder)
+    # Assert: trains on from round 3's model, numbered after round 4
+    assert resumption.state.round == 3 and resumption.skip_through == 4
+    assert resumption.state.resumes[-1]["rounds_lost"] == 1
+    assert [row["round"] for row in metrics_rows(folder)] == ["0", "1", "2", "3"]
+    saved = torch.load(folder / CHECKPOINT, weights_only=True)
+    assert saved["round"] == 3
+    for name, value in recorder.model.state_dict().items():
+        assert torch.equal(saved["state_dict"][name], value)
+    assert len(recorder.round_seconds) == 3
+
+
+def test_a_resumed_run_without_a_lost_release_continues_after_the_saved_round(
+    cycle_log: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "run"
+    killed_run(cycle_log, folder, saved=2, released=2)
+    config = config_for(cycle_log, folder, resume_from=str(folder))
+    recorder = recorder_for(config)
+    resumption = resume_run(config, recorder.model, recorder)
+    assert (resumption.state.round, resumption.skip_through) == (2, 2)
+    assert json.loads((folder / "state" / "server_state.json").read_text())["round"] == 2
+    assert sorted(p.name for p in (folder / "state").glob("*.pt")) == [
+        "model-round-2.pt", "server_state.pt",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"lr": 0.5}, r"run config differs from the saved run's: lr 0.001 \(saved\) vs 0.5"),
+        ({"num_server_rounds": 9}, "num-server-rounds 6 \\(saved\\) vs 9"),
+    ],
+)
+def test_a_changed_config_is_refused(
+    cycle_log: Path, tmp_path: Path, changes: dict[str, object], message: str
+) -> None:
+    folder = tmp_path / "run"
+    killed_run(cycle_log, folder, saved=1, released=1)
+    config = config_for(cycle_log, folder, resume_from=str(folder), **changes)
+    with pytest.raises(ResumeError, match=message):
+        resume_run(config, recorder_for(config).model, recorder_for(config))
+
+
+def test_a_completed_run_is_not_resumed(cycle_log: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    killed_run(cycle_log, folder, saved=1, released=1)
+    (folder / "summary.json").write_text('{"status": "completed"}')
+    config = config_for(cycle_log, folder, resume_from=str(folder))
+    with pytest.raises(ResumeError, match="this run completed; there is nothing to resume"):
+        resume_run(config, recorder_for(config).model, recorder_for(config))
+
+
+def test_a_folder_without_state_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ResumeError, match="no saved server state"):
+        load_server_state(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"resume_from": "relative/run"}, "resume-from must be an absolute folder"),
+        ({"resume_from": "/a", "results_dir": "/b"}, "must be the run's own folder"),
+        ({"resume_from": "/a", "secure_aggregation": True}, "secure-aggregation cannot be"),
+    ],
+)
+def test_resume_from_is_checked_with_the_config(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        FederatedConfig(**changes)  # type: ignore[arg-type]
+
+
+def test_the_launcher_refuses_what_it_cannot_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--resume", str(tmp_path)]) == 1
+    assert f"cannot resume: {tmp_path}/config.json: not found" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text(json.dumps({"preset": "x", "run_config": {}}))
+    assert main(["--resume", str(tmp_path)]) == 1
+    assert "no saved server state" in capsys.readouterr().err
+    assert main(["--resume", str(tmp_path), "--set", "lr=1"]) == 1
+    assert "drop --set" in capsys.readouterr().err
+
+
+def test_a_new_launch_does_not_take_resume_from(
+    cycle_log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    preset = write_preset(tmp_path / "tiny.toml", {"dataset": str(cycle_log)})
+    argv = ["--preset", str(preset), "--set", f"resume-from={json.dumps(str(tmp_path))}"]
+    assert main([*argv, "--results", str(tmp_path / "results")]) == 1
+    assert "resume-from: use --resume RUN_DIR" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
