@@ -100,15 +100,15 @@ def test_a_killed_worker_stops_the_run_within_one_round_with_a_clear_error(
     finally:
         kill_all(process, marker)
     # Assert: the launcher failed with the reason, within one round of the kill
-    output = log.read_text(errors="replace")
-    assert process.returncode == 1, output[-2000:]
+    printed = log.read_text(errors="replace")
+    assert process.returncode == 1, printed[-2000:]
     (folder,) = results.iterdir()
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["status"] == "failed"
     assert summary["error"].startswith("WorkerDiedError: round ")
     assert "simulation worker running node" in summary["error"]
-    assert "error: run failed: WorkerDiedError" in output
-    assert "done" not in output.splitlines()[-1]
+    assert "error: run failed: WorkerDiedError" in printed
+    assert "done" not in printed.splitlines()[-1]
     assert completed_rounds(results) - killed_after <= 1
     assert marked_processes(marker) == {}
 
