@@ -21,6 +21,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.fault_injection import corrupt_reply, fail_before_training, fault_of
 from client.local_privacy import (
     ClientPrivacy,
     load_history,
@@ -112,11 +113,16 @@ def train(msg: Message, context: Context) -> Message:
     settings = _settings(msg)
     server_round = int(settings.get(SERVER_ROUND, 0))  # type: ignore[arg-type]
     server_round += int(settings.get(ROUND_OFFSET, 0))  # type: ignore[arg-type]
+    fault = fault_of(config, server_round, context.node_config)  # simulations: fault-rate
+    fail_before_training(fault, config, server_round)
+    sent = msg.content.array_records[ARRAYS]
     if config.partition_mode == "cohort":
-        return _train_cohort(msg, config, partition, model, server_round)
-    if config.dp == "local":
-        return _train_private(msg, context, config, partition, model, server_round)
-    return _train_plain(msg, config, partition, model, server_round)
+        reply = _train_cohort(msg, config, partition, model, server_round)
+    elif config.dp == "local":
+        reply = _train_private(msg, context, config, partition, model, server_round)
+    else:
+        reply = _train_plain(msg, config, partition, model, server_round)
+    return corrupt_reply(fault, reply, sent, deltas=config.partition_mode == "cohort")
 
 
 def _train_plain(

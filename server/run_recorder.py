@@ -40,6 +40,8 @@ ROUND_COLUMNS = [
     "non_finite",  # users whose update was not finite: they contributed zero
     "update_bytes",  # array bytes the clients sent this round (ArrayRecord.count_bytes)
     "update_bytes_per_client",
+    "failed",  # clients asked whose reply failed or never came (server/fault_tolerance.py)
+    "rejected",  # replies refused by the update checks (reasons in rejections.csv)
 ]  # fmt: skip
 COLUMNS = (
     ROUND_COLUMNS
@@ -116,6 +118,7 @@ class RunRecorder:
         self._federated: dict[str, float] = {}
         self._refused = 0
         self.refusals: dict[int, int] = {}
+        self._faults: dict[str, int] = {}
         self._started = time.perf_counter()
         self._round_started = self._started
 
@@ -152,6 +155,10 @@ class RunRecorder:
         """Clients that refused this round because their privacy budget is spent."""
         self._refused = refused
         self.refusals[server_round] = refused
+
+    def note_faults(self, failed: int, rejected: int) -> None:
+        """This round's failed clients and rejected updates, for its metrics.csv row."""
+        self._faults = {"failed": failed, "rejected": rejected}
 
     def aggregate_evaluate(self, records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
         """Exact federated metrics from the clients' sums."""
@@ -209,7 +216,8 @@ class RunRecorder:
         eval_seconds: float,
     ) -> None:
         row: dict[str, Any] = {"round": server_round, **train, "refused": self._refused}
-        self._refused = 0
+        row.update(self._faults)
+        self._refused, self._faults = 0, {}
         row.update(
             {"round_seconds": round(round_seconds, 3), "eval_seconds": round(eval_seconds, 3)}
         )
@@ -241,6 +249,7 @@ class RunRecorder:
         privacy: dict[str, Any] | None = None,
         node_errors: list[NodeError] | None = None,
         federated: dict[str, dict[str, float]] | None = None,
+        faults: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Test the released checkpoint and write ``summary.json`` with status completed.
 
@@ -251,7 +260,8 @@ class RunRecorder:
         budget); ``privacy`` is the run's privacy statement, if it had one;
         ``node_errors`` (error replies of nodes, see :mod:`server.node_errors`) are
         listed in the summary: a run can complete while some node failed. ``federated``
-        holds a deployment's valid and test metrics, summed by the nodes.
+        holds a deployment's valid and test metrics, summed by the nodes; ``faults`` the
+        run's degraded rounds, client failures and rejected updates.
         """
         summary: dict[str, Any] = {"status": "completed", **self._release(federated)}
         rounds = self.round_seconds
@@ -267,6 +277,7 @@ class RunRecorder:
             "node_errors": [error.to_json() for error in node_errors or []],
             "run_id": self.results_dir.name,
             "ledger": ledger_heads(self.results_dir / LEDGER_FOLDER),
+            **(faults or {}),
         })  # fmt: skip
         if self.config.initial_checkpoint:
             summary["started_from"] = {
@@ -318,8 +329,11 @@ def record_failure(
     """
     results_dir.mkdir(parents=True, exist_ok=True)
     node_errors = node_errors or []
-    distinct = {(e.node_id, e.reason): e for e in node_errors}
-    reason = "; ".join([f"{type(error).__name__}: {error}", *map(str, distinct.values())])
+    distinct = list({(e.node_id, e.reason): e for e in node_errors}.values())
+    shown = [*map(str, distinct[:3])]
+    if len(distinct) > 3:  # e.g. a dead worker fails every node sent to it
+        shown.append(f"and {len(distinct) - 3} more node errors (node_errors below)")
+    reason = "; ".join([f"{type(error).__name__}: {error}", *shown])
     summary: dict[str, Any] = {
         "status": "failed",
         "error": reason,

@@ -41,6 +41,7 @@ from common.privacy.randomness import server_noise_source
 from common.training.local import round_seed
 from server.budget_refusals import BudgetRefusals
 from server.cohort_aggregation import CohortAggregation
+from server.fault_tolerance import FaultLog, ReplyScreening, RoundFaults
 from server.federated_evaluation import deployment_figures
 from server.node_errors import ErrorRecordingGrid
 from server.resumption import Resumption, RoundStateKeeper, resume_run
@@ -129,14 +130,18 @@ def prepare_run(config: FederatedConfig, results_dir: Path) -> RunSetup:
 
 
 def build_server_strategy(
-    config: FederatedConfig, setup: RunSetup, privacy: UserLevelPrivacy | None
+    config: FederatedConfig,
+    setup: RunSetup,
+    privacy: UserLevelPrivacy | None,
+    fault_log: FaultLog | None = None,
 ) -> Strategy:
-    """Flower's strategy wrapped for the mode: decoding, cohort sums, budget refusals."""
+    """Flower's strategy wrapped for the mode: decoding, reply screening, cohort sums,
+    budget refusals (innermost first: screening sees decoded updates)."""
     recorder = setup.recorder
     flower_strategy = build_strategy(
         config, setup.num_partitions, recorder.aggregate_train, recorder.aggregate_evaluate
     )
-    strategy: Strategy = with_update_decoding(flower_strategy, config.update_compression)
+    strategy: Strategy = flower_strategy
     if config.partition_mode == "cohort":
         strategy = CohortAggregation(
             flower_strategy,
@@ -149,9 +154,31 @@ def build_server_strategy(
             before_round=privacy.check_round if privacy else None,
             on_release=privacy.record_round if privacy else None,
         )
+    strategy = screened(strategy, config, recorder, fault_log)
+    strategy = with_update_decoding(strategy, config.update_compression)
     if config.dp == "local":
         strategy = BudgetRefusals(strategy, recorder.note_refusals)
     return strategy
+
+
+def screened(
+    strategy: Strategy, config: FederatedConfig, recorder: RunRecorder, log: FaultLog | None
+) -> ReplyScreening:
+    """``strategy`` behind the reply checks, counting into ``log`` and ``metrics.csv``."""
+
+    def on_round(faults: RoundFaults) -> None:
+        if log is not None:
+            log.record(faults)
+        recorder.note_faults(len(faults.failures), len(faults.rejections))
+
+    return ReplyScreening(
+        strategy,
+        min_replies=config.min_replies,
+        on_round=on_round,
+        validate=config.validate_updates,
+        deltas=config.partition_mode == "cohort",
+        max_update_norm=config.max_update_norm,
+    )
 
 
 def run_strategy(
@@ -165,7 +192,8 @@ def run_strategy(
         if config.dp == "user"
         else None
     )
-    strategy = build_server_strategy(config, setup, privacy)
+    fault_log = FaultLog(results_dir)
+    strategy = build_server_strategy(config, setup, privacy, fault_log)
     keeper = RoundStateKeeper(setup.recorder, strategy, config, setup.resumption)
     stopped = ""
     try:
@@ -173,6 +201,7 @@ def run_strategy(
             grid=grid,
             initial_arrays=keeper.initial_arrays(),  # the saved ones when resuming
             num_rounds=config.num_server_rounds,
+            timeout=config.round_timeout,
             train_config=ConfigRecord(
                 {
                     STAGE: TRAIN_STAGE,
@@ -196,6 +225,7 @@ def run_strategy(
         privacy=privacy.summary() if privacy else None,
         node_errors=grid.errors,
         federated=figures,
+        faults=fault_log.summary(),
     )
     keeper.note_resumes()
 

@@ -284,7 +284,8 @@ def launch_in(
     if (results_dir / "ledger").is_dir():
         privacy_report(results_dir)
     logger.info(
-        "done: released round %d (%s), test HR@10 %.4f NDCG@10 %.4f -> %s",
+        "%s: released round %d (%s), test HR@10 %.4f NDCG@10 %.4f -> %s",
+        outcome_word(summary),
         summary["released_round"],
         summary["release_selection"],
         summary["test"]["hr@10"],
@@ -292,6 +293,18 @@ def launch_in(
         results_dir,
     )
     return summary
+
+
+def outcome_word(summary: dict[str, Any]) -> str:
+    """``done``, or ``done (degraded: ...)`` when rounds lost clients or updates were refused."""
+    degraded, rounds = summary.get("degraded_rounds", 0), summary.get("rounds", 0)
+    failures, rejected = summary.get("client_failures", 0), summary.get("rejected_updates", 0)
+    if not (degraded or failures or rejected):
+        return "done"
+    return (
+        f"done (degraded: {degraded} of {rounds} rounds, {failures} client failures, "
+        f"{rejected} updates rejected)"
+    )
 
 
 def _exit_143(signum: int, frame: object) -> None:

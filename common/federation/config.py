@@ -14,10 +14,11 @@ from common.data.attributes import check_attribute_source
 from common.data.loaders import dataset_log_format
 from common.data.partitioning import PARTITION_MODES, count_partitions
 from common.federation.compression import COMPRESSIONS
+from common.federation.reliability import ROBUST_STRATEGIES, check_reliability
 from common.federation.secure_aggregation import check_secure_aggregation
 from common.models import MODEL_KEYS, ModelConfig
 
-STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox")
+STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox", *ROBUST_STRATEGIES)
 
 
 DP_MODES = ("none", "user", "local")
@@ -84,6 +85,17 @@ class FederatedConfig:
     dataset_time_unit: str = ""  # numeric timestamps: s, ms, us, ns; "" / auto = detected
     item_attributes: str = ""  # "" = none, "builtin" = the data set's own file, or a path
     resume_from: str = ""  # a killed run's folder to continue in (server/resumption.py)
+    # Failures and hostile updates (common/federation/reliability.py checks these).
+    fault_rate: float = 0.0  # simulations: share of clients that fail each round on purpose
+    fault_kind: str = "error"  # crash, hang, error, nan, scale
+    fault_seed: int = 0
+    round_timeout: float = 3600.0  # seconds the server waits for a round's replies
+    min_replies: float = 1.0  # valid replies a round needs: share in (0, 1) or count >= 1
+    validate_updates: bool = True  # reject malformed / non-finite / too large updates
+    max_update_norm: float = 0.0  # L2 bound on a client's update (0 = off)
+    byzantine_clients: int = 0  # krum, multikrum, bulyan: clients assumed malicious
+    trimmed_beta: float = 0.2  # fedtrimmedavg: share cut from each end
+    krum_select: int = 1  # multikrum: updates averaged
 
     def __post_init__(self) -> None:
         self._check_choices()
@@ -94,6 +106,7 @@ class FederatedConfig:
         self._check_mode()
         _check_deployment(self)
         check_resume_from(self)
+        check_reliability(self)
 
     def _check_choices(self) -> None:
         """Keys that name one of a fixed set of choices."""

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from common.federation.config import FederatedConfig
 from common.federation.messages import ARRAYS, CONFIG, WEIGHT_KEY
 from common.federation.metrics import sum_metric_records
+from common.federation.reliability import ROBUST_STRATEGIES
 
 if TYPE_CHECKING:
     from flwr.serverapp.strategy import FedAvg
@@ -44,4 +45,30 @@ def build_strategy(
         )
     if config.strategy == "fedprox":
         return FedProx(**common, proximal_mu=config.proximal_mu)
+    if config.strategy in ROBUST_STRATEGIES:
+        return build_robust_strategy(config, common)
     return FedAvg(**common)
+
+
+def build_robust_strategy(config: FederatedConfig, common: dict[str, Any]) -> FedAvg:
+    """Flower's Byzantine-robust strategy named by ``config.strategy``.
+
+    They see each client's update separately, so they make no sense with cohorts
+    (refused by :func:`common.federation.reliability.check_reliability`).
+    """
+    from flwr.serverapp.strategy import Bulyan, FedMedian, FedTrimmedAvg, Krum, MultiKrum
+
+    byzantine = config.byzantine_clients
+    if config.strategy == "fedmedian":
+        return FedMedian(**common)
+    if config.strategy == "fedtrimmedavg":
+        return FedTrimmedAvg(**common, beta=config.trimmed_beta)
+    if config.strategy == "krum":
+        return Krum(**common, num_malicious_nodes=byzantine)
+    if config.strategy == "multikrum":
+        return MultiKrum(
+            **common, num_malicious_nodes=byzantine, num_nodes_to_select=config.krum_select
+        )
+    if config.strategy == "bulyan":
+        return Bulyan(**common, num_malicious_nodes=byzantine)
+    raise ValueError(f"strategy {config.strategy!r} is not one of {ROBUST_STRATEGIES}")

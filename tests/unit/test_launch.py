@@ -140,7 +140,7 @@ class HandlerInstalled(Exception):
 
 @pytest.mark.parametrize(
     "name", ["benchmarks.privacy", "benchmarks.federated", "benchmarks.compression",
-             "benchmarks.canary_audit"],
+             "benchmarks.canary_audit", "benchmarks.faults"],
 )  # fmt: skip
 def test_benchmarks_that_launch_simulations_unwind_on_sigterm(
     name: str, monkeypatch: pytest.MonkeyPatch

@@ -94,6 +94,7 @@ SEEDED_DRAWS = {
     ("common/privacy/canaries.py", "default_rng"): "audit: canary sequences",
     ("server/server_app.py", "seed"): "Flower's node sampling (no DP mode credits it)",
     ("server/server_app.py", "manual_seed"): "initialisation of the global model",
+    ("client/fault_injection.py", "default_rng"): "which simulated clients fail on purpose",
 }
 SEEDING_CALLS = {"default_rng", "manual_seed", "seed", "Generator", "SeedSequence", "RandomState"}
 DRAWING_CALLS = {"normal", "randn", "normal_", "standard_normal", "add_noise", "poisson"}
