@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import torch
 
+import simulations.launch as launch_module
 from common.data.catalogue import ItemCatalogue
 from common.data.node_data import NodeDataConfig
 from common.federation.checkpoints import (
@@ -171,6 +172,11 @@ LAUNCH_CASES: list[tuple[str, str, list[str], str]] = [
 ]  # fmt: skip
 
 
+def _no_process(*args: object) -> None:
+    """Stands in for the step that writes the run folder and starts the SuperLink."""
+    raise AssertionError("the launcher went on to start a SuperLink")
+
+
 @pytest.mark.parametrize(
     ("preset_text", "sets", "pattern"),
     [case[1:] for case in LAUNCH_CASES],
@@ -179,10 +185,12 @@ LAUNCH_CASES: list[tuple[str, str, list[str], str]] = [
 def test_launcher_refuses_before_starting_anything(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
     preset_text: str | bytes,
     sets: list[str],
     pattern: str,
 ) -> None:
+    monkeypatch.setattr(launch_module, "launch_in", _no_process)
     dataset = write_cycle_log(tmp_path / "cycle.csv")
     (tmp_path / "notes.pt").write_text("not a checkpoint")
     preset = tmp_path / "bad.toml"
