@@ -20,10 +20,14 @@ from typing import Any
 
 import tomli_w
 
-from common.storage.run_folder import new_run_dir, write_json
+from common.federation.config import FederatedConfig
+from common.federation.preflight import check_deployment_inputs
+from common.storage.run_folder import write_json
 from simulations.flower_log import KILLED, stream_flwr_run
 from simulations.launch import (
+    CONFIG_ERROR,
     PROJECT_ROOT,
+    LaunchConfigError,
     LaunchError,
     app_defaults,
     check_outcome,
@@ -31,6 +35,7 @@ from simulations.launch import (
     load_preset,
     parse_overrides,
     resolve_config,
+    run_folder,
     write_plots,
 )
 from simulations.superlink import flower_env
@@ -41,11 +46,16 @@ logger = logging.getLogger("fedseqrec.deploy")
 def deployment_config(preset: str, overrides: list[str], nodes: int) -> tuple[str, dict[str, Any]]:
     """Resolve app defaults < preset < ``--set`` and wait for ``nodes`` SuperNodes."""
     if nodes < 1:
-        raise LaunchError(f"--nodes must be >= 1, got {nodes}")
+        raise LaunchConfigError(f"--nodes must be >= 1, got {nodes}")
     label, keys = load_preset(preset)
     parsed = parse_overrides(overrides)
     parsed["deployment-nodes"] = nodes
-    return label, resolve_config(app_defaults(), keys, parsed, label)
+    config = resolve_config(app_defaults(), keys, parsed, label)
+    try:
+        check_deployment_inputs(FederatedConfig.from_run_config(config))
+    except ValueError as error:  # DeltaError, CheckpointError, ...
+        raise LaunchConfigError(str(error)) from None
+    return label, config
 
 
 def submit_run(
@@ -98,11 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         label, config = deployment_config(args.preset, args.set, args.nodes)
-    except LaunchError as error:
+        resumed = str(config.get("resume-from") or "")  # a killed run carries on in its folder
+        results_dir = Path(resumed) if resumed else run_folder(args.results, label)
+    except LaunchConfigError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
-    resumed = str(config.get("resume-from") or "")  # a killed run carries on in its folder
-    results_dir = Path(resumed) if resumed else new_run_dir(args.results.resolve(), label)
+        return CONFIG_ERROR
     try:
         summary = submit_run(args.connection, config, results_dir, flower_env())
     except LaunchError as error:

@@ -18,6 +18,7 @@ from common.data.sequences import LeaveOneOutSplit
 from common.federation.checkpoints import ItemId, dataset_item_ids
 from common.federation.config import FederatedConfig
 from common.federation.node_partition import data_source
+from common.federation.preflight import check_population
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,5 @@ def server_view(config: FederatedConfig) -> ServerView:
         catalogue = ItemCatalogue.from_file(config.catalogue)
         return ServerView(list(catalogue.item_ids), config.population, None)
     split = load_split(*data_source(config))
-    if config.population not in (0, split.n_users):
-        raise ValueError(
-            f"population {config.population} differs from the {split.n_users} users of "
-            f"{config.dataset} (leave it 0 in simulations)"
-        )
+    check_population(config, split.n_users)
     return ServerView(dataset_item_ids(*data_source(config)), split.n_users, split)

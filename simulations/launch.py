@@ -27,11 +27,9 @@ from typing import Any
 
 import tomli_w
 
-from common.data.loaders import BUILTIN_DATASETS, DataFormatError, builtin_path
-from common.data.partitioning import load_split
-from common.federation.checkpoints import CheckpointError, dataset_item_ids, load_initial_checkpoint
+from common.data.loaders import BUILTIN_DATASETS, builtin_path
 from common.federation.config import FederatedConfig
-from common.federation.node_partition import data_source
+from common.federation.preflight import check_simulation_inputs
 from common.storage.run_folder import new_run_dir, plot_series, write_json
 from simulations.flower_log import stream_flwr_run
 from simulations.resume import keep_earlier_logs, resumed_run
@@ -55,6 +53,13 @@ class LaunchError(Exception):
     """A launch cannot start or its run did not complete; the message says why."""
 
 
+class LaunchConfigError(LaunchError):
+    """The config or an input it names is bad: refused before any process starts (exit 2)."""
+
+
+CONFIG_ERROR = 2  # exit status of a refused config; a failed run exits 1
+
+
 def app_defaults(app_dir: Path = PROJECT_ROOT) -> dict[str, Any]:
     """The ``[tool.flwr.app.config]`` defaults of the Flower app."""
     with (app_dir / "pyproject.toml").open("rb") as handle:
@@ -66,11 +71,13 @@ def load_preset(name: str) -> tuple[str, dict[str, Any]]:
     path = Path(name) if name.endswith(".toml") else PRESET_DIR / f"{name}.toml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.toml")))
-        raise LaunchError(f"preset {name!r} not found (known presets: {known})")
+        raise LaunchConfigError(f"preset {name!r} not found (known presets: {known})")
     try:
-        return path.stem, tomllib.loads(path.read_text())
+        return path.stem, tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise LaunchConfigError(f"preset {path}: cannot read it ({error})") from None
     except tomllib.TOMLDecodeError as error:
-        raise LaunchError(f"preset {path}: invalid TOML ({error})") from None
+        raise LaunchConfigError(f"preset {path}: invalid TOML ({error})") from None
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -79,7 +86,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
-            raise LaunchError(f"--set expects key=value, got {pair!r}")
+            raise LaunchConfigError(f"--set expects key=value, got {pair!r}")
         try:
             overrides[key.strip()] = tomllib.loads(f"v = {raw.strip()}")["v"]
         except tomllib.TOMLDecodeError:
@@ -95,10 +102,12 @@ def resolve_config(
         unknown = sorted(set(keys) - set(defaults))
         if unknown:
             known = ", ".join(sorted(defaults))
-            raise LaunchError(f"{origin}: unknown key(s) {', '.join(unknown)} (known: {known})")
+            raise LaunchConfigError(
+                f"{origin}: unknown key(s) {', '.join(unknown)} (known: {known})"
+            )
         owned = sorted(set(keys) & set(LAUNCHER_KEYS))
         if owned:
-            raise LaunchError(
+            raise LaunchConfigError(
                 f"{origin}: {', '.join(owned)} is set by the launcher (use --results)"
             )
     resolved = {**defaults, **preset, **overrides}
@@ -106,12 +115,12 @@ def resolve_config(
     if resolved.get("initial-checkpoint"):
         checkpoint = Path(str(resolved["initial-checkpoint"])).expanduser().resolve()
         if not checkpoint.is_file():
-            raise LaunchError(f"initial-checkpoint {str(checkpoint)!r}: file not found")
+            raise LaunchConfigError(f"initial-checkpoint {str(checkpoint)!r}: file not found")
         resolved["initial-checkpoint"] = str(checkpoint)
     try:
         FederatedConfig.from_run_config(resolved)
     except ValueError as error:
-        raise LaunchError(f"invalid config: {error}") from None
+        raise LaunchConfigError(f"invalid config: {error}") from None
     return resolved
 
 
@@ -121,7 +130,7 @@ def resolve_dataset(dataset: str) -> str:
         return str(builtin_path(dataset))
     path = Path(dataset).expanduser().resolve()
     if not path.is_file():
-        raise LaunchError(f"dataset {dataset!r}: file not found")
+        raise LaunchConfigError(f"dataset {dataset!r}: file not found")
     return str(path)
 
 
@@ -230,8 +239,17 @@ def launch(args: argparse.Namespace) -> dict[str, Any]:
     if config.get("resume-from"):
         raise LaunchError("resume-from: use --resume RUN_DIR (the run's own config and folder)")
     n_users = check_inputs(config)
-    results_dir = new_run_dir(args.results.resolve(), label)
-    return launch_in(results_dir, label, config, n_users, args.port)
+    return launch_in(run_folder(args.results, label), label, config, n_users, args.port)
+
+
+def run_folder(root: Path, label: str) -> Path:
+    """A new run folder under ``root`` (``--results``), or a LaunchConfigError saying why not."""
+    try:
+        return new_run_dir(root.resolve(), label)
+    except OSError as error:
+        raise LaunchConfigError(
+            f"--results {root}: cannot create a run folder there ({error.strerror})"
+        ) from None
 
 
 def launch_resumed(args: argparse.Namespace) -> dict[str, Any]:
@@ -249,18 +267,17 @@ def launch_resumed(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def check_inputs(config: dict[str, Any]) -> int:
-    """Read the data set (and any initial checkpoint) before starting; returns its users."""
+    """Read the data set and every file the config names before starting; returns users."""
     federated = FederatedConfig.from_run_config(config)
+    if federated.deployment_nodes:
+        raise LaunchConfigError(
+            "deployment-nodes is for deployments (python -m deploy.run --nodes N); a "
+            "simulation runs one SuperNode per partition"
+        )
     try:
-        n_users = load_split(*data_source(federated)).n_users
-        if federated.initial_checkpoint:  # the ServerApp checks again; fail before starting
-            item_ids = dataset_item_ids(*data_source(federated))
-            load_initial_checkpoint(
-                federated.initial_checkpoint, federated.model_config(), item_ids
-            )
-    except (DataFormatError, CheckpointError) as error:
-        raise LaunchError(str(error)) from None
-    return n_users
+        return check_simulation_inputs(federated)
+    except ValueError as error:  # DataFormatError, CheckpointError, DeltaError, ...
+        raise LaunchConfigError(str(error)) from None
 
 
 def launch_in(
@@ -322,12 +339,16 @@ def unwind_on_sigterm() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; every failure is one line on stderr and a non-zero exit."""
+    """Entry point; every failure is one line on stderr: exit 2 for a refused config
+    (nothing started, nothing written), 1 for a run that failed."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     unwind_on_sigterm()
     args = build_parser().parse_args(argv)
     try:
         launch(args)
+    except LaunchConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return CONFIG_ERROR
     except (LaunchError, SuperLinkError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
+from common.data.ids import text_id_column
 from common.data.loaders import ClickLog, dataset_log_format, load_dataset
 
 CONFIG_KEY = "item-catalogue"
@@ -79,7 +81,8 @@ class ItemCatalogue:
         """A public item list: one id per line, line ``i`` is item index ``i``.
 
         What a deployment's server reads instead of users' data; a blank or duplicated
-        id is an error naming its line.
+        id, or one the loaders would refuse (:mod:`common.data.ids`), is an error naming
+        its line.
         """
         path = Path(path)
         try:
@@ -96,6 +99,7 @@ class ItemCatalogue:
             seen[item] = number
         if not seen:
             raise ValueError(f"{path}: the item catalogue is empty")
+        text_id_column(pd.Series(list(seen)), path, "item", first_line=1)  # the loaders' rules
         return cls(tuple(seen))
 
     def write(self, path: str | Path) -> None:

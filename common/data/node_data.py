@@ -29,6 +29,7 @@ by (timestamp, item id) and applies the leave-one-out split of the evaluation pr
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ from common.data.catalogue import ItemCatalogue
 from common.data.loaders import DataFormatError, LogFormat, dataset_log_format, load_dataset
 from common.data.partitioning import ClientPartition
 from common.data.sequences import SequenceDataset, build_sequences, leave_one_out_split
+from common.privacy.calibration import check_population
 
 logger = logging.getLogger("fedseqrec.node")
 
@@ -70,8 +72,11 @@ class NodeDataConfig:
     item_attributes: str = ""
 
     def __post_init__(self) -> None:
-        if self.budget_epsilon is not None and not self.budget_epsilon > 0:
-            raise ValueError(f"node config 'budget-epsilon' must be > 0, got {self.budget_epsilon}")
+        if self.budget_epsilon is not None and not 0 < self.budget_epsilon < math.inf:
+            raise ValueError(
+                f"node config 'budget-epsilon' must be a finite number > 0, got "
+                f"{self.budget_epsilon}"
+            )
         if self.budget_delta is not None and not 0 < self.budget_delta < 1:
             raise ValueError(
                 f"node config 'budget-delta' must be in (0, 1), got {self.budget_delta}"
@@ -95,8 +100,13 @@ class NodeDataConfig:
             raise ValueError(f"node config 'data-path' must be a file path, got {raw_path!r}")
         data_path = Path(raw_path).expanduser()
         ledger = node_config.get("ledger-path", str(data_path.parent / LEDGER_FILENAME))
-        if not isinstance(ledger, str) or not ledger.strip():
+        if not isinstance(ledger, str) or not ledger.strip() or Path(ledger).is_dir():
             raise ValueError(f"node config 'ledger-path' must be a file path, got {ledger!r}")
+        if "population" in node_config:
+            try:
+                check_population(node_config["population"])
+            except ValueError as error:
+                raise ValueError(f"node config 'population': {error}") from None
         try:
             log_format = dataset_log_format(
                 str(data_path),

@@ -103,13 +103,30 @@ def load_checkpoint(path: Path) -> Checkpoint:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a foreign or damaged file
-        raise CheckpointError(f"{path}: not a readable checkpoint ({error})") from None
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first})") from None
     if not isinstance(raw, dict) or "state_dict" not in raw:
         raise CheckpointError(f"{path}: not a fedseqrec checkpoint (no 'state_dict')")
     if "item_ids" not in raw:
         raw = _upgrade_legacy(path, raw)
+    checkpoint = _checkpoint_of(path, raw)
+    if "n_items" in raw and raw["n_items"] != checkpoint.n_items:
+        raise CheckpointError(
+            f"{path}: n_items {raw['n_items']!r} does not match its catalogue of "
+            f"{checkpoint.n_items} item ids"
+        )
+    if len(set(checkpoint.item_ids)) != checkpoint.n_items:
+        raise CheckpointError(f"{path}: malformed checkpoint (its catalogue repeats item ids)")
+    _check_weights_fit(path, checkpoint)
+    return checkpoint
+
+
+def _checkpoint_of(path: Path, raw: dict[str, Any]) -> Checkpoint:
+    """The fields of a checkpoint dict, typed; a CheckpointError names a bad one."""
     try:
-        checkpoint = Checkpoint(
+        if not isinstance(raw["state_dict"], Mapping):
+            raise TypeError("'state_dict' is not a mapping of names to tensors")
+        return Checkpoint(
             round=int(raw.get("round", 0)),
             state_dict=raw["state_dict"],
             model_config=ModelConfig(**raw["model_config"]),
@@ -120,13 +137,6 @@ def load_checkpoint(path: Path) -> Checkpoint:
         )
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: malformed checkpoint ({error})") from None
-    if "n_items" in raw and int(raw["n_items"]) != checkpoint.n_items:
-        raise CheckpointError(
-            f"{path}: n_items {raw['n_items']} does not match its catalogue of "
-            f"{checkpoint.n_items} item ids"
-        )
-    _check_weights_fit(path, checkpoint)
-    return checkpoint
 
 
 def _upgrade_legacy(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
@@ -138,7 +148,12 @@ def _upgrade_legacy(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
             f"config.json of its run beside it to rebuild them from; re-save it with a "
             f"current version"
         )
-    settings = json.loads(config_path.read_text())
+    try:
+        settings = json.loads(config_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{config_path}: not a readable run config ({error})") from None
+    if not isinstance(settings, dict):
+        raise CheckpointError(f"{config_path}: must hold a JSON object")
     if "run_config" in settings:  # a federated run folder (simulations.launch)
         from common.federation.config import FederatedConfig
 
@@ -163,7 +178,7 @@ def _check_weights_fit(path: Path, checkpoint: Checkpoint) -> None:
     """The weights must load into the model their config and catalogue describe."""
     try:
         checkpoint.build_model()
-    except (RuntimeError, ValueError) as error:
+    except (RuntimeError, TypeError, ValueError) as error:
         first = str(error).strip().splitlines()[0]
         raise CheckpointError(
             f"{path}: weights do not fit a {checkpoint.model_config.name} model of "

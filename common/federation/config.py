@@ -10,6 +10,7 @@ from typing import Any, get_type_hints
 
 from flwr.supercore.utils import get_flwr_home
 
+from common.config.field_types import check_field_types, check_seed, coerce_value
 from common.data.attributes import check_attribute_source
 from common.data.loaders import dataset_log_format
 from common.data.partitioning import PARTITION_MODES, count_partitions
@@ -98,12 +99,15 @@ class FederatedConfig:
     krum_select: int = 1  # multikrum: updates averaged
 
     def __post_init__(self) -> None:
+        check_field_types(self, _kebab)
         self._check_choices()
         self._check_ranges()
         self.model_config()  # validates the architecture keys
         check_data_options(self)
         check_secure_aggregation(self)
         self._check_mode()
+        self._check_privacy()
+        _check_paths(self)
         _check_deployment(self)
         check_resume_from(self)
         check_reliability(self)
@@ -145,6 +149,7 @@ class FederatedConfig:
             raise ValueError(f"server-momentum must be in [0, 1), got {self.server_momentum}")
         if self.lr <= 0 or self.server_lr <= 0 or self.server_tau <= 0 or self.proximal_mu < 0:
             raise ValueError("lr, server-lr and server-tau must be > 0, proximal-mu >= 0")
+        check_seed(self.seed)
 
     def _check_mode(self) -> None:
         """Legal combinations of partition-mode x dp x secure-aggregation x compression.
@@ -172,6 +177,14 @@ class FederatedConfig:
                 "cross-device or cross-silo and dp = 'none'"
             )
 
+    def _check_privacy(self) -> None:
+        """DP needs noise: a given multiplier or a target epsilon to derive it from."""
+        if self.dp != "none" and self.noise_multiplier <= 0 and self.target_epsilon <= 0:
+            raise ValueError(
+                f"dp = {self.dp!r} needs noise-multiplier > 0 or target-epsilon > 0 "
+                "(without noise nothing is private)"
+            )
+
     def model_config(self) -> ModelConfig:
         """The architecture part of the config."""
         return ModelConfig(name=self.model, **{key: getattr(self, key) for key in MODEL_KEYS})
@@ -195,10 +208,24 @@ class FederatedConfig:
         values: dict[str, Any] = {}
         for key, value in run_config.items():
             name = key.replace("-", "_")
-            if name not in hints:
+            if name not in hints or "_" in key:  # kebab-case only: one spelling per key
                 raise ValueError(f"unknown run-config key {key!r}")
-            values[name] = _coerce(key, value, hints[name])
+            values[name] = coerce_value(f"run-config key {key!r}", value, hints[name])
         return cls(**values)
+
+
+def _kebab(name: str) -> str:
+    """A field's run-config key."""
+    return name.replace("_", "-")
+
+
+def _check_paths(config: FederatedConfig) -> None:
+    """A data set is named; a checkpoint to continue from is an absolute path."""
+    if not config.dataset.strip():
+        raise ValueError("dataset must name a built-in data set or a file, got ''")
+    checkpoint = config.initial_checkpoint
+    if checkpoint and not Path(checkpoint).is_absolute():
+        raise ValueError(f"initial-checkpoint must be an absolute path, got {checkpoint!r}")
 
 
 def _check_deployment(config: FederatedConfig) -> None:
@@ -258,14 +285,3 @@ def check_data_options(config: FederatedConfig) -> None:
     except ValueError as error:
         raise ValueError(f"dataset-columns / dataset-time-unit: {error}") from None
     check_attribute_source(config.item_attributes, config.dataset)
-
-
-def _coerce(key: str, value: Any, kind: type) -> Any:
-    """Check a run-config value against the field type (ints are accepted as floats)."""
-    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if kind is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-        return value
-    raise ValueError(f"run-config key {key!r} must be {kind.__name__}, got {value!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from common.config.field_types import check_field_types
 from common.models.attention import NORM_PLACEMENTS, AttentionRecommender
 from common.models.base import SequenceRecommender, next_item_loss
 from common.models.lstm import LSTMRecommender
@@ -36,6 +37,7 @@ class ModelConfig:
     norm: str = "sasrec"  # attention: layer-norm placement, one of NORM_PLACEMENTS
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.name not in MODEL_NAMES:
             raise ValueError(f"model must be one of {', '.join(MODEL_NAMES)}, got {self.name!r}")
         if self.dim < 1 or self.layers < 1 or self.heads < 1 or self.max_len < 1:
@@ -46,6 +48,13 @@ class ModelConfig:
             raise ValueError(f"norm must be one of {', '.join(NORM_PLACEMENTS)}, got {self.norm!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.n_gap_buckets < 0:
+            raise ValueError(f"n_gap_buckets must be >= 0 (0 = off), got {self.n_gap_buckets}")
+        if self.name == "attention" and self.dim % self.heads:
+            raise ValueError(
+                f"attention needs heads to divide dim: dim {self.dim} is not a multiple of "
+                f"heads {self.heads}"
+            )
 
 
 MODEL_KEYS = tuple(field.name for field in fields(ModelConfig) if field.name != "name")

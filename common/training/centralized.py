@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from common.config.field_types import check_field_types, check_seed
 from common.data.features import TrainingWindows, prefix_windows, training_windows
 from common.data.sequences import LeaveOneOutSplit
 from common.evaluation.scoring import evaluate_model
@@ -52,6 +53,8 @@ class TrainConfig:
     windows: str = "sequence"
 
     def __post_init__(self) -> None:
+        check_field_types(self)
+        check_seed(self.seed)
         if self.epochs < 1 or self.batch_size < 1 or self.eval_every < 1:
             raise ValueError("epochs, batch_size and eval_every must be positive")
         if self.lr <= 0 or self.weight_decay < 0 or self.patience < 1:

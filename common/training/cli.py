@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from common.config.field_types import coerce_value
 from common.data.attributes import ItemAttributes, check_attribute_source, load_item_attributes
 from common.data.loaders import (
     BUILTIN_DATASETS,
@@ -40,15 +41,15 @@ from common.training.centralized import EpochRecord, TrainConfig, TrainResult, t
 logger = logging.getLogger("fedseqrec.train")
 
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
-RUN_KEYS = {
-    "dataset",
-    "model",
-    "out",
-    "threads",
-    "text_init",
-    "columns",
-    "time_unit",
-    "item_attributes",
+RUN_KEYS = {  # the keys beside the model's and the training's, with their types
+    "dataset": str,
+    "model": str,
+    "out": str,
+    "threads": int,
+    "text_init": bool,
+    "columns": str,
+    "time_unit": str,
+    "item_attributes": str,
 }
 REPORTED = ("hr@10", "ndcg@10", "mrr", "hr@10" + UNEXCLUDED_SUFFIX, "ndcg@10" + UNEXCLUDED_SUFFIX)
 
@@ -94,15 +95,23 @@ def load_settings(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataFormatError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataFormatError(f"{path}: cannot read the config file ({error})") from None
     except tomllib.TOMLDecodeError as error:
         raise DataFormatError(f"{path}: invalid TOML ({error})") from None
     settings = {key.replace("-", "_"): value for key, value in raw.items()}
-    unknown = set(settings) - set(MODEL_KEYS) - TRAIN_KEYS - RUN_KEYS
+    unknown = set(settings) - set(MODEL_KEYS) - TRAIN_KEYS - set(RUN_KEYS)
     if unknown:
         raise DataFormatError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")
+    for key, kind in RUN_KEYS.items():
+        if key in settings:
+            try:
+                coerce_value(key, settings[key], kind)
+            except ValueError as error:
+                raise DataFormatError(f"{path}: {error}") from None
     return settings
 
 
@@ -118,6 +127,8 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def configs_from(settings: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
     """Typed, validated configs; a bad value raises ValueError naming it."""
+    if settings.get("threads") is not None and settings["threads"] < 1:
+        raise ValueError(f"threads must be >= 1, got {settings['threads']}")
     model = ModelConfig(
         name=settings["model"], **{k: v for k, v in settings.items() if k in MODEL_KEYS}
     )

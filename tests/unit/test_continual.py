@@ -70,7 +70,7 @@ def test_a_checkpoint_that_does_not_fit_stops_the_launch_in_one_line(
                  "--set", f"initial-checkpoint={tmp_path / 'dim4.pt'}"])  # fmt: skip
 
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and len(err) == 1 and not results.exists()
+    assert code == 2 and len(err) == 1 and not results.exists()
     assert err[0].startswith(f"error: initial-checkpoint {tmp_path / 'dim4.pt'}: model config")
     assert "dim 4 (checkpoint) vs 8 (run)" in err[0]
     main(["--preset", str(preset), "--results", str(results), "--set", "initial-checkpoint=no.pt"])

@@ -49,7 +49,7 @@ def test_every_model_option_is_a_run_config_key_with_the_model_default(
     field: dataclasses.Field[object],
 ) -> None:
     key = "model" if field.name == "name" else field.name
-    changed = {"name": "lstm", "norm": "pre", "dropout": 0.5}.get(field.name, 3)
+    changed = {"name": "lstm", "norm": "pre", "dropout": 0.5, "heads": 4}.get(field.name, 3)
 
     assert getattr(FederatedConfig(), key) == field.default
     config = FederatedConfig.from_run_config({key.replace("_", "-"): changed})
@@ -72,7 +72,7 @@ def test_empty_results_dir_is_the_run_folder_under_flwr_home(
 def test_config_rejects_unknown_keys_and_wrong_types() -> None:
     with pytest.raises(ValueError, match="unknown run-config key 'epochs'"):
         FederatedConfig.from_run_config({"epochs": 3})
-    with pytest.raises(ValueError, match="'dim' must be int, got 'big'"):
+    with pytest.raises(ValueError, match="'dim' must be an integer, got 'big'"):
         FederatedConfig.from_run_config({"dim": "big"})
     with pytest.raises(ValueError, match="strategy must be one of"):
         FederatedConfig.from_run_config({"strategy": "fedsgd"})

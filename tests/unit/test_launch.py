@@ -58,7 +58,7 @@ def test_unknown_key_in_a_preset_is_one_clear_error_line(
     code = main(["--preset", str(preset), "--results", str(tmp_path)])
 
     lines = capsys.readouterr().err.strip().splitlines()
-    assert code == 1
+    assert code == 2
     assert len(lines) == 1
     assert lines[0].startswith("error: preset bad: unknown key(s) learning-rate (known: ")
 

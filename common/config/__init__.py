@@ -1,0 +1,1 @@
+"""Checks shared by the configuration dataclasses (model, training, run config)."""
