@@ -1,0 +1,164 @@
+"""Privacy-utility of the on-device scorer on Beauty, Toys and Sports (issue 16).
+
+Per data set and user-level epsilon (1, 2, 4, 8 and no DP), with delta = 1 / (10 x users):
+
+1. **Tuning, validation only.** One DP release from the training sequences (input =
+   training history, target = validation item) on a fixed subset of ``--tune-users``
+   evaluated users (seeded, public). Coordinate search, one pass, starting from
+   :class:`ScorerSettings` defaults: ``similarity_weight`` in SIMILARITY_GRID, then
+   ``transition_floor`` in FLOOR_GRID, then ``popularity_weight`` in POPULARITY_GRID,
+   each time keeping the value with the best validation NDCG@10. ``window``, ``decay``,
+   the budget shares and ``transitions_per_user`` stay at their defaults (set in an
+   exploration on Beauty validation at epsilon 8).
+2. **Test, once per run.** ``--runs`` fresh releases (new secret noise each), each
+   scored with the chosen settings on every evaluated user (input = train + validation
+   item, target = last item), history excluded; mean and standard deviation reported.
+
+The statistics are released once from the training sequences and serve both stages;
+popularity and the first-order Markov chain are fitted as :mod:`common.evaluation.scoring`
+does. Writes ``benchmarks/results/on_device.json`` (data sets merged in) and prints a
+table. Run one data set at a time on a shared machine: ``--datasets beauty``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from common.data.loaders import load_beauty
+from common.data.sequences import LeaveOneOutSplit, build_sequences, leave_one_out_split
+from common.evaluation.on_device import OnDeviceScorer, ScorerSettings, item_attribute_lists
+from common.evaluation.scoring import evaluate_baselines, evaluate_scorer, flatten_metrics
+from common.privacy.statistics import add_noise, exact_statistics, noise_multipliers
+
+RESULTS = Path(__file__).resolve().parent / "results" / "on_device.json"
+DATA_FILES = {
+    "beauty": ("amazon-beauty", "Beauty"),
+    "toys": ("amazon-toys", "Toys_and_Games"),
+    "sports": ("amazon-sports", "Sports_and_Outdoors"),
+}
+EPSILONS: tuple[float | None, ...] = (1.0, 2.0, 4.0, 8.0, None)
+SIMILARITY_GRID = (0.5, 1.0, 2.0, 4.0)
+FLOOR_GRID = (3e-4, 1e-3, 3e-3, 1e-2)
+POPULARITY_GRID = (0.0, 0.05, 0.15)
+
+
+def load_with_attributes(
+    name: str, data_root: Path
+) -> tuple[LeaveOneOutSplit, list[np.ndarray], int]:
+    """The leave-one-out split of a Beauty-format data set and its public item attributes."""
+    folder, stem = DATA_FILES[name]
+    dataset = build_sequences(load_beauty(data_root / folder / f"{stem}.txt"), name=name)
+    mapping = json.loads((data_root / folder / f"{stem}_item2attributes.json").read_text())
+    attributes, n_attributes = item_attribute_lists(mapping, list(dataset.item_ids))
+    return leave_one_out_split(dataset), attributes, n_attributes
+
+
+def evaluate(
+    scorer: OnDeviceScorer, split: LeaveOneOutSplit, stage: str, users: np.ndarray | None
+) -> dict[str, float]:
+    """Protocol metrics (history excluded, plus unexcluded twins) of the scorer on one stage."""
+    return flatten_metrics(
+        *evaluate_scorer(
+            lambda histories, _times: scorer.batch_scores(histories), split, stage, users, 512
+        )
+    )
+
+
+def tune(
+    make_scorer: object, split: LeaveOneOutSplit, users: np.ndarray
+) -> tuple[ScorerSettings, list[dict]]:
+    """One coordinate pass over the grids on validation NDCG@10; returns settings and the trail."""
+    best = ScorerSettings()
+    trail: list[dict] = []
+    cache: dict[ScorerSettings, float] = {}
+
+    def score(settings: ScorerSettings) -> float:
+        if settings not in cache:
+            metrics = evaluate(make_scorer(settings), split, "valid", users)  # type: ignore[operator]
+            cache[settings] = metrics["ndcg@10"]
+            trail.append({**asdict(settings), "valid_ndcg@10": metrics["ndcg@10"],
+                          "valid_hr@10": metrics["hr@10"]})
+        return cache[settings]
+
+    for field, grid in (
+        ("similarity_weight", SIMILARITY_GRID),
+        ("transition_floor", FLOOR_GRID),
+        ("popularity_weight", POPULARITY_GRID),
+    ):
+        candidates = [replace(best, **{field: value}) for value in grid]
+        best = max([best, *candidates], key=score)
+    return best, trail
+
+
+def run_dataset(name: str, data_root: Path, runs: int, tune_users: int) -> dict:
+    """Tune per epsilon on validation, then test ``runs`` fresh releases."""
+    started = time.perf_counter()
+    split, attributes, n_attributes = load_with_attributes(name, data_root)
+    delta = 1.0 / (10 * split.n_users)
+    popularity, transitions = exact_statistics(split.train, attributes, n_attributes)
+    evaluated = split.evaluated_users()
+    subset = np.sort(np.random.default_rng(0).permutation(evaluated)[:tune_users])
+    result: dict = {"users": split.n_users, "items": split.n_items, "delta": delta,
+                    "baselines": evaluate_baselines(split, "test"), "epsilons": {}}
+    for epsilon in EPSILONS:
+        multipliers = noise_multipliers(epsilon, delta)
+
+        def release_scorer(settings: ScorerSettings, stats: object) -> OnDeviceScorer:
+            return OnDeviceScorer.from_release(stats, attributes, settings)  # type: ignore[arg-type]
+
+        tuning_stats = add_noise(popularity, transitions, multipliers)
+        settings, trail = tune(lambda s: release_scorer(s, tuning_stats), split, subset)
+        tests = []
+        for _run in range(runs if epsilon is not None else 1):
+            stats = add_noise(popularity, transitions, multipliers)
+            tests.append(evaluate(release_scorer(settings, stats), split, "test", None))
+        hr = [t["hr@10"] for t in tests]
+        ndcg = [t["ndcg@10"] for t in tests]
+        key = "none" if epsilon is None else f"{epsilon:g}"
+        result["epsilons"][key] = {
+            "epsilon_spent": tuning_stats.epsilon(delta), "noise_multipliers": multipliers,
+            "settings": asdict(settings), "tuning": trail, "test_runs": tests,
+            "hr@10_mean": float(np.mean(hr)), "hr@10_std": float(np.std(hr)),
+            "ndcg@10_mean": float(np.mean(ndcg)), "ndcg@10_std": float(np.std(ndcg)),
+        }
+        print(f"{name} epsilon={key}: test HR@10 {np.mean(hr):.4f} +- {np.std(hr):.4f} "
+              f"NDCG@10 {np.mean(ndcg):.4f} settings {settings}", flush=True)
+    result["seconds"] = time.perf_counter() - started
+    return result
+
+
+def print_table(results: dict) -> None:
+    """Test HR@10 (mean +- std over runs) per data set and epsilon, with the baselines."""
+    print(f"{'data set':8} {'eps':>5} {'HR@10':>16} {'NDCG@10':>16}  popularity  markov")
+    for name, data in results.items():
+        base = data["baselines"]
+        for key, row in data["epsilons"].items():
+            print(f"{name:8} {key:>5} {row['hr@10_mean']:.4f} +- {row['hr@10_std']:.4f}"
+                  f"  {row['ndcg@10_mean']:.4f} +- {row['ndcg@10_std']:.4f}"
+                  f"  {base['popularity']['hr@10']:.4f}      {base['markov']['hr@10']:.4f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: data sets, data root, runs, tuning users."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default="beauty,toys,sports")
+    parser.add_argument("--data-root", type=Path,
+                        default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--tune-users", type=int, default=8000)
+    args = parser.parse_args(argv)
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    for name in args.datasets.split(","):
+        results[name] = run_dataset(name, args.data_root, args.runs, args.tune_users)
+        RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    print_table(results)
+
+
+if __name__ == "__main__":
+    main()
