@@ -25,8 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +36,12 @@ from common.data.loaders import load_beauty
 from common.data.sequences import LeaveOneOutSplit, build_sequences, leave_one_out_split
 from common.evaluation.on_device import OnDeviceScorer, ScorerSettings, item_attribute_lists
 from common.evaluation.scoring import evaluate_baselines, evaluate_scorer, flatten_metrics
-from common.privacy.statistics import add_noise, exact_statistics, noise_multipliers
+from common.privacy.statistics import (
+    DPStatistics,
+    exact_statistics,
+    noise_multipliers,
+    noisy_release,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "on_device.json"
 DATA_FILES = {
@@ -70,8 +77,15 @@ def evaluate(
     )
 
 
+def _change(field: str, value: float) -> dict[str, Any]:
+    """A ``dataclasses.replace`` keyword for one setting."""
+    return {field: value}
+
+
 def tune(
-    make_scorer: object, split: LeaveOneOutSplit, users: np.ndarray
+    make_scorer: Callable[[ScorerSettings], OnDeviceScorer],
+    split: LeaveOneOutSplit,
+    users: np.ndarray,
 ) -> tuple[ScorerSettings, list[dict]]:
     """One coordinate pass over the grids on validation NDCG@10; returns settings and the trail."""
     best = ScorerSettings()
@@ -80,10 +94,15 @@ def tune(
 
     def score(settings: ScorerSettings) -> float:
         if settings not in cache:
-            metrics = evaluate(make_scorer(settings), split, "valid", users)  # type: ignore[operator]
+            metrics = evaluate(make_scorer(settings), split, "valid", users)
             cache[settings] = metrics["ndcg@10"]
-            trail.append({**asdict(settings), "valid_ndcg@10": metrics["ndcg@10"],
-                          "valid_hr@10": metrics["hr@10"]})
+            trail.append(
+                {
+                    **asdict(settings),
+                    "valid_ndcg@10": metrics["ndcg@10"],
+                    "valid_hr@10": metrics["hr@10"],
+                }
+            )
         return cache[settings]
 
     for field, grid in (
@@ -91,44 +110,74 @@ def tune(
         ("transition_floor", FLOOR_GRID),
         ("popularity_weight", POPULARITY_GRID),
     ):
-        candidates = [replace(best, **{field: value}) for value in grid]
+        candidates = [replace(best, **_change(field, value)) for value in grid]
         best = max([best, *candidates], key=score)
     return best, trail
 
 
+def scorer_factory(
+    stats: DPStatistics, attributes: list[np.ndarray]
+) -> Callable[[ScorerSettings], OnDeviceScorer]:
+    """Settings -> scorer over one release (for the tuning search)."""
+    return lambda settings: OnDeviceScorer.from_release(stats, attributes, settings)
+
+
+def run_epsilon(
+    exact: tuple[np.ndarray, np.ndarray],
+    attributes: list[np.ndarray],
+    split: LeaveOneOutSplit,
+    epsilon: float | None,
+    runs: int,
+    subset: np.ndarray,
+) -> dict:
+    """Tune on one release's validation scores, then test ``runs`` fresh releases."""
+    delta = 1.0 / (10 * split.n_users)
+    multipliers = noise_multipliers(epsilon, delta)
+    tuning_stats = noisy_release(*exact, multipliers)
+    settings, trail = tune(scorer_factory(tuning_stats, attributes), split, subset)
+    tests = []
+    for _run in range(runs if epsilon is not None else 1):  # no DP: nothing random
+        stats = noisy_release(*exact, multipliers)
+        tests.append(evaluate(scorer_factory(stats, attributes)(settings), split, "test", None))
+    hr = [t["hr@10"] for t in tests]
+    ndcg = [t["ndcg@10"] for t in tests]
+    return {
+        "epsilon_spent": tuning_stats.epsilon(delta),
+        "noise_multipliers": multipliers,
+        "settings": asdict(settings),
+        "tuning": trail,
+        "test_runs": tests,
+        "hr@10_mean": float(np.mean(hr)),
+        "hr@10_std": float(np.std(hr)),
+        "ndcg@10_mean": float(np.mean(ndcg)),
+        "ndcg@10_std": float(np.std(ndcg)),
+    }
+
+
 def run_dataset(name: str, data_root: Path, runs: int, tune_users: int) -> dict:
-    """Tune per epsilon on validation, then test ``runs`` fresh releases."""
+    """Baselines, then every epsilon of EPSILONS on one data set."""
     started = time.perf_counter()
     split, attributes, n_attributes = load_with_attributes(name, data_root)
-    delta = 1.0 / (10 * split.n_users)
-    popularity, transitions = exact_statistics(split.train, attributes, n_attributes)
+    exact = exact_statistics(split.train, attributes, n_attributes)
     evaluated = split.evaluated_users()
     subset = np.sort(np.random.default_rng(0).permutation(evaluated)[:tune_users])
-    result: dict = {"users": split.n_users, "items": split.n_items, "delta": delta,
-                    "baselines": evaluate_baselines(split, "test"), "epsilons": {}}
+    result: dict = {
+        "users": split.n_users,
+        "items": split.n_items,
+        "attributes": n_attributes,
+        "delta": 1.0 / (10 * split.n_users),
+        "baselines": evaluate_baselines(split, "test"),
+        "epsilons": {},
+    }
     for epsilon in EPSILONS:
-        multipliers = noise_multipliers(epsilon, delta)
-
-        def release_scorer(settings: ScorerSettings, stats: object) -> OnDeviceScorer:
-            return OnDeviceScorer.from_release(stats, attributes, settings)  # type: ignore[arg-type]
-
-        tuning_stats = add_noise(popularity, transitions, multipliers)
-        settings, trail = tune(lambda s: release_scorer(s, tuning_stats), split, subset)
-        tests = []
-        for _run in range(runs if epsilon is not None else 1):
-            stats = add_noise(popularity, transitions, multipliers)
-            tests.append(evaluate(release_scorer(settings, stats), split, "test", None))
-        hr = [t["hr@10"] for t in tests]
-        ndcg = [t["ndcg@10"] for t in tests]
         key = "none" if epsilon is None else f"{epsilon:g}"
-        result["epsilons"][key] = {
-            "epsilon_spent": tuning_stats.epsilon(delta), "noise_multipliers": multipliers,
-            "settings": asdict(settings), "tuning": trail, "test_runs": tests,
-            "hr@10_mean": float(np.mean(hr)), "hr@10_std": float(np.std(hr)),
-            "ndcg@10_mean": float(np.mean(ndcg)), "ndcg@10_std": float(np.std(ndcg)),
-        }
-        print(f"{name} epsilon={key}: test HR@10 {np.mean(hr):.4f} +- {np.std(hr):.4f} "
-              f"NDCG@10 {np.mean(ndcg):.4f} settings {settings}", flush=True)
+        row = run_epsilon(exact, attributes, split, epsilon, runs, subset)
+        result["epsilons"][key] = row
+        print(
+            f"{name} epsilon={key}: test HR@10 {row['hr@10_mean']:.4f} +- {row['hr@10_std']:.4f}"
+            f" NDCG@10 {row['ndcg@10_mean']:.4f} settings {row['settings']}",
+            flush=True,
+        )
     result["seconds"] = time.perf_counter() - started
     return result
 
@@ -139,17 +188,20 @@ def print_table(results: dict) -> None:
     for name, data in results.items():
         base = data["baselines"]
         for key, row in data["epsilons"].items():
-            print(f"{name:8} {key:>5} {row['hr@10_mean']:.4f} +- {row['hr@10_std']:.4f}"
-                  f"  {row['ndcg@10_mean']:.4f} +- {row['ndcg@10_std']:.4f}"
-                  f"  {base['popularity']['hr@10']:.4f}      {base['markov']['hr@10']:.4f}")
+            print(
+                f"{name:8} {key:>5} {row['hr@10_mean']:.4f} +- {row['hr@10_std']:.4f}"
+                f"  {row['ndcg@10_mean']:.4f} +- {row['ndcg@10_std']:.4f}"
+                f"  {base['popularity']['hr@10']:.4f}      {base['markov']['hr@10']:.4f}"
+            )
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: data sets, data root, runs, tuning users."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="beauty,toys,sports")
-    parser.add_argument("--data-root", type=Path,
-                        default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument(
+        "--data-root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data"
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--tune-users", type=int, default=8000)
     args = parser.parse_args(argv)

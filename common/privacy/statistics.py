@@ -135,7 +135,7 @@ def noise_multipliers(
     return multipliers
 
 
-def add_noise(
+def noisy_release(
     popularity: npt.NDArray[np.float64],
     transitions: npt.NDArray[np.float64],
     multipliers: Mapping[str, float],
@@ -177,4 +177,4 @@ def release_statistics(
     popularity, transitions = exact_statistics(
         histories, item_attributes, n_attributes, transitions_per_user
     )
-    return add_noise(popularity, transitions, multipliers, randomness)
+    return noisy_release(popularity, transitions, multipliers, randomness)
