@@ -6,10 +6,10 @@ Per data set and user-level epsilon (1, 2, 4, 8 and no DP), with delta = 1 / (10
    training history, target = validation item) on a fixed subset of ``--tune-users``
    evaluated users (seeded, public). Coordinate search, one pass, starting from
    :class:`ScorerSettings` defaults: ``similarity_weight`` in SIMILARITY_GRID, then
-   ``transition_floor`` in FLOOR_GRID, then ``popularity_weight`` in POPULARITY_GRID,
-   each time keeping the value with the best validation NDCG@10. ``window``, ``decay``,
-   the budget shares and ``transitions_per_user`` stay at their defaults (set in an
-   exploration on Beauty validation at epsilon 8).
+   ``transition_floor`` in FLOOR_GRID, then ``decay`` in DECAY_GRID, then
+   ``popularity_weight`` in POPULARITY_GRID, each time keeping the value with the best
+   validation NDCG@10. ``window``, the budget shares and ``transitions_per_user`` stay
+   at their defaults (set in an exploration on Beauty validation at epsilon 8).
 2. **Test, once per run.** ``--runs`` fresh releases (new secret noise each), each
    scored with the chosen settings on every evaluated user (input = train + validation
    item, target = last item), history excluded; mean and standard deviation reported.
@@ -50,8 +50,9 @@ DATA_FILES = {
     "sports": ("amazon-sports", "Sports_and_Outdoors"),
 }
 EPSILONS: tuple[float | None, ...] = (1.0, 2.0, 4.0, 8.0, None)
-SIMILARITY_GRID = (0.5, 1.0, 2.0, 4.0)
-FLOOR_GRID = (3e-4, 1e-3, 3e-3, 1e-2)
+SIMILARITY_GRID = (1.0, 2.0, 4.0, 8.0)
+FLOOR_GRID = (1e-3, 3e-3, 1e-2)
+DECAY_GRID = (0.5, 0.7, 0.8, 0.9)
 POPULARITY_GRID = (0.0, 0.05, 0.15)
 
 
@@ -108,6 +109,7 @@ def tune(
     for field, grid in (
         ("similarity_weight", SIMILARITY_GRID),
         ("transition_floor", FLOOR_GRID),
+        ("decay", DECAY_GRID),
         ("popularity_weight", POPULARITY_GRID),
     ):
         candidates = [replace(best, **_change(field, value)) for value in grid]

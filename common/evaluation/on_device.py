@@ -37,8 +37,8 @@ from common.privacy.statistics import DPStatistics
 class ScorerSettings:
     """Global weights of the on-device scorer (see the module docstring)."""
 
-    window: int = 5
-    decay: float = 0.5
+    window: int = 10
+    decay: float = 0.8
     transition_floor: float = 1e-3
     similarity_weight: float = 2.0
     popularity_weight: float = 0.05
