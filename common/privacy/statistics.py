@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -51,6 +52,33 @@ class DPStatistics:
     def releases(self) -> list[Release]:
         """One ``Release(z_i, 1.0, 1)`` per statistic, for the ledger and the accountant."""
         return [Release(self.noise_multipliers[name], 1.0, 1) for name in STATISTICS]
+
+    def save(self, path: Path) -> None:
+        """Write the release (arrays and noise multipliers) as one ``.npz`` file for devices."""
+        multipliers = np.array([self.noise_multipliers[name] for name in STATISTICS])
+        with Path(path).open("wb") as handle:
+            np.savez(
+                handle,
+                popularity=self.popularity,
+                attribute_transitions=self.attribute_transitions,
+                noise_multipliers=multipliers,
+            )
+
+    @classmethod
+    def load(cls, path: Path) -> DPStatistics:
+        """Read a release written by :meth:`save`; a wrong file is named in the error."""
+        try:
+            with np.load(Path(path)) as arrays:
+                multipliers = dict(
+                    zip(STATISTICS, arrays["noise_multipliers"].tolist(), strict=True)
+                )
+                return cls(
+                    arrays["popularity"].astype(np.float32),
+                    arrays["attribute_transitions"].astype(np.float32),
+                    multipliers,
+                )
+        except (OSError, KeyError, ValueError) as error:
+            raise ValueError(f"{path}: not a DP statistics release ({error})") from None
 
     def epsilon(self, delta: float) -> float:
         """Epsilon of all statistics composed (infinite if any is exact)."""

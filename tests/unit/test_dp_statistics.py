@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from common.privacy.accounting import Release, noise_for_target_epsilon, rdp_eps
 from common.privacy.randomness import PrivacyRandomness
 from common.privacy.statistics import (
     STATISTICS,
+    DPStatistics,
     exact_statistics,
     noise_multipliers,
     noisy_release,
@@ -127,3 +129,17 @@ def test_release_noise_is_secret_unless_an_insecure_seed_is_given() -> None:
 
     assert not np.array_equal(secret[0].popularity, secret[1].popularity)
     assert np.array_equal(replay[0].attribute_transitions, replay[1].attribute_transitions)
+
+
+def test_a_saved_release_loads_back_unchanged_and_a_wrong_file_is_named(tmp_path: Path) -> None:
+    stats = release_statistics([np.array([1, 2, 3])], ATTRIBUTES, N_ATTRIBUTES, 4.0, 1e-5)
+    stats.save(tmp_path / "release.npz")
+    (tmp_path / "junk.npz").write_text("not numpy")
+
+    loaded = DPStatistics.load(tmp_path / "release.npz")
+
+    assert np.array_equal(loaded.attribute_transitions, stats.attribute_transitions)
+    assert np.array_equal(loaded.popularity, stats.popularity)
+    assert loaded.noise_multipliers == pytest.approx(stats.noise_multipliers)
+    with pytest.raises(ValueError, match="junk.npz: not a DP statistics release"):
+        DPStatistics.load(tmp_path / "junk.npz")
