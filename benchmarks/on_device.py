@@ -1,0 +1,224 @@
+"""Privacy-utility of the on-device scorer on Beauty, Toys and Sports (issue 16).
+
+Per data set and user-level epsilon (1, 2, 4, 8 and no DP), with delta = 1 / (10 x users):
+
+1. **Tuning, validation only.** One DP release from the training sequences (input =
+   training history, target = validation item) on a fixed subset of ``--tune-users``
+   evaluated users (seeded, public). Coordinate search, one pass, starting from
+   :class:`ScorerSettings` defaults: ``similarity_weight`` in SIMILARITY_GRID, then
+   ``transition_floor`` in FLOOR_GRID, then ``popularity_weight`` in POPULARITY_GRID,
+   each time keeping the value with the best validation NDCG@10 (at most 7 settings).
+   ``window`` 10, ``decay`` 0.8, the budget shares (popularity 4 %, transitions 96 %)
+   and ``transitions_per_user`` 1 stay at their defaults, chosen in an exploration on
+   Beauty validation at epsilon 8 (decay 0.5 / 0.7 / 0.8 / 0.9 / 1.0 gave HR@10
+   0.053 / 0.056 / 0.056 / 0.054 / 0.050; 1, 3 or 6 transitions per user 0.056 / 0.056 /
+   0.056).
+2. **Test, once per run.** ``--runs`` fresh releases (new secret noise each), each
+   scored with the chosen settings on every evaluated user (input = train + validation
+   item, target = last item), history excluded; mean and standard deviation reported.
+
+Like the popularity and Markov baselines (``evaluate_baselines``), the statistics are
+computed from the stage's input sequences: the training histories for validation,
+training + validation item for test (never a stage's target). Each release is a separate
+simulated deployment at that epsilon; a real deployment makes one. Writes
+``benchmarks/results/on_device.json`` (data sets merged in) and prints a table. Run one
+data set at a time on a shared machine: ``--datasets beauty``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.data.loaders import load_beauty
+from common.data.sequences import LeaveOneOutSplit, build_sequences, leave_one_out_split
+from common.evaluation.on_device import OnDeviceScorer, ScorerSettings, item_attribute_lists
+from common.evaluation.scoring import evaluate_baselines, evaluate_scorer, flatten_metrics
+from common.privacy.statistics import (
+    DPStatistics,
+    exact_statistics,
+    noise_multipliers,
+    noisy_release,
+)
+
+RESULTS = Path(__file__).resolve().parent / "results" / "on_device.json"
+DATA_FILES = {
+    "beauty": ("amazon-beauty", "Beauty"),
+    "toys": ("amazon-toys", "Toys_and_Games"),
+    "sports": ("amazon-sports", "Sports_and_Outdoors"),
+}
+EPSILONS: tuple[float | None, ...] = (1.0, 2.0, 4.0, 8.0, None)
+SIMILARITY_GRID = (2.0, 4.0, 8.0, 16.0)
+FLOOR_GRID = (1e-3, 3e-3, 1e-2)
+POPULARITY_GRID = (0.0, 0.05)
+
+
+def load_with_attributes(
+    name: str, data_root: Path
+) -> tuple[LeaveOneOutSplit, list[np.ndarray], int]:
+    """The leave-one-out split of a Beauty-format data set and its public item attributes."""
+    folder, stem = DATA_FILES[name]
+    dataset = build_sequences(load_beauty(data_root / folder / f"{stem}.txt"), name=name)
+    mapping = json.loads((data_root / folder / f"{stem}_item2attributes.json").read_text())
+    attributes, n_attributes = item_attribute_lists(mapping, list(dataset.item_ids))
+    return leave_one_out_split(dataset), attributes, n_attributes
+
+
+def evaluate(
+    scorer: OnDeviceScorer, split: LeaveOneOutSplit, stage: str, users: np.ndarray | None
+) -> dict[str, float]:
+    """Protocol metrics (history excluded, plus unexcluded twins) of the scorer on one stage."""
+    return flatten_metrics(
+        *evaluate_scorer(
+            lambda histories, _times: scorer.batch_scores(histories), split, stage, users, 512
+        )
+    )
+
+
+def _change(field: str, value: float) -> dict[str, Any]:
+    """A ``dataclasses.replace`` keyword for one setting."""
+    return {field: value}
+
+
+def tune(
+    make_scorer: Callable[[ScorerSettings], OnDeviceScorer],
+    split: LeaveOneOutSplit,
+    users: np.ndarray,
+) -> tuple[ScorerSettings, list[dict]]:
+    """One coordinate pass over the grids on validation NDCG@10; returns settings and the trail."""
+    best = ScorerSettings()
+    trail: list[dict] = []
+    cache: dict[ScorerSettings, float] = {}
+
+    def score(settings: ScorerSettings) -> float:
+        if settings not in cache:
+            metrics = evaluate(make_scorer(settings), split, "valid", users)
+            cache[settings] = metrics["ndcg@10"]
+            trail.append(
+                {
+                    **asdict(settings),
+                    "valid_ndcg@10": metrics["ndcg@10"],
+                    "valid_hr@10": metrics["hr@10"],
+                }
+            )
+        return cache[settings]
+
+    for field, grid in (
+        ("similarity_weight", SIMILARITY_GRID),
+        ("transition_floor", FLOOR_GRID),
+        ("popularity_weight", POPULARITY_GRID),
+    ):
+        candidates = [replace(best, **_change(field, value)) for value in grid]
+        best = max([best, *candidates], key=score)
+    return best, trail
+
+
+def scorer_factory(
+    stats: DPStatistics, attributes: list[np.ndarray]
+) -> Callable[[ScorerSettings], OnDeviceScorer]:
+    """Settings -> scorer over one release (for the tuning search)."""
+    return lambda settings: OnDeviceScorer.from_release(stats, attributes, settings)
+
+
+def run_epsilon(
+    exact: dict[str, tuple[np.ndarray, np.ndarray]],
+    attributes: list[np.ndarray],
+    split: LeaveOneOutSplit,
+    epsilon: float | None,
+    runs: int,
+    subset: np.ndarray,
+) -> dict:
+    """Tune on one release's validation scores, then test ``runs`` fresh releases."""
+    delta = 1.0 / (10 * split.n_users)
+    multipliers = noise_multipliers(epsilon, delta)
+    tuning_stats = noisy_release(*exact["valid"], multipliers)
+    settings, trail = tune(scorer_factory(tuning_stats, attributes), split, subset)
+    tests = []
+    for _run in range(runs if epsilon is not None else 1):  # no DP: nothing random
+        stats = noisy_release(*exact["test"], multipliers)
+        tests.append(evaluate(scorer_factory(stats, attributes)(settings), split, "test", None))
+    hr = [t["hr@10"] for t in tests]
+    ndcg = [t["ndcg@10"] for t in tests]
+    return {
+        "epsilon_spent": tuning_stats.epsilon(delta),
+        "noise_multipliers": multipliers,
+        "settings": asdict(settings),
+        "tuning": trail,
+        "test_runs": tests,
+        "hr@10_mean": float(np.mean(hr)),
+        "hr@10_std": float(np.std(hr)),
+        "ndcg@10_mean": float(np.mean(ndcg)),
+        "ndcg@10_std": float(np.std(ndcg)),
+    }
+
+
+def run_dataset(name: str, data_root: Path, runs: int, tune_users: int) -> dict:
+    """Baselines, then every epsilon of EPSILONS on one data set."""
+    started = time.perf_counter()
+    split, attributes, n_attributes = load_with_attributes(name, data_root)
+    exact = {
+        stage: exact_statistics(split.inputs(stage), attributes, n_attributes)
+        for stage in ("valid", "test")
+    }
+    evaluated = split.evaluated_users()
+    subset = np.sort(np.random.default_rng(0).permutation(evaluated)[:tune_users])
+    result: dict = {
+        "users": split.n_users,
+        "items": split.n_items,
+        "attributes": n_attributes,
+        "delta": 1.0 / (10 * split.n_users),
+        "baselines": evaluate_baselines(split, "test"),
+        "epsilons": {},
+    }
+    for epsilon in EPSILONS:
+        key = "none" if epsilon is None else f"{epsilon:g}"
+        row = run_epsilon(exact, attributes, split, epsilon, runs, subset)
+        result["epsilons"][key] = row
+        print(
+            f"{name} epsilon={key}: test HR@10 {row['hr@10_mean']:.4f} +- {row['hr@10_std']:.4f}"
+            f" NDCG@10 {row['ndcg@10_mean']:.4f} settings {row['settings']}",
+            flush=True,
+        )
+    result["seconds"] = time.perf_counter() - started
+    return result
+
+
+def print_table(results: dict) -> None:
+    """Test HR@10 (mean +- std over runs) per data set and epsilon, with the baselines."""
+    print(f"{'data set':8} {'eps':>5} {'HR@10':>16} {'NDCG@10':>16}  popularity  markov")
+    for name, data in results.items():
+        base = data["baselines"]
+        for key, row in data["epsilons"].items():
+            print(
+                f"{name:8} {key:>5} {row['hr@10_mean']:.4f} +- {row['hr@10_std']:.4f}"
+                f"  {row['ndcg@10_mean']:.4f} +- {row['ndcg@10_std']:.4f}"
+                f"  {base['popularity']['hr@10']:.4f}      {base['markov']['hr@10']:.4f}"
+            )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: data sets, data root, runs, tuning users."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default="beauty,toys,sports")
+    parser.add_argument(
+        "--data-root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data"
+    )
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--tune-users", type=int, default=4000)
+    args = parser.parse_args(argv)
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    for name in args.datasets.split(","):
+        results[name] = run_dataset(name, args.data_root, args.runs, args.tune_users)
+        RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    print_table(results)
+
+
+if __name__ == "__main__":
+    main()

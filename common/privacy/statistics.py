@@ -1,0 +1,208 @@
+"""User-level DP global statistics for on-device scoring: popularity, attribute transitions.
+
+Each statistic is one Gaussian mechanism over ALL users (no sampling): every user's
+contribution is one vector of L2 norm at most 1 (:data:`CONTRIBUTION_BOUND`), the vectors
+are summed and Gaussian noise of standard deviation ``noise_multiplier`` is added to every
+cell, dense (cells nobody touched get noise too, so the support leaks nothing). The
+statistics compose as :class:`~common.privacy.accounting.Release` ``(z_i, 1.0, 1)``
+under the RDP accountant. A budget share ``f_i`` (shares sum to 1) gives
+``z_i = z / sqrt(f_i)`` where ``z`` is the noise of ONE release at the target epsilon:
+the Gaussian RDP ``alpha / (2 z_i^2)`` then adds up to exactly that of the single release,
+and :func:`release_statistics` checks the composed epsilon against the target.
+
+- ``popularity``: a user's distinct training items, each weighted ``1 / sqrt(n)``.
+- ``attribute_transitions``: the user's last ``transitions_per_user`` transitions
+  ``i -> j``, each adding 1 to cell ``(a, j)`` for every public attribute ``a`` of ``i``;
+  the vector is scaled down to norm 1 if longer. Shape ``(n_attributes, n_items + 1)``.
+
+Noise comes only from :class:`~common.privacy.randomness.PrivacyRandomness` (secret).
+Clamping negatives and normalising (done by the scorer) are post-processing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from common.privacy.accounting import Release, noise_for_target_epsilon, rdp_epsilon
+from common.privacy.randomness import PrivacyRandomness
+
+CONTRIBUTION_BOUND = 1.0
+STATISTICS = ("popularity", "attribute_transitions")
+NOISE_ROWS = 256
+DEFAULT_SHARES = {"popularity": 0.04, "attribute_transitions": 0.96}
+
+
+@dataclass(frozen=True)
+class DPStatistics:
+    """Released global statistics and the releases that account for them.
+
+    ``noise_multipliers[name]`` is 0.0 for a non-private (exact) statistic.
+    """
+
+    popularity: npt.NDArray[np.float32]
+    attribute_transitions: npt.NDArray[np.float32]
+    noise_multipliers: dict[str, float] = field(default_factory=dict)
+
+    def releases(self) -> list[Release]:
+        """One ``Release(z_i, 1.0, 1)`` per statistic, for the ledger and the accountant."""
+        return [Release(self.noise_multipliers[name], 1.0, 1) for name in STATISTICS]
+
+    def save(self, path: Path) -> None:
+        """Write the release (arrays and noise multipliers) as one ``.npz`` file for devices."""
+        multipliers = np.array([self.noise_multipliers[name] for name in STATISTICS])
+        with Path(path).open("wb") as handle:
+            np.savez(
+                handle,
+                popularity=self.popularity,
+                attribute_transitions=self.attribute_transitions,
+                noise_multipliers=multipliers,
+            )
+
+    @classmethod
+    def load(cls, path: Path) -> DPStatistics:
+        """Read a release written by :meth:`save`; a wrong file is named in the error."""
+        try:
+            with np.load(Path(path)) as arrays:
+                multipliers = dict(
+                    zip(STATISTICS, arrays["noise_multipliers"].tolist(), strict=True)
+                )
+                return cls(
+                    arrays["popularity"].astype(np.float32),
+                    arrays["attribute_transitions"].astype(np.float32),
+                    multipliers,
+                )
+        except (OSError, KeyError, ValueError) as error:
+            raise ValueError(f"{path}: not a DP statistics release ({error})") from None
+
+    def epsilon(self, delta: float) -> float:
+        """Epsilon of all statistics composed (infinite if any is exact)."""
+        if any(self.noise_multipliers[name] == 0.0 for name in STATISTICS):
+            return math.inf
+        return rdp_epsilon(self.releases(), delta)
+
+
+def _scaled(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Scale a contribution vector down to L2 norm CONTRIBUTION_BOUND (never up)."""
+    norm = float(np.sqrt(np.square(values).sum()))
+    return values * min(1.0, CONTRIBUTION_BOUND / norm) if norm > 0 else values
+
+
+def popularity_contribution(
+    history: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """One user's popularity vector as (item ids, values): distinct items, norm 1."""
+    items = np.unique(history[history > 0])
+    if not len(items):
+        return items, np.zeros(0)
+    return items, np.full(len(items), CONTRIBUTION_BOUND / math.sqrt(len(items)))
+
+
+def transition_contribution(
+    history: npt.NDArray[np.int64],
+    item_attributes: Sequence[npt.NDArray[np.int64]],
+    n_items: int,
+    transitions_per_user: int,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """One user's attribute-to-item vector as (flat cells ``a * (n_items + 1) + j``, values)."""
+    history = history[history > 0]
+    sources = history[:-1][-transitions_per_user:]
+    targets = history[1:][-transitions_per_user:]
+    if not len(sources):
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    cells = np.concatenate(
+        [item_attributes[s] * (n_items + 1) + t for s, t in zip(sources, targets, strict=True)]
+    )
+    keys, counts = np.unique(cells, return_counts=True)
+    return keys, _scaled(counts.astype(np.float64))
+
+
+def exact_statistics(
+    histories: Sequence[npt.NDArray[np.int64]],
+    item_attributes: Sequence[npt.NDArray[np.int64]],
+    n_attributes: int,
+    transitions_per_user: int = 1,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Sums of every user's bounded contributions, before noise: (popularity, transitions)."""
+    if transitions_per_user < 1:
+        raise ValueError(f"transitions_per_user must be >= 1, got {transitions_per_user}")
+    n_items = len(item_attributes) - 1
+    popularity = np.zeros(n_items + 1)
+    transitions = np.zeros(n_attributes * (n_items + 1))
+    for history in histories:
+        history = np.asarray(history, dtype=np.int64)
+        items, values = popularity_contribution(history)
+        popularity[items] += values
+        cells, values = transition_contribution(
+            history, item_attributes, n_items, transitions_per_user
+        )
+        transitions[cells] += values  # cells are unique per user
+    return popularity, transitions.reshape(n_attributes, n_items + 1)
+
+
+def noise_multipliers(
+    epsilon: float | None, delta: float, shares: Mapping[str, float] = DEFAULT_SHARES
+) -> dict[str, float]:
+    """Noise multiplier per statistic so that all of them compose to ``epsilon`` (0 = no DP)."""
+    if set(shares) != set(STATISTICS) or any(s <= 0 for s in shares.values()):
+        raise ValueError(f"shares must give a positive share to each of {STATISTICS}")
+    if not math.isclose(sum(shares.values()), 1.0, rel_tol=1e-9):
+        raise ValueError(f"shares must sum to 1, got {sum(shares.values())}")
+    if epsilon is None:
+        return {name: 0.0 for name in STATISTICS}
+    single = noise_for_target_epsilon(epsilon, delta, 1.0, 1)
+    multipliers = {name: single / math.sqrt(shares[name]) for name in STATISTICS}
+    composed = rdp_epsilon([Release(z, 1.0, 1) for z in multipliers.values()], delta)
+    if composed > epsilon * (1 + 1e-6):
+        raise RuntimeError(f"composed epsilon {composed} exceeds the target {epsilon}")
+    return multipliers
+
+
+def noisy_release(
+    popularity: npt.NDArray[np.float64],
+    transitions: npt.NDArray[np.float64],
+    multipliers: Mapping[str, float],
+    randomness: PrivacyRandomness | None = None,
+) -> DPStatistics:
+    """The release: exact bounded sums plus Gaussian noise ``z_i * CONTRIBUTION_BOUND`` per cell."""
+    randomness = randomness or PrivacyRandomness()
+    noisy = {"popularity": popularity.copy(), "attribute_transitions": transitions.copy()}
+    for name in STATISTICS:
+        std = multipliers[name] * CONTRIBUTION_BOUND
+        rows = noisy[name].reshape(-1, noisy[name].shape[-1])
+        for start in range(0, len(rows) if std > 0 else 0, NOISE_ROWS):  # bounded memory
+            block = rows[start : start + NOISE_ROWS]
+            block += randomness.gaussian(std, block.shape, np.float64)
+    return DPStatistics(
+        popularity=noisy["popularity"].astype(np.float32),
+        attribute_transitions=noisy["attribute_transitions"].astype(np.float32),
+        noise_multipliers=dict(multipliers),
+    )
+
+
+def release_statistics(
+    histories: Sequence[npt.NDArray[np.int64]],
+    item_attributes: Sequence[npt.NDArray[np.int64]],
+    n_attributes: int,
+    epsilon: float | None,
+    delta: float,
+    shares: Mapping[str, float] = DEFAULT_SHARES,
+    transitions_per_user: int = 1,
+    randomness: PrivacyRandomness | None = None,
+) -> DPStatistics:
+    """Compute every user's bounded contributions, sum them and add calibrated Gaussian noise.
+
+    ``epsilon`` None releases the exact sums (no DP, for the non-private reference).
+    ``item_attributes[i]`` holds the public attribute ids (``0..n_attributes - 1``) of item
+    ``i``; entry 0 (padding) is empty.
+    """
+    multipliers = noise_multipliers(epsilon, delta, shares)
+    popularity, transitions = exact_statistics(
+        histories, item_attributes, n_attributes, transitions_per_user
+    )
+    return noisy_release(popularity, transitions, multipliers, randomness)
