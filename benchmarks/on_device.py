@@ -37,9 +37,10 @@ from typing import Any
 
 import numpy as np
 
-from common.data.loaders import load_beauty
+from common.data.attributes import BUILTIN_SOURCE, load_item_attributes
+from common.data.loaders import load_dataset
 from common.data.sequences import LeaveOneOutSplit, build_sequences, leave_one_out_split
-from common.evaluation.on_device import OnDeviceScorer, ScorerSettings, item_attribute_lists
+from common.evaluation.on_device import OnDeviceScorer, ScorerSettings
 from common.evaluation.scoring import evaluate_baselines, evaluate_scorer, flatten_metrics
 from common.privacy.statistics import (
     DPStatistics,
@@ -49,26 +50,20 @@ from common.privacy.statistics import (
 )
 
 RESULTS = Path(__file__).resolve().parent / "results" / "on_device.json"
-DATA_FILES = {
-    "beauty": ("amazon-beauty", "Beauty"),
-    "toys": ("amazon-toys", "Toys_and_Games"),
-    "sports": ("amazon-sports", "Sports_and_Outdoors"),
-}
 EPSILONS: tuple[float | None, ...] = (1.0, 2.0, 4.0, 8.0, None)
 SIMILARITY_GRID = (2.0, 4.0, 8.0, 16.0)
 FLOOR_GRID = (1e-3, 3e-3, 1e-2)
 POPULARITY_GRID = (0.0, 0.05)
 
 
-def load_with_attributes(
-    name: str, data_root: Path
-) -> tuple[LeaveOneOutSplit, list[np.ndarray], int]:
-    """The leave-one-out split of a Beauty-format data set and its public item attributes."""
-    folder, stem = DATA_FILES[name]
-    dataset = build_sequences(load_beauty(data_root / folder / f"{stem}.txt"), name=name)
-    mapping = json.loads((data_root / folder / f"{stem}_item2attributes.json").read_text())
-    attributes, n_attributes = item_attribute_lists(mapping, list(dataset.item_ids))
-    return leave_one_out_split(dataset), attributes, n_attributes
+def load_with_attributes(name: str) -> tuple[LeaveOneOutSplit, list[np.ndarray], int]:
+    """The leave-one-out split of a built-in Amazon data set and its public item attributes."""
+    dataset = build_sequences(load_dataset(name), name=name)
+    attributes = load_item_attributes(BUILTIN_SOURCE, dataset.item_ids, name)
+    assert attributes is not None
+    # the loader numbers attributes 1..n (0 pads); the scorer wants 0..n - 1
+    lists = [np.asarray(attributes.of(i), np.int64) - 1 for i in range(dataset.n_items + 1)]
+    return leave_one_out_split(dataset), lists, attributes.n_attributes
 
 
 def evaluate(
@@ -159,10 +154,10 @@ def run_epsilon(
     }
 
 
-def run_dataset(name: str, data_root: Path, runs: int, tune_users: int) -> dict:
+def run_dataset(name: str, runs: int, tune_users: int) -> dict:
     """Baselines, then every epsilon of EPSILONS on one data set."""
     started = time.perf_counter()
-    split, attributes, n_attributes = load_with_attributes(name, data_root)
+    split, attributes, n_attributes = load_with_attributes(name)
     exact = {
         stage: exact_statistics(split.inputs(stage), attributes, n_attributes)
         for stage in ("valid", "test")
@@ -204,18 +199,15 @@ def print_table(results: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: data sets, data root, runs, tuning users."""
+    """Command line: data sets (built in), runs, tuning users."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="beauty,toys,sports")
-    parser.add_argument(
-        "--data-root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data"
-    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--tune-users", type=int, default=4000)
     args = parser.parse_args(argv)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     for name in args.datasets.split(","):
-        results[name] = run_dataset(name, args.data_root, args.runs, args.tune_users)
+        results[name] = run_dataset(name, args.runs, args.tune_users)
         RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     print_table(results)
 

@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from common.privacy.accounting import Release, noise_for_target_epsilon, rdp_epsilon
+from common.privacy.accounting import Release, rdp_epsilon
+from common.privacy.calibration import noise_for_target_epsilon
 from common.privacy.randomness import PrivacyRandomness
 
 CONTRIBUTION_BOUND = 1.0

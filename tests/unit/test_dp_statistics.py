@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.privacy.accounting import Release, noise_for_target_epsilon, rdp_epsilon
+from common.privacy.accounting import Release, rdp_epsilon
+from common.privacy.calibration import noise_for_target_epsilon
 from common.privacy.randomness import PrivacyRandomness
 from common.privacy.statistics import (
     STATISTICS,
