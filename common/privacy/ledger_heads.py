@@ -95,8 +95,11 @@ def write_started_from(folder: Path, record: Mapping[str, Any]) -> None:
 def read_started_from(folder: Path) -> dict[str, Any] | None:
     """The started-from record of a run's ledger folder, if the run was continued."""
     path = folder / STARTED_FROM
-    if not path.is_file():
-        return None
+    return read_json_object(path) if path.is_file() else None
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``, or a LedgerError naming the file."""
     try:
         record = json.loads(path.read_text())
     except json.JSONDecodeError as error:

@@ -17,7 +17,6 @@ A run killed before its summary was written is checked against what it left (its
 from __future__ import annotations
 
 import csv
-import json
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,7 +24,12 @@ from typing import Any
 
 from common.privacy.ledger import LedgerError, read_ledger_file
 from common.privacy.ledger_audit import SERVER, AuditReport, audit_ledgers, find_ledgers
-from common.privacy.ledger_heads import LEDGER_FOLDER, SERVER_LEDGER, check_head
+from common.privacy.ledger_heads import (
+    LEDGER_FOLDER,
+    SERVER_LEDGER,
+    check_head,
+    read_json_object,
+)
 
 SUMMARY = "summary.json"
 CONFIG = "config.json"
@@ -46,22 +50,12 @@ def audit_path(path: Path) -> AuditReport:
     return report
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise LedgerError(f"{path}: not JSON ({error.msg})") from None
-    if not isinstance(record, dict):
-        raise LedgerError(f"{path}: must hold a JSON object")
-    return record
-
-
 def run_failures(run: Path) -> list[str]:
     """Everything in which the run folder and its ledgers disagree."""
     finished = (run / SUMMARY).is_file()
-    summary = _read_json(run / SUMMARY) if finished else {}
+    summary = read_json_object(run / SUMMARY) if finished else {}
     if not isinstance(summary.get("config"), dict) and (run / CONFIG).is_file():
-        summary["config"] = _read_json(run / CONFIG).get("run_config")
+        summary["config"] = read_json_object(run / CONFIG).get("run_config")
     if not finished and summary.get("config") is None:
         return [f"{run / SUMMARY} and {CONFIG} are missing: the ledger cannot be tied to the run"]
     failures = _summary_head_failures(run, summary) if finished else []

@@ -21,9 +21,8 @@ from pathlib import Path
 import pytest
 
 from simulations.launch import PROJECT_ROOT
-from simulations.process_tree import process_table
 from simulations.superlink import flower_env
-from tests.helpers import BASE, free_port, launch_run, metrics_rows, write_preset
+from tests.helpers import BASE, free_port, launch_run, live_processes, metrics_rows, write_preset
 
 MARKER = "FEDSEQREC_WORKER_TEST"
 RUN = {**BASE, "partition-mode": "cross-device", "fraction-train": 1.0, "dp": "none",
@@ -33,18 +32,8 @@ WAIT_SECONDS = 240.0
 
 def marked_processes(marker: str) -> dict[int, str]:
     """Live processes whose environment carries ``MARKER=marker``: their command lines."""
-    wanted, found = f"{MARKER}={marker}".encode(), {}
-    for pid, (_, _, state) in process_table().items():
-        if state in ("Z", "X") or pid == os.getpid():
-            continue
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-        if wanted in environ:
-            found[pid] = command.decode(errors="replace")
-    return found
+    wanted = f"{MARKER}={marker}".encode()
+    return {pid: command for pid, (env, command) in live_processes().items() if wanted in env}
 
 
 def kill_all(process: subprocess.Popen[bytes], marker: str) -> None:
