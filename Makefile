@@ -20,8 +20,10 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m simulations.launch --preset ml100k-dp
 
+# two pytest workers (pytest-xdist), a test file per worker: the end-to-end simulations
+# spend much of their time starting Flower and Ray, which overlaps well on 2 cores
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 # unit tests only (no simulation or deployment): the edit loop
 test-fast: $(STAMP)
