@@ -101,7 +101,8 @@ def test_a_resumed_run_without_dp_ends_with_the_uninterrupted_model(
         {"time": summary["resumed"][0]["time"], "from_round": saved["round"],  # type: ignore[index]
          "continued_after": saved["round"], "rounds_lost": 0}
     ]  # fmt: skip
-    assert KILL_AFTER_ROWS - 1 <= saved["round"] < ROUNDS
+    # the state is saved just after a round's metrics row: the kill may land in between
+    assert KILL_AFTER_ROWS - 2 <= saved["round"] < ROUNDS
     assert (folder / "flwr.1.log").is_file()  # the killed launch's log is kept
 
 
