@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common.data.errors import DataFormatError, parser_problem
+from common.data.errors import DataFormatError, read_text_table
 from common.data.ids import MAX_ID_LENGTH, natural_key, text_id_column
 from common.data.loaders import BUILTIN_FILES, builtin_path
 
@@ -180,14 +180,7 @@ def _check_id(value: str, path: Path, field: str) -> None:
 def _table_pairs(path: Path) -> list[tuple[str, str, str]]:
     """(item, attribute, where) triples of an item,attribute CSV / TSV, validated."""
     separator = "\t" if path.suffix.lower() == ".tsv" else ","
-    try:
-        frame = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False, na_values=[""])
-    except pd.errors.ParserError as error:
-        raise DataFormatError(f"{path}: {parser_problem(error)}") from None
-    except pd.errors.EmptyDataError:
-        raise DataFormatError(f"{path}: file is empty (expected header item,attribute)") from None
-    except UnicodeDecodeError as error:
-        raise DataFormatError(f"{path}: not UTF-8 text ({error.reason})") from None
+    frame = read_text_table(path, separator, "file is empty (expected header item,attribute)")
     missing = [name for name in ("item", "attribute") if name not in frame.columns]
     if missing or frame.empty:
         found = ", ".join(map(str, frame.columns))

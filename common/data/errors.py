@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,3 +31,20 @@ def parser_problem(error: Exception) -> str:
         expected, line, saw = found.groups()
         return f"line {line}: expected {expected} fields, saw {saw} (ragged line)"
     return text
+
+
+def read_text_table(path: Path, separator: str, empty: str, **options: Any) -> pd.DataFrame:
+    """``pd.read_csv`` of string columns; a failure is one DataFormatError naming ``path``.
+
+    ``empty`` says what an empty file lacks (it differs between click logs and attributes).
+    """
+    try:
+        return pd.read_csv(
+            path, sep=separator, dtype=str, keep_default_na=False, na_values=[""], **options
+        )
+    except pd.errors.ParserError as error:
+        raise DataFormatError(f"{path}: {parser_problem(error)}") from None
+    except pd.errors.EmptyDataError:
+        raise DataFormatError(f"{path}: {empty}") from None
+    except UnicodeDecodeError as error:
+        raise DataFormatError(f"{path}: not UTF-8 text ({error.reason})") from None

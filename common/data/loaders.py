@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.data.errors import DataFormatError, parser_problem
+from common.data.errors import DataFormatError, parser_problem, read_text_table
 from common.data.ids import (
     MAX_INTEGER_DIGITS,
     drop_duplicate_interactions,
@@ -206,21 +206,9 @@ def _read_table(path: Path, separator: str) -> pd.DataFrame:
             return pd.read_parquet(path)
         except (OSError, ValueError) as error:
             raise DataFormatError(f"{path}: not a readable Parquet file ({error})") from None
-    try:
-        frame = pd.read_csv(
-            path,
-            sep=separator,
-            dtype=str,
-            keep_default_na=False,
-            na_values=[""],
-            skip_blank_lines=False,
-        )
-    except pd.errors.ParserError as error:
-        raise DataFormatError(f"{path}: {parser_problem(error)}") from None
-    except pd.errors.EmptyDataError:
-        raise DataFormatError(f"{path}: no header line and no interactions") from None
-    except UnicodeDecodeError as error:
-        raise DataFormatError(f"{path}: not UTF-8 text ({error.reason})") from None
+    frame = read_text_table(
+        path, separator, "no header line and no interactions", skip_blank_lines=False
+    )
     return frame.loc[~frame.isna().all(axis=1)]
 
 
