@@ -27,6 +27,7 @@ from flwr.serverapp.strategy import FedAvg
 from common.federation.messages import WEIGHT_KEY
 from common.privacy.randomness import PrivacyRandomness
 from server.strategy_wrapper import StrategyWrapper
+from server.update_validation import reply_problem
 
 logger = logging.getLogger("fedseqrec.server")
 
@@ -79,7 +80,11 @@ class CohortAggregation(StrategyWrapper):
         """Noisy (or exact) mean update of all sampled users, applied by the inner strategy."""
         valid = []
         for reply in replies:
-            problem = reply.error.reason if reply.has_error() else self._malformation(reply)
+            problem = (
+                reply.error.reason
+                if reply.has_error()
+                else reply_problem(reply, self.current_arrays, deltas=True)
+            )  # the noise must be added to finite, well-formed sums even unscreened
             if problem:
                 logger.warning("round %d: cohort reply dropped: %s", server_round, problem)
             else:
@@ -113,25 +118,6 @@ class CohortAggregation(StrategyWrapper):
             [reply.content for reply in valid], WEIGHT_KEY
         )
         return arrays, metrics
-
-    def _malformation(self, reply: Message) -> str:
-        """Why a reply cannot be aggregated (names, shapes, finiteness, weight), or ''."""
-        arrays = reply.content.array_records.get("arrays")
-        metrics = reply.content.metric_records.get("metrics")
-        if not isinstance(arrays, ArrayRecord) or metrics is None or WEIGHT_KEY not in metrics:
-            return f"it lacks 'arrays' or 'metrics' with {WEIGHT_KEY!r}"
-        if set(arrays) != set(self.current_arrays):
-            return f"arrays {sorted(arrays)} do not match the model's {sorted(self.current_arrays)}"
-        for name in self.current_arrays:
-            update = arrays[name].numpy()
-            if update.shape != tuple(self.current_arrays[name].shape):
-                return f"{name!r} has shape {update.shape}"
-            if not np.isfinite(update).all():
-                return f"{name!r} has non-finite values"
-        weight = metrics[WEIGHT_KEY]
-        if not isinstance(weight, int | float) or not np.isfinite(weight) or weight < 0:
-            return f"weight {weight!r} is not a finite non-negative number"
-        return ""
 
     def _summed_updates(self, replies: list[Message]) -> tuple[dict[str, np.ndarray], float]:
         """Add the (validated) cohorts' update sums and weights."""
