@@ -61,7 +61,8 @@ def test_a_dp_sgd_step_equals_opacus_make_private(
     """Same clipping, averaging and noise scale as Opacus's own DP-SGD step.
 
     Sampling rate 1 (one batch of every window) so both take the same batch; noise is
-    compared through its standard deviation, since the two draw it differently. Scores in
+    compared through its standard deviation, since the two draw it differently (ours from
+    a fixed test seed: 240 secret draws would miss the 10% band about 3% of the time). Scores in
     float32 as Opacus computes them (by default they may be bfloat16 products).
     """
     from opacus import PrivacyEngine
@@ -80,7 +81,7 @@ def test_a_dp_sgd_step_equals_opacus_make_private(
         start = {n: p.detach().clone() for n, p in ours.named_parameters()}
         train_local_dp(ours, windows, epochs=1, batch_size=len(windows), lr=1.0,
                        optimizer_name="sgd", noise_multiplier=noise, clip_norm=0.05,
-                       seed=1, randomness=PrivacyRandomness())  # fmt: skip
+                       seed=1, randomness=PrivacyRandomness([1]))  # fmt: skip
         updates.append({n: p.detach() - start[n] for n, p in ours.named_parameters()})
 
     torch.manual_seed(0)
