@@ -11,6 +11,9 @@ Modes of :func:`train`, one named function each (docs/architecture.md has the ta
 - ``partition-mode = "cohort"``: :func:`_train_cohort` (the sum of its users' updates);
 - ``dp = "local"``: :func:`_train_private` (DP-SGD within this client's budget);
 - otherwise: :func:`_train_plain` (local epochs, the new weights).
+
+:func:`query` answers the server's statistics query (``statistics = true``) with the
+summed contributions of this node's users (:mod:`client.statistics_reply`).
 """
 
 from __future__ import annotations
@@ -31,10 +34,12 @@ from client.local_privacy import (
     save_history,
 )
 from client.secure_client import secure_client_app, uses_secure_aggregation
+from client.statistics_reply import statistics_reply
 from common.data.catalogue import ItemCatalogue
 from common.data.node_data import NodeDataConfig, load_node_partition
 from common.data.partitioning import ClientPartition, load_split
 from common.federation.app_logging import configure_app_logging
+from common.federation.checkpoints import dataset_item_ids
 from common.federation.compression import encode_update
 from common.federation.config import FederatedConfig, config_of_run
 from common.federation.messages import (
@@ -220,6 +225,20 @@ def _train_cohort(
     )
     arrays = ArrayRecord({name: Array(value) for name, value in update.delta_sum.items()})
     return _reply(msg, arrays, metrics)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """The server's statistics query: the summed contributions of this node's users."""
+    config = config_of_run(context.run_config, context.run_id)
+    settings = _settings(msg)
+    partition = _partition(config, msg, context)
+    if NodeDataConfig.applies_to(context.node_config):  # an edge node's public catalogue
+        source = NodeDataConfig.from_node_config(context.node_config).item_attributes
+        item_ids: list[object] = list(ItemCatalogue.from_config(settings).item_ids)
+    else:
+        source, item_ids = config.item_attributes, list(dataset_item_ids(*data_source(config)))
+    return statistics_reply(msg, config, partition, settings, source, item_ids)
 
 
 @app.evaluate()

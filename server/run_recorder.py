@@ -18,8 +18,9 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from common.data.sequences import LeaveOneOutSplit
+from common.evaluation.on_device import OnDeviceScorer
 from common.evaluation.ranking import RankingAccumulator
-from common.evaluation.scoring import evaluate_model, flatten_metrics
+from common.evaluation.scoring import evaluate_model, evaluate_on_device, flatten_metrics
 from common.federation.checkpoints import Checkpoint, ItemId, dataset_item_ids, save_checkpoint
 from common.federation.compression import UPDATE_BYTES_KEY
 from common.federation.config import FederatedConfig
@@ -121,6 +122,19 @@ class RunRecorder:
         self._faults: dict[str, int] = {}
         self._started = time.perf_counter()
         self._round_started = self._started
+        # per stage, set when the run released statistics (server/statistics_release.py)
+        self.on_device: dict[str, OnDeviceScorer] = {}
+
+    def metrics(self, split: LeaveOneOutSplit, stage: str) -> dict[str, float]:
+        """The figures users get: the on-device scorer's when there is one, else the model's."""
+        if stage in self.on_device:
+            return evaluate_on_device(
+                self.on_device[stage], self.model, split, stage, self.config.max_len,
+                self.config.n_gap_buckets,
+            )  # fmt: skip
+        return evaluate_model(
+            self.model, split, stage, self.config.max_len, self.config.n_gap_buckets
+        )
 
     def aggregate_train(self, records: list[RecordDict], weighted_by_key: str) -> MetricRecord:
         """Flower's weighted train-metric average, remembering replies and examples."""
@@ -177,9 +191,7 @@ class RunRecorder:
         valid: dict[str, float] = {}
         last = server_round == self.config.num_server_rounds
         if self.split is not None and (server_round % self.config.eval_every == 0 or last):
-            valid = evaluate_model(
-                self.model, self.split, "valid", self.config.max_len, self.config.n_gap_buckets
-            )
+            valid = self.metrics(self.split, "valid")
         numbered = self.round_offset + server_round
         self._save(CHECKPOINT, numbered, valid)
         if self.selects_best and valid and valid[SELECTION_METRIC] > self.best_score:
@@ -301,9 +313,7 @@ class RunRecorder:
         checkpoint = torch.load(released, weights_only=True)
         self.model.load_state_dict(checkpoint["state_dict"])
         figures = federated or {
-            stage: evaluate_model(
-                self.model, self.split, stage, self.config.max_len, self.config.n_gap_buckets
-            )
+            stage: self.metrics(self.split, stage)
             for stage in ("valid", "test")
             if self.split is not None
         }
@@ -312,6 +322,9 @@ class RunRecorder:
             "released_round": int(checkpoint["round"]),
             "released_checkpoint": released.name,
             "release_selection": "best validation NDCG@10" if self.selects_best else "last round",
+            "scoring": "on-device scorer (scorer.json, statistics.npz)"
+            if self.on_device
+            else "global model",
             "simulation_only_diagnostics": SIMULATION_ONLY if simulated else None,
             "released_metrics": None if simulated else FEDERATED_METRICS,
             "valid": figures["valid"],

@@ -7,7 +7,8 @@ Modes (docs/architecture.md has the legal combinations and their code paths):
 - every other mode: :func:`run_strategy`, Flower's strategy wrapped by
   :func:`build_server_strategy`: update decoding (``update-compression``), cohort sums
   with user-level noise (``partition-mode = "cohort"``, ``dp = "user"``), budget
-  refusals (``dp = "local"``).
+  refusals (``dp = "local"``); with ``statistics = true`` the DP global statistics are
+  released first (:mod:`server.statistics_release`) and the on-device scorer evaluates.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from server.run_recorder import RunRecorder, record_failure
 from server.run_state import ResumeError
 from server.secure_aggregation import run_secure_aggregation
 from server.server_view import ServerView, server_view
+from server.statistics_release import release_statistics_round
 from server.update_decoding import with_update_decoding
 from server.user_level_privacy import PrivacyBudgetSpent, UserLevelPrivacy, carry_ledger_forward
 
@@ -192,6 +194,11 @@ def run_strategy(
         if config.dp == "user"
         else None
     )
+    if config.statistics:  # before any round: validation and test use the scorer
+        setup.recorder.on_device = release_statistics_round(
+            grid, config, list(setup.view.item_ids), setup.catalogue, privacy, setup.offset,
+            setup.num_partitions, simulated=setup.view.split is not None,
+        )  # fmt: skip
     fault_log = FaultLog(results_dir)
     strategy = build_server_strategy(config, setup, privacy, fault_log)
     keeper = RoundStateKeeper(setup.recorder, strategy, config, setup.resumption)

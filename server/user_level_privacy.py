@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from common.federation.config import FederatedConfig
+from common.federation.statistics_config import user_level_noise
 from common.privacy.accounting import Release
-from common.privacy.calibration import calibrate_noise, resolve_delta
+from common.privacy.calibration import resolve_delta
 from common.privacy.ledger import (
     INSECURE_REPRODUCIBLE,
     OS_ENTROPY,
@@ -41,6 +42,11 @@ from common.privacy.ledger_heads import (
     SERVER_LEDGER,
     carry_forward,
     write_started_from,
+)
+from common.privacy.statistics import (
+    CONTRIBUTION_BOUND,
+    STATISTICS_MECHANISM,
+    joint_noise_multiplier,
 )
 
 logger = logging.getLogger("fedseqrec.server")
@@ -65,6 +71,7 @@ class UserLevelPrivacy:
     population: int
     randomness: str = OS_ENTROPY
     round_offset: int = 0  # a continued run's rounds are numbered after its checkpoint's
+    statistics_multipliers: dict[str, float] = field(default_factory=dict)  # none: {}
 
     @classmethod
     def from_config(
@@ -84,14 +91,7 @@ class UserLevelPrivacy:
         """
         delta = resolve_delta(config.delta, n_users)
         rate = config.fraction_train
-        noise = calibrate_noise(
-            config.noise_multiplier,
-            config.target_epsilon,
-            delta=delta,
-            sampling_rate=rate,
-            planned_steps=config.num_server_rounds,
-            mode="user",
-        )
+        noise, statistics = user_level_noise(config, delta)
         budget = PrivacyBudget(config.target_epsilon, delta) if config.target_epsilon else None
         ledger = PrivacyLedger(results_dir / LEDGER_FOLDER / SERVER_LEDGER)
         if insecure_reproducible_noise is None:  # the key lands with the secure-noise work
@@ -101,7 +101,7 @@ class UserLevelPrivacy:
         randomness = INSECURE_REPRODUCIBLE if insecure_reproducible_noise else OS_ENTROPY
         privacy = cls(
             results_dir.name, noise, config.clip_norm, rate, delta, budget, ledger, n_users,
-            randomness, round_offset,
+            randomness, round_offset, statistics,
         )  # fmt: skip
         logger.info(
             "user-level DP: noise multiplier %.4f, clip %g, q %.5f, delta %.3g, budget %s",
@@ -145,6 +145,32 @@ class UserLevelPrivacy:
         )
         return entry.epsilon
 
+    def record_statistics(self, numbered_round: int) -> float:
+        """Append the statistics release to the ledger (before it leaves); epsilon."""
+        entry = self.ledger.record_release(
+            SERVER,
+            Release(joint_noise_multiplier(self.statistics_multipliers), 1.0, 1),
+            delta=self.delta,
+            population=self.population,
+            budget=self.budget,
+            randomness=self.randomness,
+            run_id=self.run_id,
+            round=numbered_round,
+            unit="user",
+            mechanism=STATISTICS_MECHANISM,
+            clip_norm=CONTRIBUTION_BOUND,
+        )
+        return entry.epsilon
+
+    def statistics_recorded(self) -> bool:
+        """Whether this run's ledger already holds its statistics release (a resumed run)."""
+        return any(
+            entry.who == SERVER
+            and entry.run_id == self.run_id
+            and entry.mechanism == STATISTICS_MECHANISM
+            for entry in self.ledger.entries()
+        )
+
     def spent(self) -> float:
         """Epsilon after every recorded round (0 before the first)."""
         entries = [entry for entry in self.ledger.entries() if entry.who == SERVER]
@@ -152,8 +178,10 @@ class UserLevelPrivacy:
 
     def summary(self) -> dict[str, object]:
         """What summary.json says about the guarantee (the audit recomputes it)."""
+        mechanisms = [STATISTICS_MECHANISM] if self.statistics_multipliers else []
+        mechanisms += ["dp-fedavg"] if self.noise_multiplier > 0 else []
         return {
-            "mechanism": "dp-fedavg",
+            "mechanism": " + ".join(mechanisms),
             "unit": "user",
             "neighbouring": "add or remove one user's whole interaction history",
             "noise_multiplier": self.noise_multiplier,
@@ -164,6 +192,17 @@ class UserLevelPrivacy:
             "randomness": self.randomness,
             "epsilon": self.spent(),
             "rounds_accounted": len(self.ledger.releases(SERVER)),
+            "statistics": (
+                {
+                    "mechanism": STATISTICS_MECHANISM,
+                    "noise_multipliers": self.statistics_multipliers,
+                    "joint_noise_multiplier": joint_noise_multiplier(self.statistics_multipliers),
+                    "contribution_bound": CONTRIBUTION_BOUND,
+                    "sampling_rate": 1.0,
+                }
+                if self.statistics_multipliers
+                else None
+            ),
             "budget_epsilon": self.budget.epsilon if self.budget else None,
             "accountant": "rdp (opacus)",
             "ledger": str(self.ledger.path),

@@ -22,6 +22,7 @@ import re
 import signal
 import sys
 import tomllib
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
@@ -101,9 +102,11 @@ def resolve_config(
     for origin, keys in ((f"preset {source}", preset), ("--set", overrides)):
         unknown = sorted(set(keys) - set(defaults))
         if unknown:
-            known = ", ".join(sorted(defaults))
+            close = sorted({m for key in unknown for m in get_close_matches(key, defaults, 3)})
+            hint = f"did you mean {', '.join(close)}? " if close else ""
             raise LaunchConfigError(
-                f"{origin}: unknown key(s) {', '.join(unknown)} (known: {known})"
+                f"{origin}: unknown key(s) {', '.join(unknown)} ({hint}every key is in "
+                f"docs/reference.md)"
             )
         owned = sorted(set(keys) & set(LAUNCHER_KEYS))
         if owned:

@@ -12,6 +12,7 @@ from torch import Tensor
 from common.data.features import last_window
 from common.data.sequences import LeaveOneOutSplit
 from common.evaluation.baselines import MarkovChain, PopularityBaseline
+from common.evaluation.on_device import OnDeviceScorer
 from common.evaluation.ranking import (
     RankingAccumulator,
     long_horizon_hits,
@@ -107,6 +108,27 @@ def evaluate_model(
     with evaluation_mode(model):
         scorer = model_scorer(model, max_len, n_gap_buckets)
         return flatten_metrics(*evaluate_scorer(scorer, split, stage, users, batch_size))
+
+
+def evaluate_on_device(
+    scorer: OnDeviceScorer,
+    model: SequenceRecommender,
+    split: LeaveOneOutSplit,
+    stage: str,
+    max_len: int,
+    n_gap_buckets: int = 0,
+) -> dict[str, float]:
+    """Metrics of the on-device scorer, with the model's scores when it weighs them."""
+    with evaluation_mode(model):
+        global_model = (
+            model_scorer(model, max_len, n_gap_buckets) if scorer.settings.model_weight else None
+        )
+
+        def score(histories: list[np.ndarray], times: list[np.ndarray] | None) -> Tensor:
+            model_scores = global_model(histories, times) if global_model else None
+            return scorer.batch_scores(histories, model_scores)
+
+        return flatten_metrics(*evaluate_scorer(score, split, stage))
 
 
 def baseline_scorer(baseline: PopularityBaseline | MarkovChain) -> Scorer:

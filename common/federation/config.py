@@ -17,6 +17,7 @@ from common.data.partitioning import PARTITION_MODES, count_partitions
 from common.federation.compression import COMPRESSIONS
 from common.federation.reliability import ROBUST_STRATEGIES, check_reliability
 from common.federation.secure_aggregation import check_secure_aggregation
+from common.federation.statistics_config import check_statistics
 from common.models import MODEL_KEYS, ModelConfig
 
 STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox", *ROBUST_STRATEGIES)
@@ -97,6 +98,16 @@ class FederatedConfig:
     byzantine_clients: int = 0  # krum, multikrum, bulyan: clients assumed malicious
     trimmed_beta: float = 0.2  # fedtrimmedavg: share cut from each end
     krum_select: int = 1  # multikrum: updates averaged
+    # On-device scoring with DP global statistics (common/federation/statistics_config.py).
+    statistics: bool = False  # release DP popularity + attribute transitions before training
+    statistics_share: float = 1.0  # dp = user: share of target-epsilon the statistics spend
+    transitions_per_user: int = 1  # a user's last transitions counted in the statistics
+    scorer_window: int = 10  # recent items in a user's attribute profile
+    scorer_decay: float = 0.8  # weight decay per step back in the user's history
+    scorer_transition_floor: float = 1e-3
+    scorer_similarity_weight: float = 2.0
+    scorer_popularity_weight: float = 0.05
+    scorer_model_weight: float = 0.0  # weight of the global model's scores (0 = unused)
 
     def __post_init__(self) -> None:
         check_field_types(self, _kebab)
@@ -111,6 +122,7 @@ class FederatedConfig:
         _check_deployment(self)
         check_resume_from(self)
         check_reliability(self)
+        check_statistics(self)
 
     def _check_choices(self) -> None:
         """Keys that name one of a fixed set of choices."""
@@ -128,7 +140,12 @@ class FederatedConfig:
 
     def _check_ranges(self) -> None:
         """Numeric keys within their ranges."""
-        for name in ("num_server_rounds", "local_epochs", "batch_size", "eval_every"):
+        if self.num_server_rounds < 0 or (self.num_server_rounds == 0 and not self.statistics):
+            raise ValueError(
+                f"num-server-rounds must be positive (0 only with statistics = true), "
+                f"got {self.num_server_rounds}"
+            )
+        for name in ("local_epochs", "batch_size", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(
                     f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}"

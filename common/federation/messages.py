@@ -24,6 +24,12 @@ SERVER_ROUND = "server-round"  # set by Flower's strategies
 ROUND_OFFSET = "round-offset"  # rounds of the checkpoint this run continues from
 PROXIMAL_MU = "proximal-mu"  # set by Flower's FedProx
 POPULATION_KEY = "population"  # users the federation protects (public), for delta
+TRANSITIONS_PER_USER = "transitions-per-user"  # query: a user's transitions counted
+
+# Records of a statistics reply (query message; common/privacy/statistics.py).
+POPULARITY = "popularity"  # dense sum of the client's users' popularity vectors
+TRANSITION_CELLS = "transition-cells"  # flat cells a * (n_items + 1) + j of the sum
+TRANSITION_VALUES = "transition-values"  # the sum's values in those cells
 
 # Keys of a reply's MetricRecord (sums: the server adds them up over replies).
 WEIGHT_KEY = "num-examples"  # the example count Flower's strategies weight by

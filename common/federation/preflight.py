@@ -21,7 +21,8 @@ from common.federation.checkpoints import (
 )
 from common.federation.config import FederatedConfig
 from common.federation.node_partition import data_source
-from common.privacy.calibration import calibrate_noise, resolve_delta
+from common.federation.statistics_config import user_level_noise
+from common.privacy.calibration import resolve_delta
 
 
 def check_population(config: FederatedConfig, n_users: int) -> None:
@@ -43,14 +44,7 @@ def check_privacy_plan(config: FederatedConfig, n_users: int) -> None:
         return
     delta = resolve_delta(config.delta, n_users)
     if config.dp == "user":
-        calibrate_noise(
-            config.noise_multiplier,
-            config.target_epsilon,
-            delta=delta,
-            sampling_rate=config.fraction_train,
-            planned_steps=config.num_server_rounds,
-            mode="user",
-        )
+        user_level_noise(config, delta)
 
 
 def check_simulation_inputs(config: FederatedConfig) -> int:

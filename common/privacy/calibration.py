@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 
-from common.privacy.accounting import Release, number_or_nan
+from common.privacy.accounting import Release, number_or_nan, rdp_epsilon
 
 DELTA_FACTOR = 10  # delta <= 1 / (DELTA_FACTOR x users protected)
 
@@ -108,3 +109,41 @@ def calibrate_noise(
     if target_epsilon <= 0:
         raise ValueError(f"dp = {mode!r} needs noise-multiplier > 0 or target-epsilon > 0")
     return noise_for_target_epsilon(target_epsilon, delta, sampling_rate, planned_steps)
+
+
+def noise_after_prior(
+    prior: Sequence[Release],
+    target_epsilon: float,
+    delta: float,
+    sampling_rate: float,
+    steps: int,
+) -> float:
+    """Smallest noise multiplier (within 1% of epsilon) for ``steps`` more releases at
+    ``sampling_rate`` whose composition with ``prior`` stays within ``target_epsilon``.
+
+    A bisection over the same RDP accountant the ledger records with; a ValueError when
+    ``prior`` alone already spends the target.
+    """
+    Release(1.0, sampling_rate, steps)  # validates sampling_rate and steps
+    spent = rdp_epsilon(list(prior), delta) if prior else 0.0
+    if spent >= target_epsilon:
+        raise ValueError(
+            f"the earlier releases already spend epsilon {spent:.4g} of the target "
+            f"{target_epsilon:g}: nothing is left for {steps} more"
+        )
+
+    def epsilon(noise: float) -> float:
+        return rdp_epsilon([*prior, Release(noise, sampling_rate, steps)], delta)
+
+    low, high = 0.0, 1.0
+    while epsilon(high) > target_epsilon:
+        low, high = high, high * 2
+        if high > 1e6:
+            raise ValueError(f"no noise multiplier fits target epsilon {target_epsilon:g}")
+    while epsilon(high) < target_epsilon * 0.99 and high - low > 1e-4 * high:
+        middle = (low + high) / 2
+        if epsilon(middle) > target_epsilon:
+            low = middle
+        else:
+            high = middle
+    return high

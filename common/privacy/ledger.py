@@ -53,7 +53,9 @@ __all__ = [  # the budget names are re-exported: callers record and check in one
 logger = logging.getLogger("fedseqrec.privacy")
 
 UNITS = ("user", "window")
-MECHANISMS = ("dp-sgd", "dp-fedavg")
+MECHANISMS = ("dp-sgd", "dp-fedavg", "dp-statistics")
+# mechanisms one party may mix: the server's user-level releases compose into one guarantee
+COMPOSABLE_MECHANISMS = (frozenset({"dp-fedavg", "dp-statistics"}),)
 ACCOUNTANTS = ("rdp",)
 OS_ENTROPY = "os-entropy"
 INSECURE_REPRODUCIBLE = "insecure-reproducible"

@@ -29,6 +29,7 @@ import numpy as np
 from common.privacy.accounting import PldComposer, Release, epsilon_from_rdp, rdp_curve
 from common.privacy.calibration import delta_problem
 from common.privacy.ledger import (
+    COMPOSABLE_MECHANISMS,
     GENESIS,
     INSECURE_REPRODUCIBLE,
     LedgerEntry,
@@ -56,6 +57,15 @@ AGAINST = {
     "included; not the server itself: in a deployment it sees the cohorts' clipped sums "
     "(only their total under secure aggregation), in a simulation it reads every user's "
     "data as the measurement harness that evaluates them. The population size is public",
+    "dp-statistics": "anyone who sees the released global statistics (item popularity, "
+    "attribute transitions) or what devices compute from them; not the server itself: in "
+    "a deployment it sees the clients' bounded sums, in a simulation it reads every user's "
+    "data as the measurement harness that evaluates them. The population size is public",
+    "dp-statistics + dp-fedavg": "anyone who sees the released global statistics or the "
+    "global models the server releases, the clients included; not the server itself: in a "
+    "deployment it sees the clients' bounded and clipped sums, in a simulation it reads "
+    "every user's data as the measurement harness that evaluates them. The population "
+    "size is public",
     "dp-sgd": "anyone who sees the node's model updates, the server included (and so "
     "anyone who sees the global models); in a simulation the server also reads every "
     "user's data as the measurement harness that evaluates them. The population size is "
@@ -279,6 +289,8 @@ def _party_failures(party: PartyAudit) -> list[str]:
     failures = []
     for name in ("unit", "mechanism"):
         values = sorted({getattr(item.entry, name) for item in party.checked})
+        if name == "mechanism" and any(set(values) <= group for group in COMPOSABLE_MECHANISMS):
+            continue  # user-level statistics and DP-FedAvg rounds: one user-level guarantee
         if len(values) > 1:
             failures.append(
                 f"{party.who}: entries mix {name}s {' and '.join(values)}; one guarantee "
@@ -324,7 +336,8 @@ def guarantees(report: AuditReport) -> list[dict[str, Any]]:
     """One plain-words guarantee per (mechanism, unit), with its epsilon(s) and delta."""
     groups: dict[tuple[str, str], list[PartyAudit]] = defaultdict(list)
     for party in report.parties:
-        groups[(party.last.entry.mechanism, party.last.entry.unit)].append(party)
+        mechanisms = dict.fromkeys(item.entry.mechanism for item in party.checked)
+        groups[(" + ".join(mechanisms), party.last.entry.unit)].append(party)
     statements = []
     for (mechanism, unit), parties in sorted(groups.items()):
         finals = [party.last.spent for party in parties]
@@ -337,7 +350,7 @@ def guarantees(report: AuditReport) -> list[dict[str, Any]]:
                 "delta": max(party.last.entry.delta for party in parties),
                 "neighbouring": NEIGHBOURS[unit],
                 "protected": PROTECTED[unit],
-                "against": AGAINST[mechanism],
+                "against": AGAINST.get(mechanism, "no one: these mechanisms do not compose"),
             }
         )
     return statements

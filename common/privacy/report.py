@@ -65,7 +65,11 @@ def render(report: AuditReport) -> str:
         epsilon = statement["epsilon"]
         parties = statement["parties"]
         if parties == [SERVER]:
-            subject = "the global models the server released are"
+            released = {
+                "dp-statistics": "global statistics",
+                "dp-statistics + dp-fedavg": "global statistics and models",
+            }.get(statement["mechanism"], "global models")
+            subject = f"the {released} the server released are"
         elif len(parties) == 1:
             subject = f"the model updates of {parties[0]} are"
         else:

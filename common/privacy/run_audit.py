@@ -7,6 +7,8 @@ record the ledger heads at each release (:mod:`common.privacy.ledger_heads`) and
 - a ledger whose entries differ from, or fall short of, a recorded head;
 - a released round of a user-level DP run without a server entry ("round 30 released
   but not in the ledger"), or a local-DP round with fewer client entries than updates;
+- released DP global statistics (``statistics.npz``) without their ``dp-statistics``
+  entry;
 - an entry of another run, unless it was carried forward from the run this one
   continued (``started_from`` in the summary).
 
@@ -30,6 +32,7 @@ from common.privacy.ledger_heads import (
     check_head,
     read_json_object,
 )
+from common.privacy.statistics import STATISTICS_FILE, STATISTICS_MECHANISM
 
 SUMMARY = "summary.json"
 CONFIG = "config.json"
@@ -175,10 +178,19 @@ def _released_round_failures(run: Path, summary: Mapping[str, Any]) -> list[str]
         released.update({r: released.get(r, 0) for r in range(offset + 1, offset + completed + 1)})
     if dp == "user":
         ledger = read_ledger_file(run / LEDGER_FOLDER / SERVER_LEDGER).entries
-        rounds = {e.round for e in ledger if e.who == SERVER and e.run_id == run_id}
-        return [
+        ours = [e for e in ledger if e.who == SERVER and e.run_id == run_id]
+        rounds = {e.round for e in ours if e.mechanism != STATISTICS_MECHANISM}
+        failures = [
             f"round {r} released but not in the ledger" for r in sorted(released) if r not in rounds
         ]
+        if (run / STATISTICS_FILE).is_file() and not any(
+            e.mechanism == STATISTICS_MECHANISM for e in ours
+        ):
+            failures.append(
+                f"{run / STATISTICS_FILE} released but no {STATISTICS_MECHANISM} entry of "
+                f"this run is in the ledger"
+            )
+        return failures
     clients = run / LEDGER_FOLDER / CLIENTS_LEDGER
     if not clients.is_file():  # deployed nodes keep their own ledgers
         return []

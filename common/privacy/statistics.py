@@ -37,6 +37,8 @@ CONTRIBUTION_BOUND = 1.0
 STATISTICS = ("popularity", "attribute_transitions")
 NOISE_ROWS = 256
 DEFAULT_SHARES = {"popularity": 0.04, "attribute_transitions": 0.96}
+STATISTICS_FILE = "statistics.npz"  # a run's release, in its run folder
+STATISTICS_MECHANISM = "dp-statistics"  # its ledger entry's mechanism
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,40 @@ def transition_contribution(
     return keys, _scaled(counts.astype(np.float64))
 
 
+def summed_contributions(
+    histories: Sequence[npt.NDArray[np.int64]],
+    item_attributes: Sequence[npt.NDArray[np.int64]],
+    n_attributes: int,
+    transitions_per_user: int = 1,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Sums of the users' bounded contributions: dense popularity, sparse transitions.
+
+    What one Flower client (a cohort of users, or one user) replies: the transition sum
+    as its non-zero flat cells ``a * (n_items + 1) + j`` (sorted) and their values, so a
+    reply stays small however many attributes the catalogue has.
+    """
+    if transitions_per_user < 1:
+        raise ValueError(f"transitions_per_user must be >= 1, got {transitions_per_user}")
+    n_items = len(item_attributes) - 1
+    popularity = np.zeros(n_items + 1)
+    cells: list[npt.NDArray[np.int64]] = [np.zeros(0, dtype=np.int64)]
+    values: list[npt.NDArray[np.float64]] = [np.zeros(0)]
+    for history in histories:
+        history = np.asarray(history, dtype=np.int64)
+        items, weights = popularity_contribution(history)
+        popularity[items] += weights
+        user_cells, user_values = transition_contribution(
+            history, item_attributes, n_items, transitions_per_user
+        )
+        cells.append(user_cells)
+        values.append(user_values)
+    keys, inverse = np.unique(np.concatenate(cells), return_inverse=True)
+    sums = np.bincount(inverse, weights=np.concatenate(values), minlength=len(keys))
+    if len(keys) and keys[-1] >= n_attributes * (n_items + 1):
+        raise ValueError(f"attribute ids must be below n_attributes = {n_attributes}")
+    return popularity, keys.astype(np.int64), sums.astype(np.float64)
+
+
 def exact_statistics(
     histories: Sequence[npt.NDArray[np.int64]],
     item_attributes: Sequence[npt.NDArray[np.int64]],
@@ -130,20 +166,26 @@ def exact_statistics(
     transitions_per_user: int = 1,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """Sums of every user's bounded contributions, before noise: (popularity, transitions)."""
-    if transitions_per_user < 1:
-        raise ValueError(f"transitions_per_user must be >= 1, got {transitions_per_user}")
+    popularity, cells, values = summed_contributions(
+        histories, item_attributes, n_attributes, transitions_per_user
+    )
     n_items = len(item_attributes) - 1
-    popularity = np.zeros(n_items + 1)
     transitions = np.zeros(n_attributes * (n_items + 1))
-    for history in histories:
-        history = np.asarray(history, dtype=np.int64)
-        items, values = popularity_contribution(history)
-        popularity[items] += values
-        cells, values = transition_contribution(
-            history, item_attributes, n_items, transitions_per_user
-        )
-        transitions[cells] += values  # cells are unique per user
+    transitions[cells] = values
     return popularity, transitions.reshape(n_attributes, n_items + 1)
+
+
+def joint_noise_multiplier(multipliers: Mapping[str, float]) -> float:
+    """The one Gaussian mechanism all statistics together are: ``(sum 1 / z_i^2)^-1/2``.
+
+    Each statistic's contribution has norm at most 1 and gets noise ``z_i``; scaled by
+    ``1 / z_i`` they form one vector with unit noise and sensitivity
+    ``sqrt(sum 1 / z_i^2)``, so the joint release is exactly one Gaussian mechanism, and
+    the ledger records it as one ``Release(z, 1.0, 1)``. 0 when any statistic is exact.
+    """
+    if any(z <= 0 for z in multipliers.values()):
+        return 0.0
+    return float(sum(z**-2 for z in multipliers.values()) ** -0.5)
 
 
 def noise_multipliers(

@@ -60,7 +60,14 @@ def test_unknown_key_in_a_preset_is_one_clear_error_line(
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(lines) == 1
-    assert lines[0].startswith("error: preset bad: unknown key(s) learning-rate (known: ")
+    assert lines[0] == (
+        "error: preset bad: unknown key(s) learning-rate (every key is in docs/reference.md)"
+    )
+
+
+def test_a_misspelt_key_is_answered_with_the_keys_it_resembles() -> None:
+    with pytest.raises(LaunchError, match=r"unknown key\(s\) clip-nrom \(did you mean clip-norm\?"):
+        resolve_config(app_defaults(), {}, {"clip-nrom": 1.0}, "x")
 
 
 def test_bad_values_and_launcher_keys_are_refused() -> None:

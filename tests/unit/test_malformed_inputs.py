@@ -43,6 +43,9 @@ from tests.helpers import PROJECT_ROOT, write_cycle_log
 
 COHORT = {"partition-mode": "cohort"}
 SECAGG = {"secure-aggregation": True}
+STATS = {"statistics": True, "item-attributes": "builtin", "dataset": "beauty"}
+STATS = {**STATS, "target-epsilon": 8.0}
+STATS_DP = {**STATS, **COHORT, "dp": "user"}
 
 RUN_CONFIG_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("dim text", {"dim": "big"}, r"'dim' must be an integer, got 'big'"),
@@ -64,7 +67,20 @@ RUN_CONFIG_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("gap buckets -1", {"n-gap-buckets": -1}, r"n_gap_buckets must be >= 0"),
     ("ffn 0", {"ffn-multiplier": 0}, r"ffn_multiplier must be positive"),
     ("dropout 1", {"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
-    ("rounds 0", {"num-server-rounds": 0}, r"num-server-rounds must be positive, got 0"),
+    ("rounds 0", {"num-server-rounds": 0}, r"positive \(0 only with statistics = true\), got 0"),
+    ("statistics no attributes", {"statistics": True}, r"statistics = true needs item-attri"),
+    ("statistics local dp", {**STATS, "dp": "local"}, r"needs dp = 'user' or 'none'"),
+    ("statistics share 0", {"statistics-share": 0.0}, r"statistics-share must be in \(0, 1\]"),
+    ("statistics share 1", {**STATS_DP}, r"statistics-share 1 leaves no budget for 10 training"),
+    ("statistics fixed noise", {**STATS_DP, "target-epsilon": 0.0, "noise-multiplier": 1.0},
+     r"needs target-epsilon > 0 and no fixed noise-multiplier"),
+    ("statistics rounds 0 share", {**STATS_DP, "num-server-rounds": 0, "statistics-share": 0.5},
+     r"num-server-rounds = 0 trains nothing"),
+    ("transitions 0", {"transitions-per-user": 0}, r"transitions-per-user must be >= 1, got 0"),
+    ("scorer window 0", {"scorer-window": 0}, r"scorer-window must be an integer >= 1, got 0"),
+    ("scorer decay 0", {"scorer-decay": 0.0}, r"scorer-decay must be in \(0, 1\], got 0.0"),
+    ("scorer floor 0", {"scorer-transition-floor": 0.0}, r"scorer-transition-floor must be > 0"),
+    ("scorer weight nan", {"scorer-model-weight": float("nan")}, r"scorer-model-weight must be a"),
     ("epochs 0", {"local-epochs": 0}, r"local-epochs must be positive"),
     ("batch 0", {"batch-size": 0}, r"batch-size must be positive"),
     ("eval-every 0", {"eval-every": 0}, r"eval-every must be positive"),
