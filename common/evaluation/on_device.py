@@ -30,6 +30,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
+from common.data.attributes import ItemAttributes
 from common.privacy.statistics import DPStatistics
 
 
@@ -73,6 +74,15 @@ def item_attribute_lists(
         attributes = sorted({dense[int(a)] for a in mapping.get(str(item), ())})
         lists.append(np.asarray(attributes, dtype=np.int64))
     return lists, len(known)
+
+
+def attribute_lists(attributes: ItemAttributes) -> tuple[list[npt.NDArray[np.int64]], int]:
+    """Loaded item attributes (indices 1..n, 0 padding) as the scorer's 0-based lists per item."""
+    lists = [
+        np.asarray(attributes.of(item), dtype=np.int64) - 1
+        for item in range(attributes.n_items + 1)
+    ]
+    return lists, attributes.n_attributes
 
 
 def attribute_matrix(
