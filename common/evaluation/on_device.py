@@ -77,9 +77,12 @@ def item_attribute_lists(
 
 
 def attribute_lists(attributes: ItemAttributes) -> tuple[list[npt.NDArray[np.int64]], int]:
-    """0-based attribute indices per item index (0 = padding, empty) and their number."""
-    lists = [attributes.of(item) - 1 for item in range(attributes.n_items + 1)]
-    return [np.asarray(a, dtype=np.int64) for a in lists], attributes.n_attributes
+    """Loaded item attributes (indices 1..n, 0 padding) as the scorer's 0-based lists per item."""
+    lists = [
+        np.asarray(attributes.of(item), dtype=np.int64) - 1
+        for item in range(attributes.n_items + 1)
+    ]
+    return lists, attributes.n_attributes
 
 
 def attribute_matrix(
