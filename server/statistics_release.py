@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from common.data.attributes import load_item_attributes
 from common.evaluation.on_device import OnDeviceScorer, attribute_lists
+from common.evaluation.scorer_files import write_scorer_settings
 from common.federation.config import FederatedConfig
 from common.federation.messages import (
     ARRAYS,
@@ -46,13 +47,11 @@ from common.federation.reliability import required_replies
 from common.federation.statistics_config import scorer_settings
 from common.privacy.randomness import PrivacyRandomness, privacy_randomness
 from common.privacy.statistics import STATISTICS, STATISTICS_FILE, DPStatistics, noisy_release
-from common.storage.run_folder import write_json
 from server.fault_tolerance import TooFewRepliesError, short_reason
 from server.user_level_privacy import UserLevelPrivacy
 
 logger = logging.getLogger("fedseqrec.server")
 
-SCORER_FILE = "scorer.json"
 PENDING_SUFFIX = ".pending"
 NOISE_SALT = 0x57A7  # insecure-reproducible-noise only: the statistics' own stream
 
@@ -93,14 +92,7 @@ def release_statistics_round(
             privacy.record_statistics(round_offset)  # the ledger first: then it may leave
         os.replace(pending, folder / STATISTICS_FILE)
     settings = scorer_settings(config)
-    write_json(
-        folder / SCORER_FILE,
-        {
-            "settings": asdict(settings),
-            "item-attributes": config.item_attributes,
-            "dataset": config.dataset,
-        },
-    )
+    write_scorer_settings(folder, settings, config.item_attributes, config.dataset)
     logger.info("statistics released: %s", _describe(stats))
     scorers = {TEST_STAGE: OnDeviceScorer.from_release(stats, lists, settings)}
     if simulated:

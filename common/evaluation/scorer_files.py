@@ -29,11 +29,10 @@ import numpy as np
 
 from common.data.attributes import check_attribute_source, load_item_attributes
 from common.evaluation.on_device import OnDeviceScorer, ScorerSettings, attribute_lists
-from common.privacy.statistics import DPStatistics
+from common.privacy.statistics import STATISTICS_FILE, DPStatistics
 from common.storage.atomic import write_text_atomically
 
 SCORER_FILE = "scorer.json"
-STATISTICS_FILE = "statistics.npz"
 SETTINGS_FIELD = "settings"
 ATTRIBUTES_FIELD = "item-attributes"
 DATASET_FIELD = "dataset"
@@ -53,12 +52,21 @@ def write_scorer_files(
     partial = run_dir / f".{STATISTICS_FILE}.partial"
     stats.save(partial)  # DPStatistics.save owns the format; the rename makes it atomic
     os.replace(partial, run_dir / STATISTICS_FILE)
+    write_scorer_settings(run_dir, settings, attributes_source, dataset)
+
+
+def write_scorer_settings(
+    run_dir: Path, settings: ScorerSettings, attributes_source: str, dataset: str
+) -> None:
+    """Write ``scorer.json`` atomically (the statistics are written by their releaser)."""
+    if not str(attributes_source).strip():
+        raise ValueError("the on-device scorer needs item attributes; the source is empty")
     payload = {
         SETTINGS_FIELD: dataclasses.asdict(settings),
         ATTRIBUTES_FIELD: str(attributes_source),
         DATASET_FIELD: str(dataset),
     }
-    write_text_atomically(run_dir / SCORER_FILE, json.dumps(payload, indent=2) + "\n")
+    write_text_atomically(Path(run_dir) / SCORER_FILE, json.dumps(payload, indent=2) + "\n")
 
 
 def scorer_file(location: Path) -> Path:
