@@ -1,14 +1,19 @@
 """Privacy-utility benchmark: test accuracy at user-level epsilon 1, 2, 4, 8 and without DP.
 
-``python benchmarks/privacy.py [--only utility throughput] [--datasets ml-100k beauty]
-[--epsilons 1 2 4 8 none]``
-writes ``benchmarks/results/privacy.json`` (sections merged into an existing file) and
-``benchmarks/results/privacy.png``:
+``python benchmarks/privacy.py [--only utility throughput] [--datasets beauty toys sports
+ml-100k] [--epsilons 1 2 4 8 none] [--repeats 3]``
+writes ``benchmarks/results/privacy.json`` (sections and data sets merged into an existing
+file) and ``benchmarks/results/privacy.png``:
 
-- ``utility``: per data set, its ``<dataset>-dp`` preset (user-level DP-FedAvg over
-  cohorts, delta = 1 / (10 x users)) run once per target epsilon and once with
-  ``dp = "none"``; test HR@10 / NDCG@10, the epsilon the run recorded, and whether the
-  independent audit of its ledger passed.
+- ``utility``: per data set, its ``<dataset>-dp`` preset (user-level DP, delta =
+  1 / (10 x users), every user private) run ``--repeats`` times per target epsilon
+  (the noise is secret, so every run differs) and once with ``dp = "none"`` (exact,
+  deterministic); per run the test HR@10 / NDCG@10, the epsilon the run recorded and
+  whether the independent audit of its run folder passed; per point the mean and the
+  sample standard deviation. The popularity and Markov-chain baselines (test stage,
+  history excluded) are computed on the same split for the plot's reference lines.
+  ``beauty-dp``, ``toys-dp`` and ``sports-dp`` release DP global statistics for the
+  on-device scorer; ``ml100k-dp`` trains a DP-FedAvg model.
 - ``throughput``: training examples per second of Opacus DP-SGD (local DP) against
   plain training of the same model on the same ML-100k windows.
 
@@ -28,15 +33,19 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 from common.data.features import training_windows
 from common.data.partitioning import load_split
+from common.evaluation.scoring import evaluate_baselines
 from common.federation.config import FederatedConfig
 from common.models import MODEL_NAMES, build_model
 from common.privacy.randomness import PrivacyRandomness
-from common.storage.run_folder import plot_series
 from common.training.dp_sgd import train_local_dp
 from common.training.local import train_local
 from simulations.launch import build_parser, launch, unwind_on_sigterm
@@ -45,7 +54,8 @@ RESULTS = ROOT / "results" / "privacy.json"
 RUNS = ROOT / "runs"
 EPSILONS = (1.0, 2.0, 4.0, 8.0)
 THROUGHPUT_REPEATS = 7  # one epoch takes well under a second: medians of several
-PRESETS = {"ml-100k": "ml100k-dp", "beauty": "beauty-dp"}
+PRESETS = {"beauty": "beauty-dp", "toys": "toys-dp", "sports": "sports-dp",
+           "ml-100k": "ml100k-dp"}  # fmt: skip
 THROUGHPUT = {"dim": 64, "layers": 1,
               "max-len": 50, "batch-size": 64, "lr": 0.01, "optimizer": "sgd",
               "dropout": 0.0}  # fmt: skip
@@ -75,13 +85,24 @@ def utility_point(dataset: str, epsilon: float | None, port: int) -> dict[str, A
     }
 
 
-def utility(dataset: str, port: int, epsilons: list[float | None]) -> list[dict[str, Any]]:
-    """The chosen epsilons (None: no DP) on one data set."""
+def utility(dataset: str, port: int, epsilons: list[float | None], repeats: int) -> dict[str, Any]:
+    """The chosen epsilons (None: no DP, one run) on one data set, with its baselines."""
     points = []
     for epsilon in epsilons:
-        points.append(utility_point(dataset, epsilon, port))
-        print(json.dumps({dataset: points[-1]}))
-    return points
+        runs = [utility_point(dataset, epsilon, port) for _ in range(repeats if epsilon else 1)]
+        point: dict[str, Any] = {"target_epsilon": epsilon, "runs": runs}
+        for metric in ("hr@10", "ndcg@10"):
+            values = [run["test"][metric] for run in runs]
+            point[f"{metric}_mean"] = float(np.mean(values))
+            point[f"{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        point["audits_passed"] = all(run["audit_passed"] for run in runs) if epsilon else None
+        points.append(point)
+        print(json.dumps({dataset: {k: v for k, v in point.items() if k != "runs"}}))
+    split = load_split(dataset)
+    baselines = {name: {key: figures[key] for key in ("hr@10", "ndcg@10")}
+                 for name, figures in evaluate_baselines(split, "test").items()}  # fmt: skip
+    return {"preset": PRESETS[dataset], "repeats": repeats, "baselines": baselines,
+            "points": points}  # fmt: skip
 
 
 def examples_per_second(name: str, private: bool) -> float:
@@ -124,15 +145,32 @@ def throughput() -> dict[str, Any]:
 
 
 def plot(results: dict[str, Any]) -> None:
-    """Test HR@10 against user-level epsilon, one line per data set."""
-    series = {
-        dataset: [p["test"]["hr@10"] for p in points if p["target_epsilon"]]
-        for dataset, points in results.get("utility", {}).items()
-    }
-    series = {name: ys for name, ys in series.items() if len(ys) == len(EPSILONS)}
-    if series:
-        plot_series(ROOT / "results" / "privacy.png", list(EPSILONS), series,
-                    "user-level epsilon", "test HR@10 under user-level DP")  # fmt: skip
+    """Test HR@10 (mean, spread) against user-level epsilon per data set, with the baselines."""
+    utility = {name: data for name, data in results.get("utility", {}).items()
+               if isinstance(data, dict) and "points" in data}  # fmt: skip
+    if not utility:
+        return
+    figure, axes = plt.subplots(1, len(utility), figsize=(4.2 * len(utility), 3.6), squeeze=False)
+    for axis, (dataset, data) in zip(axes[0], utility.items(), strict=True):
+        private = [p for p in data["points"] if p["target_epsilon"]]
+        xs = [p["target_epsilon"] for p in private]
+        axis.errorbar(xs, [p["hr@10_mean"] for p in private],
+                      yerr=[p["hr@10_std"] for p in private], marker="o", capsize=3,
+                      label=f"{data['preset']} (mean, sd)")  # fmt: skip
+        exact = [p for p in data["points"] if not p["target_epsilon"]]
+        if exact:
+            axis.axhline(exact[0]["hr@10_mean"], color="C2", linestyle="-.", label="no DP")
+        for style, (name, figures) in zip(("--", ":"), data["baselines"].items(), strict=False):
+            axis.axhline(figures["hr@10"], color="grey", linestyle=style, label=name)
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(xs, [f"{x:g}" for x in xs])
+        axis.set_xlabel("user-level epsilon")
+        axis.set_title(f"{dataset}: test HR@10")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(ROOT / "results" / "privacy.png", dpi=120)
+    plt.close(figure)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python benchmarks/privacy.py", description=__doc__)
     parser.add_argument("--only", nargs="+", default=["utility", "throughput"],
                         choices=["utility", "throughput"])  # fmt: skip
-    parser.add_argument("--datasets", nargs="+", default=["ml-100k"], choices=list(PRESETS))
+    parser.add_argument("--datasets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs per DP point (the no-DP point runs once)")  # fmt: skip
     parser.add_argument("--epsilons", nargs="+", default=[*map(str, EPSILONS), "none"],
                         help="target epsilons to run, 'none' for no DP (default: all)")  # fmt: skip
     parser.add_argument("--port", type=int, default=39491)
@@ -154,12 +194,18 @@ def main(argv: list[str] | None = None) -> int:
         results.setdefault("utility", {})
         epsilons = [None if value == "none" else float(value) for value in args.epsilons]
         for dataset in args.datasets:
-            points = utility(dataset, args.port, epsilons)
-            kept = [p for p in results["utility"].get(dataset, [])
-                    if p["target_epsilon"] not in epsilons]  # fmt: skip
-            results["utility"][dataset] = sorted(
-                kept + points, key=lambda p: p["target_epsilon"] or float("inf")
+            measured = utility(dataset, args.port, epsilons, args.repeats)
+            earlier = results["utility"].get(dataset)
+            same = isinstance(earlier, dict) and earlier.get("preset") == measured["preset"]
+            kept = (
+                [p for p in earlier["points"] if p["target_epsilon"] not in epsilons]
+                if same
+                else []
             )
+            measured["points"] = sorted(
+                kept + measured["points"], key=lambda p: p["target_epsilon"] or float("inf")
+            )
+            results["utility"][dataset] = measured
             write(results)
     plot(results)
     return 0
