@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m simulations.launch --preset ml100k-dp
+	$(PY) -m simulations.launch --preset beauty-dp
 
 # two pytest workers (pytest-xdist), a test file per worker: the end-to-end simulations
 # spend much of their time starting Flower and Ray, which overlaps well on 2 cores

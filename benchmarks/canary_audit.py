@@ -1,8 +1,11 @@
 """Empirical privacy audit benchmark: canary membership inference on ML-100k, with and without DP.
 
-``python benchmarks/canary_audit.py [--cases ...] [--canaries 200] [--set key=value ...]``
-writes ``benchmarks/results/canary_audit.json`` (or ``--output``), one entry per case,
-each a real simulation through :mod:`simulations.canary_audit`:
+``python benchmarks/canary_audit.py [--cases ...] [--repeats 3] [--canaries 200]
+[--set key=value ...]`` writes ``benchmarks/results/canary_audit.json`` (or ``--output``;
+cases not run this time are kept), one entry per case, each ``--repeats`` real
+simulations through :mod:`simulations.canary_audit` (DP noise is secret, so every run
+differs: the entry holds every run and the mean and spread of the AUC and the empirical
+epsilon lower bound):
 
 - ``no-dp``: the ``ml100k-cohort`` preset (no DP, 400 rounds; the model that trains),
 - ``no-dp-same-settings``: ``ml100k-dp`` with ``dp = "none"`` (what DP is compared to),
@@ -26,6 +29,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
+
+import numpy as np
 
 from common.storage.run_folder import write_json
 from simulations.canary_audit import build_parser, render, run_audit
@@ -60,25 +65,53 @@ def run_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def repeated_case(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """``--repeats`` audits of one case, with the mean and spread of what they measured."""
+    runs = [run_case(name, args) for _ in range(args.repeats)]
+    aucs = [run["empirical"]["auc"] for run in runs]
+    bounds = [run["empirical"]["epsilon_lower_bound"] for run in runs]
+    hits = [run["test"]["hr@10"] for run in runs]
+    epsilons = [run["theoretical"]["epsilon"] for run in runs]  # None without DP
+    return {
+        "preset": runs[0]["preset"],
+        "settings": runs[0]["settings"],
+        "repeats": len(runs),
+        "auc_mean": float(np.mean(aucs)),
+        "auc_std": float(np.std(aucs, ddof=1)) if len(runs) > 1 else 0.0,
+        "epsilon_lower_bound_mean": float(np.mean(bounds)),
+        "epsilon_lower_bound_max": float(np.max(bounds)),
+        "theoretical_epsilon": None if None in epsilons else max(epsilons),
+        "test_hr@10_mean": float(np.mean(hits)),
+        "test_hr@10_std": float(np.std(hits, ddof=1)) if len(runs) > 1 else 0.0,
+        "exceeds_theoretical": any(run["exceeds_theoretical"] for run in runs),
+        "runs": runs,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the selected cases one after the other, writing the results after each."""
     unwind_on_sigterm()  # a SIGTERM stops the running simulation too
     parser = argparse.ArgumentParser(prog="python benchmarks/canary_audit.py", description=__doc__)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--repeats", type=int, default=3, help="audits per case")
     parser.add_argument("--canaries", type=int, default=200)
     parser.add_argument("--canary-length", type=int, default=20)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--port", type=int, default=39591)
     args = parser.parse_args(argv)
+    earlier = json.loads(args.output.read_text()) if args.output.is_file() else {}
+    same = (earlier.get("canaries"), earlier.get("canary_length")) == (
+        args.canaries, args.canary_length,
+    )  # fmt: skip
     results: dict[str, Any] = {
         "canaries": args.canaries,
         "canary_length": args.canary_length,
         "machine_cores": len(os.sched_getaffinity(0)),
-        "cases": {},
+        "cases": dict(earlier.get("cases", {})) if same else {},
     }
     for name in args.cases:
-        results["cases"][name] = run_case(name, args)
+        results["cases"][name] = repeated_case(name, args)
         print(json.dumps({name: results["cases"][name]}))
         write_json(args.output, results)
     return 1 if any(case["exceeds_theoretical"] for case in results["cases"].values()) else 0

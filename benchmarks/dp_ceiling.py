@@ -20,7 +20,7 @@ The Beauty user-level DP model stays far below the non-private one (docs/results
   releases compose under the same RDP accountant. A candidate scores
   ``sum_k (1 / k) Y[i_k] . Q_prev[j]`` over the user's last 3 items ``i_k``. Whole
   catalogue, nothing chosen for free.
-- ``fedavg``: the ``beauty-dp`` mechanism (Poisson-sampled users, one SGD step each,
+- ``fedavg``: the ``beauty-dp-model`` mechanism (Poisson-sampled users, one SGD step each,
   clipped to norm 1, Gaussian noise on the sum, FedAdam) on a model whose item table
   holds only the ``vocab`` most popular items (again chosen for free), run in-process
   with the cohort code the simulation uses.
@@ -290,7 +290,7 @@ def fedavg_settings(changes: list[str], parser: argparse.ArgumentParser) -> FedA
 def fedavg(
     split: LeaveOneOutSplit, settings: FedAvgSettings, epsilon: float, delta: float
 ) -> dict[str, Any]:
-    """User-level DP-FedAvg (the beauty-dp mechanism) on a top-``vocab`` item table."""
+    """User-level DP-FedAvg (the beauty-dp-model mechanism) on a top-``vocab`` item table."""
     size, users = settings.vocab, split.n_users
     vocab = popular_items(split, size)
     mapping = local_ids(split, vocab)

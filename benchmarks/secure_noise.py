@@ -1,9 +1,9 @@
-"""Cost of secret noise and sampling per round of Beauty user-level DP (``beauty-dp``).
+"""Cost of secret noise and sampling per round of Beauty user-level DP (``beauty-dp-model``).
 
 ``python benchmarks/secure_noise.py [--repeats 5]`` writes
 ``benchmarks/results/secure_noise.json``:
 
-- ``round_seconds``: one cohort round of the ``beauty-dp`` preset on one edge aggregator
+- ``round_seconds``: one cohort round of the ``beauty-dp-model`` preset on one edge aggregator
   (all 22,363 users, secret Poisson sampling of about 2,000, one clipped SGD step each),
   as :func:`common.training.cohort.train_cohort` runs it in a simulation;
 - ``before``: what the seeded draws cost (numpy's PCG64 normal for the server's noise,
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    label, keys = load_preset("beauty-dp")
+    label, keys = load_preset("beauty-dp-model")
     config = FederatedConfig.from_run_config(resolve_config(app_defaults(), keys, {}, label))
     split = load_split(config.dataset)
     partition = load_partition(config.dataset, 1, 0, config.seed)
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda: train_cohort(model, partition, config, 1, split.n_users), args.repeats
     )
     result: dict[str, Any] = {
-        "setup": f"beauty-dp preset: {split.n_users} users, {coordinates} model coordinates, "
+        "setup": f"beauty-dp-model preset: {split.n_users} users, {coordinates} model coordinates, "
         "one edge aggregator, one torch thread",
         "machine": f"{os.cpu_count()} CPUs ({platform.machine()}), shared; "
         f"load average {os.getloadavg()[0]:.1f}",
