@@ -15,6 +15,12 @@ otherwise; each release is written to the run's ledger (``<results>/ledger/serve
 before the privatized model leaves the server. A run continued from a checkpoint starts
 that ledger with the earlier run's entries (:func:`carry_ledger_forward`), so its epsilon
 and budget cover every run of the model.
+
+A run with ``statistics = true`` first records its DP global statistics as one more
+user-level Gaussian release of the server (mechanism ``dp-statistics``, sampling rate 1,
+:mod:`server.statistics_release`); the training rounds' noise is calibrated so that both
+compose within ``target-epsilon``
+(:func:`common.federation.statistics_config.user_level_noise`).
 """
 
 from __future__ import annotations
@@ -191,7 +197,7 @@ class UserLevelPrivacy:
             "population": self.population,
             "randomness": self.randomness,
             "epsilon": self.spent(),
-            "rounds_accounted": len(self.ledger.releases(SERVER)),
+            "releases_accounted": len(self.ledger.releases(SERVER)),  # statistics included
             "statistics": (
                 {
                     "mechanism": STATISTICS_MECHANISM,

@@ -131,7 +131,7 @@ def test_a_resumed_user_dp_run_spends_the_uninterrupted_epsilon_once_per_round(
     uninterrupted = rdp_epsilon([release] * ROUNDS, privacy["delta"])
     assert entries[-1].epsilon == pytest.approx(uninterrupted, rel=1e-12)
     assert privacy["epsilon"] == pytest.approx(uninterrupted, rel=1e-12)
-    assert privacy["rounds_accounted"] == ROUNDS
+    assert privacy["releases_accounted"] == ROUNDS
     # a round released but not saved before the kill counts, and is not trained again
     (resumed,) = summary["resumed"]  # type: ignore[misc]
     rows = [int(row["round"]) for row in metrics_rows(folder)]
