@@ -46,6 +46,7 @@ from common.federation.messages import (
     NON_FINITE,
     POPULATION_KEY,
     PROXIMAL_MU,
+    ROUND_ATTEMPT,
     ROUND_OFFSET,
     SERVER_ROUND,
     STAGE,
@@ -113,7 +114,8 @@ def train(msg: Message, context: Context) -> Message:
     settings = _settings(msg)
     server_round = int(settings.get(SERVER_ROUND, 0))  # type: ignore[arg-type]
     server_round += int(settings.get(ROUND_OFFSET, 0))  # type: ignore[arg-type]
-    fault = fault_of(config, server_round, context.node_config)  # simulations: fault-rate
+    attempt = int(settings.get(ROUND_ATTEMPT, 1))  # type: ignore[arg-type]  # 2..: a retry
+    fault = fault_of(config, server_round, context.node_config, attempt)  # simulations only
     fail_before_training(fault, config, server_round)
     sent = msg.content.array_records[ARRAYS]
     if config.partition_mode == "cohort":
