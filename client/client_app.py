@@ -208,8 +208,16 @@ def _train_cohort(
     model: SequenceRecommender,
     server_round: int,
 ) -> Message:
-    """Edge aggregator: reply the sum of this cohort's sampled users' updates."""
-    n_users = load_split(*data_source(config)).n_users
+    """Edge aggregator: reply the sum of this cohort's sampled users' updates.
+
+    The users sampling is drawn over is the population the server sends (an edge node
+    has no copy of the data set); a message without it falls back to the data set's.
+    """
+    population = _settings(msg).get(POPULATION_KEY)
+    if isinstance(population, int) and population > 0:
+        n_users = max(population, len(partition.users))  # a node's users are numbered 0..
+    else:
+        n_users = load_split(*data_source(config)).n_users
     update = train_cohort(model, partition, config, server_round, n_users)
     metrics = MetricRecord(
         {
