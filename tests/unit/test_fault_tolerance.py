@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
-from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
+from flwr.serverapp.strategy import (
+    Bulyan,
+    FedAvg,
+    FedMedian,
+    FedTrimmedAvg,
+    Krum,
+    MultiKrum,
+    Strategy,
+)
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.fault_injection import SCALE, corrupt_reply, fault_of, faulty_partitions
@@ -13,6 +21,7 @@ from common.federation.config import FederatedConfig
 from common.federation.messages import ROUND_ATTEMPT
 from common.federation.reliability import required_replies
 from common.federation.strategies import build_strategy
+from server.cohort_aggregation import CohortAggregation
 from server.fault_tolerance import (
     FaultLog,
     ReplyScreening,
@@ -185,14 +194,39 @@ class CountingFedAvg(FedAvg):
 
 
 def retried_round(
-    grid: ScriptedGrid, first: list[Message], min_replies: float, retries: int = 2
+    grid: ScriptedGrid,
+    first: list[Message],
+    min_replies: float,
+    inner: Strategy | None = None,
 ) -> tuple[CountingFedAvg, list[RoundFaults], tuple[ArrayRecord | None, MetricRecord | None]]:
-    """Round 4 configured for nodes 1..5 over ``grid``, aggregated from ``first`` on."""
-    inner, seen = CountingFedAvg(), []
-    strategy = ReplyScreening(inner, min_replies=min_replies, on_round=seen.append,
-                              retries=retries, timeout=7.0)  # fmt: skip
+    """Round 4 configured for nodes 1..5 over ``grid`` (2 retries), aggregated from ``first``."""
+    counting, seen = CountingFedAvg(), []
+    strategy = ReplyScreening(inner or counting, min_replies=min_replies, on_round=seen.append,
+                              retries=2, timeout=7.0, deltas=inner is not None)  # fmt: skip
     list(strategy.configure_train(4, GLOBAL, ConfigRecord({"lr": 0.1}), grid))  # type: ignore[arg-type]
-    return inner, seen, strategy.aggregate_train(4, first)
+    return counting, seen, strategy.aggregate_train(4, first)
+
+
+def test_a_user_dp_round_is_released_once_after_its_retries_and_never_when_they_fail() -> None:
+    # Prepare: cohort sums with noise; the ledger entry is written on release
+    def noisy_cohorts(released: list[int]) -> CohortAggregation:
+        return CohortAggregation(FedAvg(fraction_evaluate=0.0), noise_multiplier=1.0,
+                                 clip_norm=1.0, expected_users=50.0,
+                                 on_release=released.append)  # fmt: skip
+
+    recovered: list[int] = []
+    exhausted: list[int] = []
+    first = [reply(1, arrays(0.1)), reply(2), reply(3, arrays(0.1))]  # 4 and 5 silent
+
+    # Execute: the retry brings nodes 2 and 4; in the second run every retry fails
+    retried_round(ScriptedGrid({2: arrays(0.1), 4: arrays(0.1)}), first, 0.8,
+                  noisy_cohorts(recovered))  # fmt: skip
+    with pytest.raises(TooFewRepliesError, match="2 of 2 round-retries used"):
+        retried_round(ScriptedGrid({2: None}, {2: None}), first, 0.8, noisy_cohorts(exhausted))
+
+    # Assert: one release for the recovered round, none for the stopped one
+    assert recovered == [4]
+    assert exhausted == []
 
 
 def test_a_short_round_asks_its_failed_clients_again_then_aggregates_once() -> None:
@@ -360,6 +394,7 @@ def test_robust_strategies_are_flowers_own(name: str, kind: type) -> None:
         ({"min_replies": 0.0}, "min-replies must be a share in (0, 1)"),
         ({"min_replies": 2.5}, "or a whole count >= 1, got 2.5"),
         ({"round_timeout": 0.0}, "round-timeout must be a positive number"),
+        ({"round_retries": -1}, "round-retries must be in [0, 100], got -1"),
         ({"max_update_norm": -1.0}, "max-update-norm must be >= 0"),
         ({"trimmed_beta": 0.5}, "trimmed-beta must be in [0, 0.5)"),
         ({"krum_select": 0}, "krum-select >= 1"),
