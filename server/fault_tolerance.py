@@ -191,9 +191,9 @@ class ReplyScreening(StrategyWrapper):
         has formed no aggregate, so (``dp = "user"``) it has released nothing yet.
         """
         screened = self._screen(server_round, list(replies), self._asked, attempt=1)
-        needed = required_replies(self.min_replies, screened.faults(server_round).asked)
         for attempt in range(2, self.retries + 2):
             faults = screened.faults(server_round)
+            needed = required_replies(self.min_replies, faults.asked)
             if faults.valid >= needed or not screened.retry_nodes:
                 break
             logger.warning("round %d: %d valid replies of %d, min-replies needs %d: asking the "
@@ -205,6 +205,7 @@ class ReplyScreening(StrategyWrapper):
             screened = screened.then(self._screen(server_round, again, nodes, attempt))
         faults = screened.faults(server_round)
         self.on_round(faults)
+        needed = required_replies(self.min_replies, faults.asked)  # a budget refusal asks less
         if faults.valid < needed:
             reasons = "; ".join(
                 f"node {n}: {why}" for n, why in (faults.failures + faults.rejections)[:3]
