@@ -1,8 +1,9 @@
 """Clients that fail on purpose, reproducibly: the fault-injection option of simulations.
 
 With ``fault-rate`` r > 0, each round round(r x N) of the N simulated clients, chosen by
-a permutation seeded with (``fault-seed``, round; and the attempt, when the server asks
-failed clients again: ``round-retries``), fail in the way ``fault-kind`` names:
+a permutation seeded with (``fault-seed``, round), fail in the way ``fault-kind`` names
+(on the round's first attempt only: when the server asks a failed client again,
+``round-retries``, the fault has passed):
 
 - ``crash``: the client's worker process exits (``os._exit``), as a killed worker would;
 - ``hang``: it sleeps past ``round-timeout``, then raises;
@@ -38,33 +39,28 @@ class InjectedFault(RuntimeError):
 
 
 def faulty_partitions(
-    fault_seed: int, server_round: int, num_partitions: int, rate: float, attempt: int = 1
+    fault_seed: int, server_round: int, num_partitions: int, rate: float
 ) -> set[int]:
-    """The partition ids that fail in ``server_round``'s ``attempt``: round(rate x N), seeded.
-
-    A retry (attempt 2, 3, ...) draws its own set, as a transient failure would.
-    """
+    """The partition ids that fail in ``server_round``: round(rate x N), seeded."""
     count = int(np.floor(rate * num_partitions + 0.5))
     if count <= 0:
         return set()
-    key = [fault_seed, server_round, 0xFA17] + ([attempt] if attempt > 1 else [])
-    rng = np.random.default_rng(key)
+    rng = np.random.default_rng([fault_seed, server_round, 0xFA17])
     return {int(p) for p in rng.permutation(num_partitions)[:count]}
 
 
 def fault_of(
     config: FederatedConfig, server_round: int, node_config: Mapping[str, Any], attempt: int = 1
 ) -> str:
-    """This simulated client's fault kind in ``server_round`` (its ``attempt``), or ''."""
-    if config.fault_rate <= 0 or "partition-id" not in node_config:
+    """This simulated client's fault kind in ``server_round``, or '' (none, not simulated,
+    or a retry: injected faults are transient, ``attempt`` 2, 3, ... is answered)."""
+    if config.fault_rate <= 0 or "partition-id" not in node_config or attempt > 1:
         return ""
     partition_id, num_partitions = (
         int(node_config["partition-id"]),
         int(node_config["num-partitions"]),
     )
-    chosen = faulty_partitions(
-        config.fault_seed, server_round, num_partitions, config.fault_rate, attempt
-    )
+    chosen = faulty_partitions(config.fault_seed, server_round, num_partitions, config.fault_rate)
     return config.fault_kind if partition_id in chosen else ""
 
 

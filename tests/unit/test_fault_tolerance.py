@@ -85,6 +85,9 @@ def test_a_client_knows_its_fault_from_seed_round_and_partition_only() -> None:
     assert set(kinds.values()) == {"nan", ""}
     assert fault_of(config, 4, {"data-path": "x.csv"}) == ""  # an edge node: never injected
     assert fault_of(FederatedConfig(), 4, {"partition-id": 0, "num-partitions": 1}) == ""
+    retried = {fault_of(config, 4, {"partition-id": p, "num-partitions": 10}, attempt=2)
+               for p in chosen}  # fmt: skip
+    assert retried == {""}  # injected faults are transient: a retry is answered
 
 
 def test_corrupted_replies_carry_nan_or_a_scaled_update() -> None:
