@@ -51,6 +51,7 @@ from common.federation.messages import (
     NON_FINITE,
     POPULATION_KEY,
     PROXIMAL_MU,
+    ROUND_ATTEMPT,
     ROUND_OFFSET,
     SERVER_ROUND,
     STAGE,
@@ -118,7 +119,8 @@ def train(msg: Message, context: Context) -> Message:
     settings = _settings(msg)
     server_round = int(settings.get(SERVER_ROUND, 0))  # type: ignore[arg-type]
     server_round += int(settings.get(ROUND_OFFSET, 0))  # type: ignore[arg-type]
-    fault = fault_of(config, server_round, context.node_config)  # simulations: fault-rate
+    attempt = int(settings.get(ROUND_ATTEMPT, 1))  # type: ignore[arg-type]  # 2..: a retry
+    fault = fault_of(config, server_round, context.node_config, attempt)  # simulations only
     fail_before_training(fault, config, server_round)
     sent = msg.content.array_records[ARRAYS]
     if config.partition_mode == "cohort":
@@ -211,8 +213,16 @@ def _train_cohort(
     model: SequenceRecommender,
     server_round: int,
 ) -> Message:
-    """Edge aggregator: reply the sum of this cohort's sampled users' updates."""
-    n_users = load_split(*data_source(config)).n_users
+    """Edge aggregator: reply the sum of this cohort's sampled users' updates.
+
+    The users sampling is drawn over is the population the server sends (an edge node
+    has no copy of the data set); a message without it falls back to the data set's.
+    """
+    population = _settings(msg).get(POPULATION_KEY)
+    if isinstance(population, int) and population > 0:
+        n_users = max(population, len(partition.users))  # a node's users are numbered 0..
+    else:
+        n_users = load_split(*data_source(config)).n_users
     update = train_cohort(model, partition, config, server_round, n_users)
     metrics = MetricRecord(
         {

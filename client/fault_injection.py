@@ -1,7 +1,9 @@
 """Clients that fail on purpose, reproducibly: the fault-injection option of simulations.
 
 With ``fault-rate`` r > 0, each round round(r x N) of the N simulated clients, chosen by
-a permutation seeded with (``fault-seed``, round), fail in the way ``fault-kind`` names:
+a permutation seeded with (``fault-seed``, round), fail in the way ``fault-kind`` names
+(on the round's first attempt only: when the server asks a failed client again,
+``round-retries``, the fault has passed):
 
 - ``crash``: the client's worker process exits (``os._exit``), as a killed worker would;
 - ``hang``: it sleeps past ``round-timeout``, then raises;
@@ -47,9 +49,12 @@ def faulty_partitions(
     return {int(p) for p in rng.permutation(num_partitions)[:count]}
 
 
-def fault_of(config: FederatedConfig, server_round: int, node_config: Mapping[str, Any]) -> str:
-    """This simulated client's fault kind in ``server_round``, or '' (none, or not simulated)."""
-    if config.fault_rate <= 0 or "partition-id" not in node_config:
+def fault_of(
+    config: FederatedConfig, server_round: int, node_config: Mapping[str, Any], attempt: int = 1
+) -> str:
+    """This simulated client's fault kind in ``server_round``, or '' (none, not simulated,
+    or a retry: injected faults are transient, ``attempt`` 2, 3, ... is answered)."""
+    if config.fault_rate <= 0 or "partition-id" not in node_config or attempt > 1:
         return ""
     partition_id, num_partitions = (
         int(node_config["partition-id"]),

@@ -35,7 +35,7 @@ from common.storage.run_folder import new_run_dir
 from deploy.certificates import DeploymentCredentials, create_credentials
 from deploy.run import deployment_config, submit_run
 from simulations.launch import PROJECT_ROOT, LaunchError
-from simulations.process_tree import stop_process_group
+from simulations.process_tree import kill_process_tree, stop_process_group
 from simulations.superlink import flower_env, free_port, write_connection
 
 logger = logging.getLogger("fedseqrec.deploy")
@@ -71,6 +71,8 @@ class LocalDeployment:
     port: int = 0
     credentials: DeploymentCredentials | None = None
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    database: Path | None = None  # the SuperLink's state file (Flower's --database)
+    superlink: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> LocalDeployment:
         try:
@@ -118,7 +120,28 @@ class LocalDeployment:
         self.processes.append(process)
         return process
 
+    def crash_superlink(self) -> list[int]:
+        """SIGKILL the SuperLink and everything it started (the ServerApp): their pids."""
+        if self.superlink is None:
+            raise LaunchError("no SuperLink is running")
+        killed = kill_process_tree(self.superlink.pid)
+        self.superlink.wait()
+        self.processes.remove(self.superlink)
+        self.superlink = None
+        return killed
+
+    def restart_superlink(self) -> None:
+        """Start the SuperLink again on the same port, keys and ``database``.
+
+        With a database it keeps the registered node keys and the nodes reconnect on
+        their own; without one it starts empty and the nodes are refused.
+        """
+        if self.credentials is None:
+            raise LaunchError("the deployment was never started")
+        self._start_superlink(self.credentials)
+
     def _start_superlink(self, keys: DeploymentCredentials) -> None:
+        database = ["--database", str(self.database)] if self.database else []
         process = self._spawn(
             [
                 str(Path(sys.executable).with_name("flower-superlink")),
@@ -134,9 +157,11 @@ class LocalDeployment:
                 "127.0.0.1",
                 "--port",
                 str(self.port),
+                *database,
             ],  # fmt: skip
             "superlink.log",
         )
+        self.superlink = process
         context = ssl.create_default_context(cafile=str(keys.ca_certificate))
         deadline = time.monotonic() + STARTUP_SECONDS
         while not _healthy(self.port, context):

@@ -38,6 +38,7 @@ from simulations.launch import (
     run_folder,
     write_plots,
 )
+from simulations.resume import keep_earlier_logs
 from simulations.superlink import flower_env
 
 logger = logging.getLogger("fedseqrec.deploy")
@@ -71,6 +72,8 @@ def submit_run(
     stopped and a LaunchError says so (the run itself ends with its SuperLink).
     """
     config = {**config, "results-dir": str(results_dir)}
+    if config.get("resume-from"):  # the killed submission's log stays, as flwr.1.log
+        keep_earlier_logs(results_dir)
     write_json(results_dir / "config.json", {"connection": connection, "run_config": config})
     run_config_path = results_dir / "run_config.toml"
     run_config_path.write_text(tomli_w.dumps(config))

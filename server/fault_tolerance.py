@@ -2,19 +2,25 @@
 
 :class:`ReplyScreening` wraps the strategy that aggregates training replies. Each round
 it counts the clients asked, the replies that failed (an error reply, or none before
-``round-timeout``) and the replies its checks refuse (:mod:`server.update_validation`),
-hands only the valid replies on, and
+``round-timeout``) and the replies its checks refuse (:mod:`server.update_validation`,
+after compressed updates are decoded: :mod:`server.update_decoding`), hands only the
+valid replies on, and
 
 - stops the run with :class:`WorkerDiedError` when a reply says a simulation worker
   died: Flower 1.41's simulation engine (``flwr.simulation.ray_transport``) puts a dead
   Ray actor back into its pool and never replaces it, so every later client sent to it
   would fail and the run would go on degraded without a word;
-- stops the run with :class:`TooFewRepliesError` when fewer than ``min-replies`` valid
-  replies arrived.
+- when fewer than ``min-replies`` valid replies arrived, asks the clients that failed
+  again, up to ``round-retries`` times within the round, then stops the run with
+  :class:`TooFewRepliesError`. Retries come before anything is aggregated, so a retried
+  round has released nothing (no ledger entry under ``dp = "user"``); a round whose
+  aggregate was formed is never asked again.
 
 :class:`FaultLog` keeps the counts: per round for ``metrics.csv`` (``failed``,
 ``rejected``), every failure and rejection with its node and reason in
-``rejections.csv``, and the totals for ``summary.json`` and the launcher's last line.
+``rejections.csv``, and the totals for ``summary.json`` and the launcher's last line
+(saved with the server state after each round, so a resumed run's totals cover the
+whole run: :meth:`FaultLog.restore`).
 """
 
 from __future__ import annotations
@@ -23,17 +29,22 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from logging import INFO
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from common.federation.messages import ROUND_ATTEMPT
 from common.federation.reliability import required_replies
 from common.privacy.budget import BUDGET_EXHAUSTED
+from common.storage.atomic import write_text_atomically
 from common.storage.run_folder import MetricsCSV
 from server.strategy_wrapper import StrategyWrapper
+from server.update_decoding import decode_reply
 from server.update_validation import reply_problem
 
 logger = logging.getLogger("fedseqrec.server")
@@ -59,6 +70,7 @@ class RoundFaults:
     valid: int
     failures: list[tuple[int, str]] = field(default_factory=list)
     rejections: list[tuple[int, str]] = field(default_factory=list)
+    attempts: int = 1  # 1 + the retries the round used
 
     @property
     def degraded(self) -> bool:
@@ -95,12 +107,33 @@ class FaultLog:
             "rejected_updates": self.rejected_updates,
         }
 
+    def totals(self) -> dict[str, int]:
+        """What the server state saves after each round (:meth:`restore` reads it)."""
+        return {"rounds": self.rounds, **self.summary()}
+
+    def restore(self, totals: dict[str, int]) -> None:
+        """Carry on from a saved state's totals; ``rejections.csv`` is cut back to them.
+
+        Its rows written after the state (a round that was not saved) are dropped, as
+        ``metrics.csv``'s are, since that round's counts are not in the totals.
+        """
+        self.rounds = int(totals.get("rounds", 0))
+        self.degraded_rounds = int(totals.get("degraded_rounds", 0))
+        self.client_failures = int(totals.get("client_failures", 0))
+        self.rejected_updates = int(totals.get("rejected_updates", 0))
+        lines = self.csv.path.read_text().splitlines(keepends=True)
+        kept = lines[: 1 + self.client_failures + self.rejected_updates]
+        write_text_atomically(self.csv.path, "".join(kept))
+
 
 class ReplyScreening(StrategyWrapper):
-    """Count failures, refuse invalid updates, enforce ``min-replies``, stop on dead workers.
+    """Decode, count failures, refuse invalid updates, retry, enforce ``min-replies``.
 
     ``deltas``: replies carry update sums (cohorts) rather than new weights.
-    ``on_round`` receives each round's :class:`RoundFaults` before aggregation.
+    ``compression``: replies carry encoded updates, decoded before the checks.
+    ``retries``: how many times a round short of ``min-replies`` asks the clients that
+    failed again (within the round, before anything is aggregated), ``timeout`` seconds
+    each time. ``on_round`` receives each round's :class:`RoundFaults` before aggregation.
     """
 
     def __init__(
@@ -112,6 +145,9 @@ class ReplyScreening(StrategyWrapper):
         validate: bool = True,
         deltas: bool = False,
         max_update_norm: float = 0.0,
+        compression: str = "none",
+        retries: int = 0,
+        timeout: float = 3600.0,
     ) -> None:
         super().__init__(strategy)
         self.min_replies = min_replies
@@ -119,28 +155,57 @@ class ReplyScreening(StrategyWrapper):
         self.validate = validate
         self.deltas = deltas
         self.max_update_norm = max_update_norm
+        self.compression = compression
+        self.retries = retries
+        self.timeout = timeout
         self._reference = ArrayRecord()
         self._asked: list[int] = []
+        self._sent: dict[int, Message] = {}
+        self._grid: Grid | None = None
+
+    def summary(self) -> None:
+        """Log the screening settings, then the wrapped strategy's."""
+        checks = "validated" if self.validate else "not validated"
+        if self.compression != "none":
+            checks = f"{self.compression}-decoded, then {checks}"
+        log(INFO, "\t├──> Reply screening: min-replies %g, %d round-retries, updates %s",
+            self.min_replies, self.retries, checks)  # fmt: skip
+        self.strategy.summary()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Remember the global arrays and which nodes were asked."""
+        """Remember the global arrays, the grid and the message each node was sent."""
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
-        self._reference = arrays
-        self._asked = [message.metadata.dst_node_id for message in messages]
+        self._reference, self._grid = arrays, grid
+        self._sent = {message.metadata.dst_node_id: message for message in messages}
+        self._asked = list(self._sent)
         return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Screen the replies (class docstring), then aggregate the valid ones."""
-        replies = list(replies)
-        _stop_on_dead_worker(server_round, replies)
-        refused = [r for r in replies if r.has_error() and r.error.code == BUDGET_EXHAUSTED]
-        valid, faults = self._screen(server_round, replies, refused)
+        """Screen the replies (class docstring), retry if short, then aggregate the valid.
+
+        Nothing reaches the wrapped strategy before the last attempt: a retried round
+        has formed no aggregate, so (``dp = "user"``) it has released nothing yet.
+        """
+        screened = self._screen(server_round, list(replies), self._asked, attempt=1)
+        for attempt in range(2, self.retries + 2):
+            faults = screened.faults(server_round)
+            needed = required_replies(self.min_replies, faults.asked)
+            if faults.valid >= needed or not screened.retry_nodes:
+                break
+            logger.warning("round %d: %d valid replies of %d, min-replies needs %d: asking the "
+                           "%d failed clients again (retry %d of %d)", server_round, faults.valid,
+                           faults.asked, needed, len(screened.retry_nodes), attempt - 1,
+                           self.retries)  # fmt: skip
+            nodes = screened.retry_nodes
+            again = self._ask_again(nodes, attempt)
+            screened = screened.then(self._screen(server_round, again, nodes, attempt))
+        faults = screened.faults(server_round)
         self.on_round(faults)
-        needed = required_replies(self.min_replies, faults.asked)
+        needed = required_replies(self.min_replies, faults.asked)  # a budget refusal asks less
         if faults.valid < needed:
             reasons = "; ".join(
                 f"node {n}: {why}" for n, why in (faults.failures + faults.rejections)[:3]
@@ -148,43 +213,100 @@ class ReplyScreening(StrategyWrapper):
             raise TooFewRepliesError(
                 f"round {server_round}: {faults.valid} valid replies of {faults.asked} clients "
                 f"asked, min-replies {self.min_replies:g} needs {needed} "
-                f"({len(faults.failures)} failed, {len(faults.rejections)} rejected: {reasons})"
+                f"({len(faults.failures)} failed, {len(faults.rejections)} rejected, "
+                f"{faults.attempts - 1} of {self.retries} round-retries used: {reasons})"
             )
         if faults.degraded:
             logger.warning("round %d degraded: %d valid replies of %d (%d failed, %d rejected)",
                            server_round, faults.valid, faults.asked, len(faults.failures),
                            len(faults.rejections))  # fmt: skip
-        return self.strategy.aggregate_train(server_round, [*valid, *refused])
+        return self.strategy.aggregate_train(server_round, [*screened.valid, *screened.refused])
+
+    def _ask_again(self, nodes: list[int], attempt: int) -> list[Message]:
+        """Send ``nodes`` their round's message again, marked with ``attempt``."""
+        if self._grid is None:
+            raise RuntimeError("a round can only be retried after it was configured")
+        messages = [retry_message(self._sent[node], attempt) for node in nodes]
+        return list(self._grid.send_and_receive(messages, timeout=self.timeout))
 
     def _screen(
-        self, server_round: int, replies: list[Message], refused: list[Message]
-    ) -> tuple[list[Message], RoundFaults]:
-        """The valid replies and the round's failures and rejections."""
+        self, server_round: int, replies: list[Message], asked: list[int], attempt: int
+    ) -> ScreenedReplies:
+        """One attempt's replies sorted into valid, refused, failures and rejections."""
+        _stop_on_dead_worker(server_round, replies)
+        prefix = "" if attempt == 1 else f"retry {attempt - 1}: "
         answered = {reply.metadata.src_node_id for reply in replies}
-        failures = [(node, "no reply within the round timeout") for node in self._asked
-                    if node not in answered]  # fmt: skip
-        rejections, valid = [], []
+        screened = ScreenedReplies(asked=len(asked), attempts=attempt)
+        for node in asked:
+            if node not in answered:
+                screened.fail(node, f"{prefix}no reply within the round timeout")
         for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
-                if reply.error.code != BUDGET_EXHAUSTED:
+                if reply.error.code == BUDGET_EXHAUSTED:
+                    screened.refused.append(reply)
+                else:
                     reason = short_reason(reply.error.reason or f"error {reply.error.code}")
-                    failures.append((node, reason))
+                    screened.fail(node, prefix + reason)
                 continue
-            problem = (
+            problem = decode_reply(reply, self._reference, self.compression) or (
                 reply_problem(reply, self._reference, deltas=self.deltas,
                               max_update_norm=self.max_update_norm)
                 if self.validate else ""
             )  # fmt: skip
             if problem:
-                rejections.append((node, problem))
+                screened.rejections.append((node, prefix + problem))
                 logger.warning(
                     "round %d: update of node %d rejected: %s", server_round, node, problem
                 )
             else:
-                valid.append(reply)
-        asked = len(self._asked) - len(refused)
-        return valid, RoundFaults(server_round, asked, len(valid), failures, rejections)
+                screened.valid.append(reply)
+        return screened
+
+
+@dataclass
+class ScreenedReplies:
+    """A round's replies so far, sorted; ``retry_nodes`` failed in the last attempt."""
+
+    asked: int
+    attempts: int
+    valid: list[Message] = field(default_factory=list)
+    refused: list[Message] = field(default_factory=list)  # budget refusals: not failures
+    failures: list[tuple[int, str]] = field(default_factory=list)
+    rejections: list[tuple[int, str]] = field(default_factory=list)
+    retry_nodes: list[int] = field(default_factory=list)
+
+    def fail(self, node: int, reason: str) -> None:
+        """Count a failure of ``node``; it may be asked again."""
+        self.failures.append((node, reason))
+        self.retry_nodes.append(node)
+
+    def then(self, retry: ScreenedReplies) -> ScreenedReplies:
+        """These replies and a retry's (which asked only nodes that failed here)."""
+        return ScreenedReplies(
+            asked=self.asked, attempts=retry.attempts, valid=self.valid + retry.valid,
+            refused=self.refused + retry.refused, failures=self.failures + retry.failures,
+            rejections=self.rejections + retry.rejections, retry_nodes=retry.retry_nodes,
+        )  # fmt: skip
+
+    def faults(self, server_round: int) -> RoundFaults:
+        """The round's counts: a budget refusal is neither asked nor failed."""
+        asked = self.asked - len(self.refused)
+        return RoundFaults(server_round, asked, len(self.valid), list(self.failures),
+                           list(self.rejections), self.attempts)  # fmt: skip
+
+
+def retry_message(sent: Message, attempt: int) -> Message:
+    """A new message with ``sent``'s content and :data:`ROUND_ATTEMPT` = ``attempt``."""
+    content = RecordDict(dict(sent.content.items()))
+    for key, record in sent.content.config_records.items():
+        content[key] = ConfigRecord({**record, ROUND_ATTEMPT: attempt})
+    return Message(
+        content=content,
+        dst_node_id=sent.metadata.dst_node_id,
+        message_type=sent.metadata.message_type,
+        group_id=sent.metadata.group_id,
+    )
 
 
 def short_reason(reason: str, limit: int = 300) -> str:

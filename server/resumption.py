@@ -4,7 +4,8 @@
 checkpoint and metrics row it saves the server's state (:mod:`server.run_state`).
 :func:`resume_run` reads that state back into a new ServerApp started on the same run
 folder and config: the model and best checkpoint of the last saved round, the server
-optimizer, the RNG states, ``metrics.csv`` cut back to that round's rows.
+optimizer, the RNG states, ``metrics.csv`` cut back to that round's rows, and (given the
+run's :class:`FaultLog`) the failure totals, with ``rejections.csv`` cut back to them.
 
 The ledger rule: every ledger entry counts. A kill can land after a round's release was
 recorded (the ledger comes first, DESIGN.md) and before its state was saved; that model
@@ -40,6 +41,7 @@ from common.privacy.ledger import read_ledger_file
 from common.privacy.ledger_heads import LEDGER_FOLDER, ledger_heads
 from common.storage.atomic import write_text_atomically
 from common.storage.run_folder import write_json
+from server.fault_tolerance import FaultLog
 from server.run_recorder import BEST_CHECKPOINT, CHECKPOINT, RunRecorder
 from server.run_state import (
     STATE_FOLDER,
@@ -237,8 +239,10 @@ class RoundStateKeeper:
         strategy: Strategy,
         config: FederatedConfig,
         resumption: Resumption | None = None,
+        fault_log: FaultLog | None = None,
     ) -> None:
         self.recorder = recorder
+        self.fault_log = fault_log
         self.folder = recorder.results_dir
         self.run_config = run_config_of(config)
         self.names = [name for name, _ in recorder.model.named_parameters()]
@@ -248,6 +252,8 @@ class RoundStateKeeper:
         self.strategy = strategy
         if resumption is not None:
             restore_optimizer(strategy, resumption.state.optimizer, self.names)
+            if fault_log is not None:  # the totals cover every round, across resumes
+                fault_log.restore(resumption.state.faults)
             self.strategy = SkipRounds(strategy, resumption.skip_through)
 
     def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -285,6 +291,7 @@ class RoundStateKeeper:
             metrics_rows=metrics_rows(self.folder / METRICS),
             ledger=ledger_heads(self.folder / LEDGER_FOLDER), run_config=self.run_config,
             resumes=self.resumes, optimizer=optimizer_state(self.strategy, self.names),
+            faults=self.fault_log.totals() if self.fault_log else {},
             python_random=python_random, torch_random=torch_random,
             arrays={name: torch.from_numpy(np.array(arrays[name].numpy())) for name in arrays},
         )  # fmt: skip

@@ -7,7 +7,8 @@
   checkpoints hold the model's float32), the server optimizer's state (FedAdam /
   FedYogi ``m_t`` and ``v_t``, FedAvgM's momentum), the best round and its score, the
   Python ``random`` state Flower samples nodes with, torch's RNG state, the rows of
-  ``metrics.csv`` and the ledger heads at that round, and the run config;
+  ``metrics.csv`` and the ledger heads at that round, the failure totals
+  (:class:`server.fault_tolerance.FaultLog`), and the run config;
 - ``model-round-R.pt`` and ``best-round-B.pt``: hard links to (or copies of) that
   round's ``checkpoint.pt`` and the best round's ``best_checkpoint.pt``, which are
   written atomically by :class:`server.run_recorder.RunRecorder` before, so the state
@@ -63,6 +64,7 @@ class ServerState:
     ledger: dict[str, dict[str, Any]]  # heads of the run's ledgers after this round
     run_config: dict[str, Any]
     resumes: list[dict[str, Any]] = field(default_factory=list)  # earlier resumptions
+    faults: dict[str, int] = field(default_factory=dict)  # FaultLog totals after this round
     optimizer: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     arrays: dict[str, torch.Tensor] = field(default_factory=dict)  # as Flower holds them
     python_random: tuple[Any, ...] = ()

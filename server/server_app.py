@@ -5,10 +5,11 @@ Modes (docs/architecture.md has the legal combinations and their code paths):
 - ``secure-aggregation = true``: :func:`server.secure_aggregation.run_secure_aggregation`
   (Flower's legacy SecAgg+ workflow);
 - every other mode: :func:`run_strategy`, Flower's strategy wrapped by
-  :func:`build_server_strategy`: update decoding (``update-compression``), cohort sums
-  with user-level noise (``partition-mode = "cohort"``, ``dp = "user"``), budget
-  refusals (``dp = "local"``); with ``statistics = true`` the DP global statistics are
-  released first (:mod:`server.statistics_release`) and the on-device scorer evaluates.
+  :func:`build_server_strategy`: cohort sums with user-level noise (``partition-mode =
+  "cohort"``, ``dp = "user"``), reply screening with update decoding
+  (``update-compression``) and round retries, budget refusals (``dp = "local"``); with
+  ``statistics = true`` the DP global statistics are released first
+  (:mod:`server.statistics_release`) and the on-device scorer evaluates.
 """
 
 from __future__ import annotations
@@ -51,7 +52,6 @@ from server.run_state import ResumeError
 from server.secure_aggregation import run_secure_aggregation
 from server.server_view import ServerView, server_view
 from server.statistics_release import release_statistics_round
-from server.update_decoding import with_update_decoding
 from server.user_level_privacy import PrivacyBudgetSpent, UserLevelPrivacy, carry_ledger_forward
 
 logger = logging.getLogger("fedseqrec.server")
@@ -137,8 +137,8 @@ def build_server_strategy(
     privacy: UserLevelPrivacy | None,
     fault_log: FaultLog | None = None,
 ) -> Strategy:
-    """Flower's strategy wrapped for the mode: decoding, reply screening, cohort sums,
-    budget refusals (innermost first: screening sees decoded updates)."""
+    """Flower's strategy wrapped for the mode: cohort sums, reply screening (which
+    decodes compressed updates first), budget refusals (innermost first)."""
     recorder = setup.recorder
     flower_strategy = build_strategy(
         config, setup.num_partitions, recorder.aggregate_train, recorder.aggregate_evaluate
@@ -156,8 +156,7 @@ def build_server_strategy(
             before_round=privacy.check_round if privacy else None,
             on_release=privacy.record_round if privacy else None,
         )
-    strategy = screened(strategy, config, recorder, fault_log)
-    strategy = with_update_decoding(strategy, config.update_compression)
+    strategy = screened(strategy, config, recorder, fault_log)  # decodes compressed replies
     if config.dp == "local":
         strategy = BudgetRefusals(strategy, recorder.note_refusals)
     return strategy
@@ -180,6 +179,9 @@ def screened(
         validate=config.validate_updates,
         deltas=config.partition_mode == "cohort",
         max_update_norm=config.max_update_norm,
+        compression=config.update_compression,
+        retries=config.round_retries,
+        timeout=config.round_timeout,
     )
 
 
@@ -201,7 +203,7 @@ def run_strategy(
         )  # fmt: skip
     fault_log = FaultLog(results_dir)
     strategy = build_server_strategy(config, setup, privacy, fault_log)
-    keeper = RoundStateKeeper(setup.recorder, strategy, config, setup.resumption)
+    keeper = RoundStateKeeper(setup.recorder, strategy, config, setup.resumption, fault_log)
     stopped = ""
     try:
         keeper.strategy.start(

@@ -53,6 +53,20 @@ def stop_process_tree(pid: int, timeout: float = 15.0) -> None:
     _signal_groups(_live_groups(groups), signal.SIGKILL)
 
 
+def kill_process_tree(pid: int) -> list[int]:
+    """SIGKILL the process group of ``pid`` and the groups of all its descendants at once,
+    as a crash would end them (no SIGTERM first); the pids that were in them."""
+    table = process_table()
+    try:
+        groups = {os.getpgid(pid)} | {table[child][1] for child in descendants(pid, table)}
+    except ProcessLookupError:  # exited meanwhile
+        return []
+    groups.discard(os.getpgrp())  # never our own group
+    members = [member for member, (_, group, _) in table.items() if group in groups]
+    _signal_groups(groups, signal.SIGKILL)
+    return members
+
+
 def process_table() -> dict[int, tuple[int, int, str]]:
     """Every process as pid -> (parent pid, process group, state), from /proc (Linux;
     empty where there is no /proc)."""

@@ -93,6 +93,7 @@ class FederatedConfig:
     fault_seed: int = 0
     round_timeout: float = 3600.0  # seconds the server waits for a round's replies
     min_replies: float = 1.0  # valid replies a round needs: share in (0, 1) or count >= 1
+    round_retries: int = 2  # times a round short of min-replies asks its failed clients again
     validate_updates: bool = True  # reject malformed / non-finite / too large updates
     max_update_norm: float = 0.0  # L2 bound on a client's update (0 = off)
     byzantine_clients: int = 0  # krum, multikrum, bulyan: clients assumed malicious

@@ -22,6 +22,7 @@ VALID_STAGE = "valid"
 TEST_STAGE = "test"
 SERVER_ROUND = "server-round"  # set by Flower's strategies
 ROUND_OFFSET = "round-offset"  # rounds of the checkpoint this run continues from
+ROUND_ATTEMPT = "round-attempt"  # 1, or 2.. when the server asks a failed client again
 PROXIMAL_MU = "proximal-mu"  # set by Flower's FedProx
 POPULATION_KEY = "population"  # users the federation protects (public), for delta
 TRANSITIONS_PER_USER = "transitions-per-user"  # query: a user's transitions counted

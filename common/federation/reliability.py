@@ -8,6 +8,8 @@ The keys (docs/reference.md, docs/simulations.md "Failures"):
   is 3600);
 - ``min-replies``: valid replies a round needs to be aggregated, a share in (0, 1) of the
   clients asked or a whole count >= 1;
+- ``round-retries``: how many times a round short of ``min-replies`` asks its failed
+  clients again before the run stops (:class:`server.fault_tolerance.ReplyScreening`);
 - ``validate-updates``, ``max-update-norm``: the server's checks of every reply
   (:mod:`server.update_validation`);
 - robust ``strategy`` choices and their settings (``byzantine-clients``,
@@ -21,6 +23,7 @@ from typing import Any
 
 FAULT_KINDS = ("crash", "hang", "error", "nan", "scale")
 ROBUST_STRATEGIES = ("fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
+MAX_ROUND_RETRIES = 100  # each retry may wait a whole round-timeout
 
 
 def check_reliability(config: Any) -> None:
@@ -46,6 +49,9 @@ def check_reliability(config: Any) -> None:
         raise ValueError(f"round-timeout must be a positive number of seconds, got "
                          f"{config.round_timeout}")  # fmt: skip
     _check_min_replies(config.min_replies)
+    if not 0 <= config.round_retries <= MAX_ROUND_RETRIES:
+        raise ValueError(f"round-retries must be in [0, {MAX_ROUND_RETRIES}], got "
+                         f"{config.round_retries}")  # fmt: skip
     if not (math.isfinite(config.max_update_norm) and config.max_update_norm >= 0):
         raise ValueError(f"max-update-norm must be >= 0 (0 = off), got {config.max_update_norm}")
     if config.byzantine_clients < 0 or config.krum_select < 1:

@@ -120,3 +120,31 @@ def test_failing_clients_degrade_a_run_that_says_so(cycle_log: Path, tmp_path: P
     reasons = (folder / "rejections.csv").read_text().splitlines()
     assert len(reasons) == 1 + 18
     assert all("injected fault: client error" in line for line in reasons[1:])
+
+
+@pytest.mark.simulation
+def test_hanging_clients_on_two_workers_are_asked_again_without_stalling_later_rounds(
+    cycle_log: Path, tmp_path: Path
+) -> None:
+    # Prepare: one of the 20 clients hangs each round, sleeping past round-timeout, so it
+    # holds one of the two Ray workers into the next round; every reply is needed, so a
+    # round short of replies asks its failed clients again (injected faults are transient)
+    timeout = 30.0
+    settings = {"dataset": str(cycle_log), **RUN, "num-server-rounds": 3, "fault-rate": 0.05,
+                "fault-kind": "hang", "round-timeout": timeout, "min-replies": 20,
+                "round-retries": 2}  # fmt: skip
+
+    # Execute
+    folder = launch_run(tmp_path, "hang", settings)
+
+    # Assert: every round ended with all 20 replies after its retries, none stalled for good
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert summary["degraded_rounds"] == 0 and summary["client_failures"] >= 3
+    rows = metrics_rows(folder)[1:]
+    assert [row["clients"] for row in rows] == ["20.0"] * 3
+    assert all(int(row["failed"]) >= 1 for row in rows)  # each round's own hung client
+    assert all(float(row["round_seconds"]) < 3 * timeout + 10 for row in rows)
+    failures = (folder / "rejections.csv").read_text().splitlines()[1:]
+    assert {line.split(",")[0] for line in failures} == {"1", "2", "3"}
+    assert all(line.endswith("no reply within the round timeout") for line in failures)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 from hypothesis import given, settings
@@ -22,7 +24,8 @@ from common.federation.compression import (
 )
 from common.federation.messages import model_to_arrays
 from common.models import ModelConfig, build_model
-from server.update_decoding import UpdateDecoding, decode_replies
+from server.fault_tolerance import FaultLog, ReplyScreening
+from server.update_decoding import decode_replies
 
 
 def global_and_local(
@@ -188,9 +191,56 @@ def test_fedavg_of_decoded_replies_matches_plain_fedavg(method: str, relative_st
         assert error > 0, name  # the update really went through the narrow format
 
 
-def test_update_decoding_wraps_only_a_compression() -> None:
-    with pytest.raises(ValueError, match="method must be one of float16, int8, got 'none'"):
-        UpdateDecoding(FedAvg(), "none")
-    wrapper = UpdateDecoding(FedAvg(), "int8")
-    with pytest.raises(RuntimeError, match="round 3: no global arrays to decode against"):
-        wrapper.aggregate_train(3, [])
+def corrupted(method: str, reference: ArrayRecord, local: ArrayRecord) -> dict[str, ArrayRecord]:
+    """What hostile clients send with ``method``: a NaN update and a 100x update, encoded."""
+    name = next(iter(reference))
+    nan = encode_update(local, reference, method)
+    if method == "float16":
+        nan[name] = Array(np.full(reference[name].numpy().shape, np.nan, np.float16))
+    else:  # a NaN scale turns the whole row NaN once decoded
+        nan[name + SCALE_SUFFIX] = Array(np.full_like(nan[name + SCALE_SUFFIX].numpy(), np.nan))
+    scaled = ArrayRecord({k: Array(reference[k].numpy() + 100 * (local[k].numpy() -
+                          reference[k].numpy())) for k in reference})  # fmt: skip
+    return {"nan": nan, "scaled": encode_update(scaled, reference, method)}
+
+
+@pytest.mark.parametrize("method", ["float16", "int8"])
+@pytest.mark.usefixtures("server_task")
+def test_compressed_hostile_updates_are_decoded_then_rejected_with_their_reason(
+    method: str, tmp_path: Path
+) -> None:
+    # Prepare: one honest client, one NaN, one 100x, one that does not decode
+    reference, honest = global_and_local(step=1e-3)
+    norm = float(np.sqrt(sum(np.square(honest[k].numpy() - reference[k].numpy()).sum()
+                             for k in reference)))  # fmt: skip
+    hostile = corrupted(method, reference, honest)
+    undecodable = encode_update(honest, reference, "int8" if method == "float16" else "float16")
+    replies = [reply(encode_update(honest, reference, method), 10, 1),
+               reply(hostile["nan"], 10, 2), reply(hostile["scaled"], 10, 3),
+               reply(undecodable, 10, 4)]  # fmt: skip
+    log = FaultLog(tmp_path)
+    screening = ReplyScreening(FedAvg(), min_replies=1.0, on_round=log.record,
+                               max_update_norm=10 * norm, compression=method)  # fmt: skip
+    list(screening.configure_train(1, reference, ConfigRecord(), FixedNodes()))  # type: ignore[arg-type]
+
+    # Execute
+    aggregated, _ = screening.aggregate_train(1, replies)
+
+    # Assert: only the honest update went through, decoded; each rejection has its reason
+    assert aggregated is not None
+    for name in reference:
+        step = np.abs(honest[name].numpy() - reference[name].numpy()).max()
+        assert np.abs(aggregated[name].numpy() - honest[name].numpy()).max() <= step / 100 + 1e-6
+    lines = (tmp_path / "rejections.csv").read_text().splitlines()[1:]
+    rows = {line.split(",")[1]: line for line in lines}
+    assert "has non-finite values" in rows["2"] and ",rejected," in rows["2"]
+    assert f"exceeds max-update-norm {10 * norm:g}" in rows["3"]
+    assert "update cannot be decoded" in rows["4"]
+    assert log.summary() == {"degraded_rounds": 1, "client_failures": 0, "rejected_updates": 3}
+
+
+class FixedNodes:
+    """The part of a grid FedAvg's ``configure_train`` uses: nodes 1..4."""
+
+    def get_node_ids(self) -> list[int]:
+        return [1, 2, 3, 4]

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
-from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import (
+    Bulyan,
+    FedAvg,
+    FedMedian,
+    FedTrimmedAvg,
+    Krum,
+    MultiKrum,
+    Strategy,
+)
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.fault_injection import SCALE, corrupt_reply, fault_of, faulty_partitions
 from common.federation.config import FederatedConfig
+from common.federation.messages import ROUND_ATTEMPT
 from common.federation.reliability import required_replies
 from common.federation.strategies import build_strategy
+from server.cohort_aggregation import CohortAggregation
 from server.fault_tolerance import (
     FaultLog,
     ReplyScreening,
@@ -75,6 +85,9 @@ def test_a_client_knows_its_fault_from_seed_round_and_partition_only() -> None:
     assert set(kinds.values()) == {"nan", ""}
     assert fault_of(config, 4, {"data-path": "x.csv"}) == ""  # an edge node: never injected
     assert fault_of(FederatedConfig(), 4, {"partition-id": 0, "num-partitions": 1}) == ""
+    retried = {fault_of(config, 4, {"partition-id": p, "num-partitions": 10}, attempt=2)
+               for p in chosen}  # fmt: skip
+    assert retried == {""}  # injected faults are transient: a retry is answered
 
 
 def test_corrupted_replies_carry_nan_or_a_scaled_update() -> None:
@@ -147,10 +160,133 @@ def test_too_few_valid_replies_stop_the_run_with_the_reasons() -> None:
 
     expected = (
         r"round 2: 2 valid replies of 5 clients asked, min-replies 0.5 needs 3 "
-        r"\(3 failed, 0 rejected: node 4: no reply"
+        r"\(3 failed, 0 rejected, 0 of 0 round-retries used: node 4: no reply"
     )
     with pytest.raises(TooFewRepliesError, match=expected):
         strategy.aggregate_train(2, [reply(1, arrays()), reply(2, arrays()), reply(3)])
+
+
+class ScriptedGrid:
+    """A grid of nodes 1..5 that answers each retry with the next scripted replies."""
+
+    def __init__(self, *answers: dict[int, ArrayRecord | None]) -> None:
+        self.answers = list(answers)  # per retry: node -> update (None: an error reply)
+        self.sent: list[list[Message]] = []
+
+    def get_node_ids(self) -> list[int]:
+        return [1, 2, 3, 4, 5]
+
+    def send_and_receive(self, messages: list[Message], *, timeout: float) -> list[Message]:
+        self.sent.append(list(messages))
+        answer = self.answers.pop(0)
+        return [reply(m.metadata.dst_node_id, answer[m.metadata.dst_node_id])
+                for m in messages if m.metadata.dst_node_id in answer]  # fmt: skip
+
+
+class CountingFedAvg(FedAvg):
+    """FedAvg that counts its aggregations: where a cohort's noisy sum would be formed."""
+
+    def __init__(self) -> None:
+        super().__init__(fraction_evaluate=0.0)
+        self.aggregated: list[int] = []
+
+    def aggregate_train(self, server_round, replies):  # type: ignore[no-untyped-def]
+        replies = list(replies)
+        self.aggregated.append(len(replies))
+        return super().aggregate_train(server_round, replies)
+
+
+def retried_round(
+    grid: ScriptedGrid,
+    first: list[Message],
+    min_replies: float,
+    inner: Strategy | None = None,
+) -> tuple[CountingFedAvg, list[RoundFaults], tuple[ArrayRecord | None, MetricRecord | None]]:
+    """Round 4 configured for nodes 1..5 over ``grid`` (2 retries), aggregated from ``first``."""
+    counting, seen = CountingFedAvg(), []
+    strategy = ReplyScreening(inner or counting, min_replies=min_replies, on_round=seen.append,
+                              retries=2, timeout=7.0, deltas=inner is not None)  # fmt: skip
+    list(strategy.configure_train(4, GLOBAL, ConfigRecord({"lr": 0.1}), grid))  # type: ignore[arg-type]
+    return counting, seen, strategy.aggregate_train(4, first)
+
+
+def test_a_user_dp_round_is_released_once_after_its_retries_and_never_when_they_fail() -> None:
+    # Prepare: cohort sums with noise; the ledger entry is written on release
+    def noisy_cohorts(released: list[int]) -> CohortAggregation:
+        return CohortAggregation(FedAvg(fraction_evaluate=0.0), noise_multiplier=1.0,
+                                 clip_norm=1.0, expected_users=50.0,
+                                 on_release=released.append)  # fmt: skip
+
+    recovered: list[int] = []
+    exhausted: list[int] = []
+    first = [reply(1, arrays(0.1)), reply(2), reply(3, arrays(0.1))]  # 4 and 5 silent
+
+    # Execute: the retry brings nodes 2 and 4; in the second run every retry fails
+    retried_round(ScriptedGrid({2: arrays(0.1), 4: arrays(0.1)}), first, 0.8,
+                  noisy_cohorts(recovered))  # fmt: skip
+    with pytest.raises(TooFewRepliesError, match="2 of 2 round-retries used"):
+        retried_round(ScriptedGrid({2: None}, {2: None}), first, 0.8, noisy_cohorts(exhausted))
+
+    # Assert: one release for the recovered round, none for the stopped one
+    assert recovered == [4]
+    assert exhausted == []
+
+
+def test_a_short_round_asks_its_failed_clients_again_then_aggregates_once() -> None:
+    # Prepare: 4 of 5 needed; node 3 errs, 4 and 5 say nothing; the retry brings 3 and 4
+    grid = ScriptedGrid({3: arrays(1.0), 4: arrays(1.0), 5: None})
+    first = [reply(1, arrays(1.0)), reply(2, arrays(1.0)), reply(3)]
+
+    # Execute
+    inner, seen, (aggregated, _) = retried_round(grid, first, min_replies=0.8)
+
+    # Assert: one retry to the failed nodes, marked attempt 2, then one aggregation of 4
+    (retry,) = grid.sent
+    assert sorted(m.metadata.dst_node_id for m in retry) == [3, 4, 5]
+    config = retry[0].content.config_records["config"]
+    assert (config[ROUND_ATTEMPT], config["server-round"], config["lr"]) == (2, 4, 0.1)
+    assert inner.aggregated == [4]
+    assert aggregated is not None and np.allclose(aggregated["w"].numpy(), 1.0)
+    (faults,) = seen
+    assert (faults.asked, faults.valid, faults.attempts, faults.degraded) == (5, 4, 2, True)
+    assert sorted(faults.failures) == [(3, "boom"), (4, "no reply within the round timeout"),
+                                       (5, "no reply within the round timeout"),
+                                       (5, "retry 1: boom")]  # fmt: skip
+
+
+def test_exhausted_retries_stop_the_run_before_anything_is_aggregated() -> None:
+    # Prepare: every retry fails again (with dp = "user" nothing may be released)
+    grid = ScriptedGrid({2: None, 3: None, 4: None, 5: None}, {2: None, 3: None})
+
+    # Execute
+    with pytest.raises(TooFewRepliesError) as raised:
+        retried_round(grid, [reply(1, arrays()), reply(2), reply(3), reply(4), reply(5)], 0.5)
+
+    # Assert: attempts 2 and 3 went out to the nodes that failed before; no aggregate
+    assert [sorted(m.metadata.dst_node_id for m in batch) for batch in grid.sent] == [
+        [2, 3, 4, 5], [2, 3, 4, 5]]  # fmt: skip
+    assert [batch[0].content.config_records["config"][ROUND_ATTEMPT] for batch in grid.sent] == [
+        2, 3]  # fmt: skip
+    assert str(raised.value).startswith(
+        "round 4: 1 valid replies of 5 clients asked, min-replies 0.5 needs 3 "
+        "(12 failed, 0 rejected, 2 of 2 round-retries used: node 2: boom"
+    )
+
+
+def test_rejected_updates_are_not_asked_again_and_a_full_round_is_not_retried() -> None:
+    # Prepare: 4 of 5 needed; nodes 2 and 3 send NaN, 4 is silent, 5 errs
+    retried = ScriptedGrid({4: arrays(), 5: arrays()})
+    first = [reply(1, arrays()), reply(2, arrays(np.nan)), reply(3, arrays(np.nan)), reply(5)]
+    untouched = ScriptedGrid()
+
+    # Execute
+    with pytest.raises(TooFewRepliesError, match="2 failed, 2 rejected, 1 of 2 round-retries"):
+        retried_round(retried, first, min_replies=0.8)
+    inner, seen, _ = retried_round(untouched, first[:3], min_replies=1.0)
+
+    # Assert: only the failed nodes were asked again, and nothing more once both replied
+    assert [sorted(m.metadata.dst_node_id for m in batch) for batch in retried.sent] == [[4, 5]]
+    assert untouched.sent == [] and inner.aggregated == [1] and seen[0].attempts == 1
 
 
 def test_a_dead_worker_stops_the_run_naming_it() -> None:
@@ -261,6 +397,7 @@ def test_robust_strategies_are_flowers_own(name: str, kind: type) -> None:
         ({"min_replies": 0.0}, "min-replies must be a share in (0, 1)"),
         ({"min_replies": 2.5}, "or a whole count >= 1, got 2.5"),
         ({"round_timeout": 0.0}, "round-timeout must be a positive number"),
+        ({"round_retries": -1}, "round-retries must be in [0, 100], got -1"),
         ({"max_update_norm": -1.0}, "max-update-norm must be >= 0"),
         ({"trimmed_beta": 0.5}, "trimmed-beta must be in [0, 0.5)"),
         ({"krum_select": 0}, "krum-select >= 1"),

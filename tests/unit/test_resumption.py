@@ -17,6 +17,7 @@ from common.data.partitioning import load_split
 from common.federation.config import FederatedConfig
 from common.federation.messages import model_to_arrays
 from common.models import build_model
+from server.fault_tolerance import FaultLog, RoundFaults
 from server.resumption import RoundStateKeeper, SkipRounds, resume_run
 from server.run_recorder import CHECKPOINT, RunRecorder
 from server.run_state import (
@@ -32,6 +33,7 @@ from simulations.launch import main
 from tests.helpers import metrics_rows, write_preset
 
 NAMES = ["a", "b"]
+TRAINED = RecordDict({"metrics": MetricRecord({"train_loss": 1.0, "num-examples": 10})})
 
 
 def config_for(cycle_log: Path, folder: Path, **changes: object) -> FederatedConfig:
@@ -164,6 +166,39 @@ def test_a_resumed_run_without_a_lost_release_continues_after_the_saved_round(
     assert sorted(p.name for p in (folder / "state").glob("*.pt")) == [
         "model-round-2.pt", "server_state.pt",
     ]  # fmt: skip
+
+
+def test_a_resumed_run_keeps_the_fault_totals_of_its_saved_rounds(
+    cycle_log: Path, tmp_path: Path
+) -> None:
+    # Prepare: rounds 1 and 2 saved with their faults; round 3's written, then the kill
+    folder = tmp_path / "run"
+    config = config_for(cycle_log, folder, dp="none", noise_multiplier=0.0)
+    recorder, log = recorder_for(config), FaultLog(folder)
+    keeper = RoundStateKeeper(recorder, FedAvg(), config, fault_log=log)
+    keeper.evaluate(0, model_to_arrays(recorder.model))
+    for server_round, faults in ((1, [(7, "boom")]), (2, []), (3, [(8, "late"), (9, "x")])):
+        log.record(RoundFaults(server_round, 5, 4 - len(faults), faults, [(6, "NaN")]))
+        if server_round < 3:
+            recorder.aggregate_train([TRAINED], "num-examples")
+            keeper.evaluate(server_round, model_to_arrays(recorder.model))
+
+    # Execute: resume in the same folder
+    resumed = config_for(cycle_log, folder, dp="none", noise_multiplier=0.0,
+                         resume_from=str(folder))  # fmt: skip
+    recorder = recorder_for(resumed)
+    again = FaultLog(folder)
+    RoundStateKeeper(recorder, FedAvg(), resumed, resume_run(resumed, recorder.model, recorder),
+                     again)  # fmt: skip
+    again.record(RoundFaults(3, 5, 4, [(8, "late")]))
+
+    # Assert: the totals and rejections.csv hold rounds 1 and 2 as saved, then the new 3
+    assert again.summary() == {"degraded_rounds": 3, "client_failures": 2, "rejected_updates": 2}
+    assert again.rounds == 3
+    lines = (folder / "rejections.csv").read_text().splitlines()
+    assert [line.split(",")[:3] for line in lines] == [
+        ["round", "node_id", "kind"], ["1", "7", "failed"], ["1", "6", "rejected"],
+        ["2", "6", "rejected"], ["3", "8", "failed"]]  # fmt: skip
 
 
 @pytest.mark.parametrize(
