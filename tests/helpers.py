@@ -17,7 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from common.models import SequenceRecommender
+from common.models.base import row_cross_entropy
 from simulations.launch import main as launch_main
 from simulations.process_tree import process_table
 from simulations.superlink import free_port
@@ -279,3 +282,24 @@ def user_dp_run(
         recorder.evaluate(server_round, arrays)
     recorder.finish(privacy=privacy.summary())
     return folder
+
+
+def per_unit_gradients(
+    model: SequenceRecommender, items: torch.Tensor, targets: torch.Tensor,
+    gaps: torch.Tensor | None, units: torch.Tensor, weights: torch.Tensor, scale: float,
+) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:  # fmt: skip
+    """Each unit's gradient by its own backward pass, and its norm times ``scale``."""
+    norms, per_unit = [], []
+    for unit in range(int(units.max()) + 1):
+        rows = units == unit
+        model.zero_grad(set_to_none=True)
+        unit_gaps = gaps[rows] if gaps is not None else None
+        loss = (row_cross_entropy(model, model(items[rows], unit_gaps), targets[rows])
+                * weights[rows]).sum()  # fmt: skip
+        loss.backward()
+        grads = {n: p.grad if p.grad is not None else torch.zeros_like(p)
+                 for n, p in model.named_parameters()}  # fmt: skip
+        norms.append(scale * torch.sqrt(sum(g.pow(2).sum() for g in grads.values())))
+        per_unit.append(grads)
+    model.zero_grad(set_to_none=True)
+    return torch.stack(norms), per_unit
