@@ -45,6 +45,17 @@ def write_cycle_log(
     return path
 
 
+def write_cycle_attributes(cycle_log: Path, path: Path) -> Path:
+    """Item attributes of a cycle log's items iK (CSV item,attribute): ``mod3-<K % 3>``,
+    and ``even`` when K is even; the last item has none."""
+    items = sorted({line.split(",")[1] for line in cycle_log.read_text().splitlines()[1:]})
+    last = max(items, key=lambda item: int(item[1:]))
+    rows = [(item, f"mod3-{int(item[1:]) % 3}") for item in items if item != last]
+    rows += [(item, "even") for item in items if int(item[1:]) % 2 == 0]
+    path.write_text("item,attribute\n" + "".join(f"{i},{a}\n" for i, a in rows))
+    return path
+
+
 TINY_RUN = {"model": "lstm", "dim": 8, "layers": 1, "partition-mode": "cross-device",
             "max-len": 10, "dropout": 0.0, "num-server-rounds": 2,
             "fraction-train": 1.0, "local-epochs": 10, "lr": 0.1, "batch-size": 16}  # fmt: skip

@@ -32,7 +32,7 @@ from common.training.clipping import CLIP_MARGIN, clipped_gradient_sum
 from common.training.cohort import clipped_sgd_update, looped_update
 from common.training.dp_sgd import train_local_dp
 from common.training.local import train_local
-from tests.helpers import per_unit_gradients
+from tests.helpers import per_unit_gradients, write_cycle_attributes
 
 N_ITEMS = 11
 # item -> attributes (1..5); items 2, 3, 4, 9, 10 have none
@@ -184,14 +184,9 @@ def test_cohort_clipped_updates_equal_users_trained_one_by_one(
 
 
 def cycle_attributes(cycle_log: Path, tmp: Path | None) -> np.ndarray:
-    """Attributes of the cyclic log's items i0..i29: i<k> has 'mod3-<k % 3>', and 'even'
-    when k is even; i29 has none. Written to ``tmp`` as a CSV when given."""
-    item_ids = dataset_item_ids(str(cycle_log))
-    rows = [(item, f"mod3-{int(item[1:]) % 3}") for item in item_ids if item != "i29"]
-    rows += [(item, "even") for item in item_ids if int(item[1:]) % 2 == 0]
-    path = (tmp or cycle_log.parent) / "attributes.csv"
-    path.write_text("item,attribute\n" + "".join(f"{i},{a}\n" for i, a in rows))
-    attributes = load_item_attributes(path, item_ids, str(cycle_log))
+    """The cyclic log's attribute matrix (:func:`write_cycle_attributes`, in ``tmp``)."""
+    path = write_cycle_attributes(cycle_log, (tmp or cycle_log.parent) / "attributes.csv")
+    attributes = load_item_attributes(path, dataset_item_ids(str(cycle_log)), str(cycle_log))
     assert attributes is not None
     return attributes.padded()
 
