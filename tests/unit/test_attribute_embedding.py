@@ -22,6 +22,7 @@ from common.federation.checkpoints import (
     save_checkpoint,
 )
 from common.federation.config import FederatedConfig
+from common.federation.preflight import check_simulation_inputs
 from common.federation.run_model import run_model
 from common.models import MODEL_NAMES, ModelConfig, SequenceRecommender, build_model
 from common.models.base import next_item_loss
@@ -283,3 +284,27 @@ def test_fedseqrec_train_with_attributes_writes_a_rebuildable_checkpoint(
     torch.testing.assert_close(
         checkpoint.build_model().eval().scores(history), result.model.eval().scores(history)
     )
+
+
+def test_a_run_refuses_an_initial_checkpoint_of_other_attributes(
+    cycle_log: Path, tmp_path: Path
+) -> None:
+    ours = write_cycle_attributes(cycle_log, tmp_path / "ours.csv")
+    theirs = tmp_path / "theirs.csv"  # the same attributes, "even" on i1 instead of i0
+    theirs.write_text(ours.read_text().replace("i0,even", "i1,even"))
+    base = {"dataset": str(cycle_log), "model": "lstm", "dim": 8, "max_len": 6,
+            "item_embedding": "attributes", "users_per_client": 10}  # fmt: skip
+    trained = FederatedConfig(**base, item_attributes=str(ours))  # type: ignore[arg-type]
+    item_ids = dataset_item_ids(str(cycle_log))
+    save_checkpoint(tmp_path / "c.pt", Checkpoint(1, run_model(trained, 30).state_dict(),
+                                                  trained.model_config(), item_ids,
+                                                  str(cycle_log)))  # fmt: skip
+    same = FederatedConfig(**base, item_attributes=str(ours),  # type: ignore[arg-type]
+                           initial_checkpoint=str(tmp_path / "c.pt"))  # fmt: skip
+    other = FederatedConfig(**base, item_attributes=str(theirs),  # type: ignore[arg-type]
+                            initial_checkpoint=str(tmp_path / "c.pt"))  # fmt: skip
+
+    assert check_simulation_inputs(same) == 20
+    with pytest.raises(ValueError, match=r"initial-checkpoint .*c\.pt: the weights were trained "
+                                         "on other item attributes"):  # fmt: skip
+        check_simulation_inputs(other)
