@@ -6,7 +6,9 @@ looked-up ids ``x``. A table ``A`` with item vectors ``W = M A`` (``M``: item ->
 weights, :mod:`common.models.attribute_embedding`) has gradient ``M^T (O_u + I_u)``,
 which has the same form over ``A``'s rows: score gradients ``g M`` (one column per row),
 and every lookup spread over the item's rows, ``e`` times the row's weight. So the same
-norm and sum code serves every table, exactly.
+norm and sum code serves every table, exactly. ``g M`` is a float32 product of the
+(possibly bfloat16-rounded) ``g`` that back-propagation used, so its Gram norms are exact
+rather than bounded.
 """
 
 from __future__ import annotations
