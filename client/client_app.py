@@ -65,7 +65,8 @@ from common.federation.messages import (
 )
 from common.federation.metrics import evaluation_sums
 from common.federation.node_partition import client_partition, data_source
-from common.models import SequenceRecommender, build_model
+from common.federation.run_model import run_model
+from common.models import SequenceRecommender
 from common.privacy.ledger import BudgetExceededError, PrivacyLedger, check_budget
 from common.privacy.randomness import privacy_randomness
 from common.training.cohort import train_cohort
@@ -82,7 +83,9 @@ def _prepare(
     config = config_of_run(context.run_config, context.run_id)
     torch.set_num_threads(config.client_threads)
     partition = _partition(config, msg, context)
-    model = build_model(config.model_config(), partition.split.n_items)
+    node_data = NodeDataConfig.applies_to(context.node_config)  # catalogue: the message's
+    item_ids = ItemCatalogue.from_config(_settings(msg)).item_ids if node_data else None
+    model = run_model(config, partition.split.n_items, item_ids)
     arrays = msg.content.array_records.get(ARRAYS)
     if not isinstance(arrays, ArrayRecord):
         raise ValueError(f"the server message carries no ArrayRecord under {ARRAYS!r}")

@@ -22,12 +22,12 @@ from flwr.clientapp import ClientApp
 from common.federation.config import FederatedConfig
 from common.federation.messages import PROXIMAL_MU, SERVER_ROUND, TRAIN_LOSS, load_arrays
 from common.federation.node_partition import client_partition
+from common.federation.run_model import run_model
 from common.federation.secure_aggregation import (
     arrays_from_ndarrays,
     check_weighted_range,
     model_ndarrays,
 )
-from common.models import build_model
 from common.training.local import round_seed, train_local
 
 
@@ -49,7 +49,7 @@ class SequenceClient(NumPyClient):
         federated = FederatedConfig.from_run_config(self.run_context.run_config)
         torch.set_num_threads(federated.client_threads)
         partition = client_partition(federated, self.run_context.node_config)
-        model = build_model(federated.model_config(), partition.split.n_items)
+        model = run_model(federated, partition.split.n_items)
         load_arrays(model, arrays_from_ndarrays(model, parameters))
         windows = partition.training_windows(federated.max_len, federated.n_gap_buckets)
         seed = round_seed(federated.seed, int(config[SERVER_ROUND]), partition.partition_id)

@@ -37,8 +37,9 @@ from common.federation.messages import (
     VALID_STAGE,
     model_to_arrays,
 )
+from common.federation.run_model import run_model
 from common.federation.strategies import build_strategy
-from common.models import SequenceRecommender, build_model
+from common.models import SequenceRecommender
 from common.privacy.randomness import server_noise_source
 from common.training.local import round_seed
 from server.budget_refusals import BudgetRefusals
@@ -116,7 +117,7 @@ def prepare_run(config: FederatedConfig, results_dir: Path) -> RunSetup:
     torch.manual_seed(config.seed)
     view = server_view(config)
     num_partitions = config.federation_size(view.population)
-    model = build_model(config.model_config(), view.n_items)
+    model = run_model(config, view.n_items, view.item_ids)
     cohorts = config.partition_mode == "cohort"
     catalogue = ItemCatalogue.from_ids(view.item_ids).to_config()
     offset = continue_from_checkpoint(config, model, view.item_ids)

@@ -17,7 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from common.models import SequenceRecommender
+from common.models.base import row_cross_entropy
 from simulations.launch import main as launch_main
 from simulations.process_tree import process_table
 from simulations.superlink import free_port
@@ -39,6 +42,17 @@ def write_cycle_log(
         start = int(rng.integers(0, n_items))
         lines += [f"u{user},i{(start + t) % n_items},{1000 * user + t}" for t in range(length)]
     path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_cycle_attributes(cycle_log: Path, path: Path) -> Path:
+    """Item attributes of a cycle log's items iK (CSV item,attribute): ``mod3-<K % 3>``,
+    and ``even`` when K is even; the last item has none."""
+    items = sorted({line.split(",")[1] for line in cycle_log.read_text().splitlines()[1:]})
+    last = max(items, key=lambda item: int(item[1:]))
+    rows = [(item, f"mod3-{int(item[1:]) % 3}") for item in items if item != last]
+    rows += [(item, "even") for item in items if int(item[1:]) % 2 == 0]
+    path.write_text("item,attribute\n" + "".join(f"{i},{a}\n" for i, a in rows))
     return path
 
 
@@ -279,3 +293,24 @@ def user_dp_run(
         recorder.evaluate(server_round, arrays)
     recorder.finish(privacy=privacy.summary())
     return folder
+
+
+def per_unit_gradients(
+    model: SequenceRecommender, items: torch.Tensor, targets: torch.Tensor,
+    gaps: torch.Tensor | None, units: torch.Tensor, weights: torch.Tensor, scale: float,
+) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:  # fmt: skip
+    """Each unit's gradient by its own backward pass, and its norm times ``scale``."""
+    norms, per_unit = [], []
+    for unit in range(int(units.max()) + 1):
+        rows = units == unit
+        model.zero_grad(set_to_none=True)
+        unit_gaps = gaps[rows] if gaps is not None else None
+        loss = (row_cross_entropy(model, model(items[rows], unit_gaps), targets[rows])
+                * weights[rows]).sum()  # fmt: skip
+        loss.backward()
+        grads = {n: p.grad if p.grad is not None else torch.zeros_like(p)
+                 for n, p in model.named_parameters()}  # fmt: skip
+        norms.append(scale * torch.sqrt(sum(g.pow(2).sum() for g in grads.values())))
+        per_unit.append(grads)
+    model.zero_grad(set_to_none=True)
+    return torch.stack(norms), per_unit

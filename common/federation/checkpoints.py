@@ -4,7 +4,9 @@ A checkpoint file (``torch.save``, readable with ``weights_only=True``) is a dic
 
 - ``format``: :data:`CHECKPOINT_FORMAT`,
 - ``round``: the federated round (or epoch) the weights belong to,
-- ``state_dict``: the model's weights,
+- ``state_dict``: the model's weights (with ``item-embedding`` other than ``free`` also the
+  public item -> attribute map, ``items._extra_state``, so a device rebuilds the
+  model from the checkpoint alone),
 - ``model_config``: the :class:`~common.models.ModelConfig` fields,
 - ``n_items``: catalogue size (model item indices 1..n_items, 0 = padding),
 - ``item_ids``: the catalogue, original item ids in model-index order (index ``i`` is
@@ -35,9 +37,11 @@ import torch
 from common.data.loaders import dataset_log_format, load_dataset
 from common.data.sequences import build_sequences
 from common.models import ModelConfig, SequenceRecommender, build_model
+from common.models.attribute_embedding import EXTRA_STATE
 from common.storage.atomic import write_atomically
 
 CHECKPOINT_FORMAT = 2
+ATTRIBUTE_INDEX = f"items.{EXTRA_STATE}"  # the public item -> attribute map, if the model has one
 ItemId = int | str
 
 
@@ -64,7 +68,8 @@ class Checkpoint:
 
     def build_model(self) -> SequenceRecommender:
         """The model with these weights loaded (training mode, as built)."""
-        model = build_model(self.model_config, self.n_items)
+        index = self.state_dict.get(ATTRIBUTE_INDEX)
+        model = build_model(self.model_config, self.n_items, index)
         model.load_state_dict(self.state_dict)
         return model
 

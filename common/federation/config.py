@@ -46,6 +46,7 @@ class FederatedConfig:
     n_gap_buckets: int = _MODEL.n_gap_buckets
     ffn_multiplier: int = _MODEL.ffn_multiplier
     norm: str = _MODEL.norm
+    item_embedding: str = _MODEL.item_embedding
     num_server_rounds: int = 10
     fraction_train: float = 1.0
     fraction_evaluate: float = 0.0
@@ -303,3 +304,8 @@ def check_data_options(config: FederatedConfig) -> None:
     except ValueError as error:
         raise ValueError(f"dataset-columns / dataset-time-unit: {error}") from None
     check_attribute_source(config.item_attributes, config.dataset)
+    if config.item_embedding != "free" and not config.item_attributes.strip():
+        raise ValueError(
+            f"item-embedding {config.item_embedding!r} needs item-attributes: 'builtin' "
+            "(beauty, sports, toys) or a path to the public attribute file"
+        )

@@ -14,6 +14,8 @@ from pathlib import Path
 from common.data.attributes import load_item_attributes
 from common.data.partitioning import load_split
 from common.federation.checkpoints import (
+    Checkpoint,
+    ItemId,
     check_compatible,
     dataset_item_ids,
     load_checkpoint,
@@ -21,6 +23,7 @@ from common.federation.checkpoints import (
 )
 from common.federation.config import FederatedConfig
 from common.federation.node_partition import data_source
+from common.federation.run_model import run_model
 from common.federation.statistics_config import user_level_noise
 from common.privacy.calibration import resolve_delta
 
@@ -56,8 +59,23 @@ def check_simulation_inputs(config: FederatedConfig) -> int:
         item_ids = dataset_item_ids(*data_source(config))
         load_item_attributes(config.item_attributes, item_ids, config.dataset)
         if config.initial_checkpoint:
-            load_initial_checkpoint(config.initial_checkpoint, config.model_config(), item_ids)
+            checkpoint = load_initial_checkpoint(
+                config.initial_checkpoint, config.model_config(), item_ids
+            )
+            check_attribute_map(config, checkpoint, item_ids)
     return n_users
+
+
+def check_attribute_map(
+    config: FederatedConfig, checkpoint: Checkpoint, item_ids: list[ItemId]
+) -> None:
+    """An attribute-composed model continues only on the item -> attribute map it learnt."""
+    if config.item_embedding == "free":
+        return
+    try:
+        run_model(config, len(item_ids), item_ids).load_state_dict(checkpoint.state_dict)
+    except ValueError as error:
+        raise ValueError(f"initial-checkpoint {config.initial_checkpoint}: {error}") from None
 
 
 def check_deployment_inputs(config: FederatedConfig) -> None:

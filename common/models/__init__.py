@@ -4,15 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+import numpy as np
+from torch import Tensor
+
 from common.config.field_types import check_field_types
 from common.models.attention import NORM_PLACEMENTS, AttentionRecommender
+from common.models.attribute_embedding import AttributeItemEmbedding
 from common.models.base import SequenceRecommender, next_item_loss
 from common.models.lstm import LSTMRecommender
 from common.models.multiscale import MultiScaleRecommender
 
 MODEL_NAMES = ("lstm", "multiscale", "attention")
+ITEM_EMBEDDINGS = ("free", "attributes", "attributes+residual")
 
 __all__ = [
+    "ITEM_EMBEDDINGS",
     "MODEL_KEYS",
     "MODEL_NAMES",
     "ModelConfig",
@@ -35,6 +41,7 @@ class ModelConfig:
     n_gap_buckets: int = 0
     ffn_multiplier: int = 1  # attention: feed-forward width / dim
     norm: str = "sasrec"  # attention: layer-norm placement, one of NORM_PLACEMENTS
+    item_embedding: str = "free"  # one of ITEM_EMBEDDINGS (common/models/attribute_embedding.py)
 
     def __post_init__(self) -> None:
         check_field_types(self)
@@ -44,6 +51,11 @@ class ModelConfig:
             raise ValueError("dim, layers, heads and max_len must be positive")
         if self.ffn_multiplier < 1:
             raise ValueError(f"ffn_multiplier must be positive, got {self.ffn_multiplier}")
+        if self.item_embedding not in ITEM_EMBEDDINGS:
+            raise ValueError(
+                f"item-embedding must be one of {', '.join(ITEM_EMBEDDINGS)}, "
+                f"got {self.item_embedding!r}"
+            )
         if self.norm not in NORM_PLACEMENTS:
             raise ValueError(f"norm must be one of {', '.join(NORM_PLACEMENTS)}, got {self.norm!r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -61,8 +73,29 @@ MODEL_KEYS = tuple(field.name for field in fields(ModelConfig) if field.name != 
 """ModelConfig fields run configs and TOML files set by name (``name`` is ``model`` there)."""
 
 
-def build_model(config: ModelConfig, n_items: int) -> SequenceRecommender:
-    """Instantiate the configured model for a catalogue of ``n_items`` items."""
+def build_model(
+    config: ModelConfig, n_items: int, attributes: np.ndarray | Tensor | None = None
+) -> SequenceRecommender:
+    """Instantiate the configured model for a catalogue of ``n_items`` items.
+
+    ``attributes`` is the public item -> attribute index matrix
+    (:meth:`common.data.attributes.ItemAttributes.padded`), required by (and only used
+    with) an ``item_embedding`` other than ``free``.
+    """
+    model = _architecture(config, n_items)
+    if config.item_embedding != "free":
+        if attributes is None:
+            raise ValueError(
+                f"item-embedding {config.item_embedding!r} needs item attributes: set "
+                "item-attributes ('builtin' for beauty, sports, toys, or a file)"
+            )
+        residual = config.item_embedding == "attributes+residual"
+        model.items = AttributeItemEmbedding(n_items, config.dim, attributes, residual)
+    return model
+
+
+def _architecture(config: ModelConfig, n_items: int) -> SequenceRecommender:
+    """The configured architecture with a free item table."""
     if config.name == "lstm":
         return LSTMRecommender(n_items, config.dim, config.layers, config.dropout)
     if config.name == "multiscale":

@@ -8,8 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common.models.attribute_embedding import AttributeItemEmbedding
 from common.models.chunked_loss import chunked_cross_entropy
 from common.models.item_embedding import ItemEmbedding
+
+ItemTable = ItemEmbedding | AttributeItemEmbedding
 
 
 class SequenceRecommender(nn.Module, ABC):
@@ -23,7 +26,7 @@ class SequenceRecommender(nn.Module, ABC):
 
     def __init__(self, n_items: int, dim: int) -> None:
         super().__init__()
-        self.items = ItemEmbedding(n_items, dim)
+        self.items: ItemTable = ItemEmbedding(n_items, dim)  # build_model may swap it
 
     @property
     def n_items(self) -> int:

@@ -52,21 +52,32 @@ class ItemEmbedding(nn.Module):
             self.weight.copy_(matrix)
             self.weight[0].zero_()
 
+    def table_maps(self) -> dict[str, tuple[Tensor, Tensor] | None]:
+        """Each parameter's map from item rows to its own rows (None: the item rows)."""
+        return {"weight": None}
+
+
+def item_table_grad_sample(n_items: int, dim: int, x: Tensor, backprops: Tensor) -> Tensor:
+    """Per-sample gradients ``(B, n_items + 1, dim)`` of an item table for one call:
+    a lookup of integer ids ``x`` or scores of hidden states ``x`` (row 0 stays zero)."""
+    batch = x.shape[0]
+    grad = torch.zeros(batch, n_items + 1, dim, dtype=backprops.dtype, device=x.device)
+    if x.dtype in (torch.int64, torch.int32):
+        index = x.reshape(batch, -1, 1).expand(-1, -1, dim)
+        grad.scatter_add_(1, index, backprops.reshape(batch, -1, dim))
+        grad[:, 0] = 0.0
+    else:
+        hidden = x.reshape(batch, -1, dim)
+        upstream = backprops.reshape(batch, -1, n_items)
+        grad[:, 1:] = torch.bmm(upstream.transpose(1, 2), hidden)
+    return grad
+
 
 @register_grad_sampler(ItemEmbedding)
 def item_embedding_grad_sample(
     layer: ItemEmbedding, activations: list[Tensor], backprops: Tensor
 ) -> dict[nn.Parameter, Tensor]:
     """Per-sample gradient of the item table for one call (lookup or scoring)."""
-    x = activations[0]
-    batch = x.shape[0]
-    grad = torch.zeros(batch, *layer.weight.shape, dtype=backprops.dtype, device=x.device)
-    if x.dtype in (torch.int64, torch.int32):
-        index = x.reshape(batch, -1, 1).expand(-1, -1, layer.dim)
-        grad.scatter_add_(1, index, backprops.reshape(batch, -1, layer.dim))
-        grad[:, 0] = 0.0
-    else:
-        hidden = x.reshape(batch, -1, layer.dim)
-        upstream = backprops.reshape(batch, -1, layer.n_items)
-        grad[:, 1:] = torch.bmm(upstream.transpose(1, 2), hidden)
-    return {layer.weight: grad}
+    return {
+        layer.weight: item_table_grad_sample(layer.n_items, layer.dim, activations[0], backprops)
+    }

@@ -182,12 +182,17 @@ def train_centralized(
     on_epoch: Callable[[EpochRecord], None] | None = None,
     progress_factory: Callable[[int, int], Callable[[int], None]] | None = None,
     model: SequenceRecommender | None = None,
+    attributes: np.ndarray | None = None,
 ) -> TrainResult:
-    """Train with early stopping on validation NDCG@10, then test the best checkpoint."""
+    """Train with early stopping on validation NDCG@10, then test the best checkpoint.
+
+    ``attributes`` (the public item -> attribute index matrix) builds the item table of an
+    ``item_embedding`` other than ``free`` (:func:`common.models.build_model`).
+    """
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     if model is None:
-        model = build_model(model_config, split.n_items)
+        model = build_model(model_config, split.n_items, attributes)
     windows = WINDOWS[config.windows](
         split.train, model_config.max_len, split.times, model_config.n_gap_buckets
     )

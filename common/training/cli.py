@@ -133,6 +133,14 @@ def configs_from(settings: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
         name=settings["model"], **{k: v for k, v in settings.items() if k in MODEL_KEYS}
     )
     train = TrainConfig(**{k: v for k, v in settings.items() if k in TRAIN_KEYS})
+    if model.item_embedding != "free":
+        if not str(settings.get("item_attributes", "")).strip():
+            raise ValueError(
+                f"item-embedding {model.item_embedding!r} needs --item-attributes: 'builtin' "
+                "(beauty, sports, toys) or a path to the public attribute file"
+            )
+        if settings.get("text_init"):
+            raise ValueError(f"text-init needs item-embedding 'free', got {model.item_embedding!r}")
     return model, train
 
 
@@ -160,7 +168,7 @@ def run(settings: dict[str, Any]) -> tuple[Path, TrainResult]:
     train_config.torch_device()  # no CUDA: fail before anything is written
     if settings.get("threads"):
         torch.set_num_threads(int(settings["threads"]))
-    dataset, _attributes = load_data(settings)
+    dataset, attributes = load_data(settings)
     split = leave_one_out_split(dataset)
     label = f"{Path(str(settings['dataset'])).stem}-{model_config.name}"
     run_dir = new_run_dir(Path(settings["out"]), label)
@@ -180,7 +188,10 @@ def run(settings: dict[str, Any]) -> tuple[Path, TrainResult]:
         bar = tqdm(total=total, desc=f"epoch {epoch}", unit="seq", leave=False)
         return bar.update
 
-    result = train_centralized(split, model_config, train_config, on_epoch, progress, model)
+    padded = attributes.padded() if attributes is not None else None
+    result = train_centralized(
+        split, model_config, train_config, on_epoch, progress, model, attributes=padded
+    )
     write_results(run_dir, label, model_config, split, result)
     return run_dir, result
 

@@ -14,9 +14,12 @@ scores). This module computes the same norms exactly from small matrices:
 - input use: ``I_u = sum_q onehot(x_q) e_q^T`` (``e`` = gradient w.r.t. the looked-up
   vector); ``|I_u|^2`` and ``<O_u, I_u>`` need only position pairs of the same unit.
 
-Every other parameter (attention, LSTM, convolutions) is small; its per-sample gradients
-come from Opacus's ``GradSampleModule`` as usual. One forward and one backward pass give
-both the norms and the clipped sum, so dropout masks are the same for both.
+An item table composed from attribute vectors (and a residual) has one such gradient per
+table, mapped from the item-row pieces (:mod:`common.training.table_maps`), and the unit's
+norm sums them all. Every other parameter (attention, LSTM, convolutions) is small; its
+per-sample gradients come from Opacus's ``GradSampleModule`` as usual. One forward and
+one backward pass give both the norms and the clipped sum, so dropout masks are the same
+for both.
 
 With bfloat16 products the score gradients ``g`` are rounded to bfloat16 once, and that
 rounded ``g`` is the gradient everywhere (back-propagation, norms, sums). The Gram matrix
@@ -38,6 +41,7 @@ from torch import Tensor
 
 from common.models import SequenceRecommender
 from common.models.chunked_loss import exp_scores, fast_bfloat16_available
+from common.training.table_maps import TablePieces, mapped_pieces
 
 # The scores and the gradient sent back into the model may use bfloat16 products where
 # the CPU has native units, as plain training does: they only define the gradient.
@@ -78,12 +82,12 @@ class ClippedSum:
 
 @contextmanager
 def _table_frozen(model: SequenceRecommender) -> Iterator[list[Tensor]]:
-    """Freeze the item table and capture the looked-up vectors as gradient leaves.
+    """Freeze the item table(s) and capture the looked-up vectors as gradient leaves.
 
-    With the table frozen, Opacus hooks skip it (no per-sample table gradients); the
+    With the tables frozen, Opacus hooks skip them (no per-sample table gradients); the
     captured lookups still receive their gradient ``e`` in the backward pass.
     """
-    table = model.items.weight
+    tables = list(model.items.parameters())
     lookups: list[Tensor] = []
 
     def capture(_module: torch.nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
@@ -93,13 +97,15 @@ def _table_frozen(model: SequenceRecommender) -> Iterator[list[Tensor]]:
         lookups.append(leaf)
         return leaf
 
-    table.requires_grad_(False)
+    for table in tables:
+        table.requires_grad_(False)
     handle = model.items.register_forward_hook(capture)
     try:
         yield lookups
     finally:
         handle.remove()
-        table.requires_grad_(True)
+        for table in tables:
+            table.requires_grad_(True)
 
 
 def _slots(units: Tensor, n_units: int) -> tuple[Tensor, Tensor]:
@@ -241,8 +247,8 @@ def clipped_gradient_sum(
     bad = factors == 0
     sums: dict[str, Tensor] = {}
     for name, param in model.named_parameters():
-        if name == "items.weight":
-            sums[name] = _table_sum(param, pieces, factors, bad)
+        if name in pieces.tables:
+            sums[name] = _table_sum(param, pieces.tables[name], pieces.h, factors, bad)
         elif name in pieces.per_unit:
             grads = pieces.per_unit[name]
             kept = torch.where(bad.view(-1, *[1] * (grads.dim() - 1)), 0.0, grads)
@@ -267,23 +273,21 @@ def clip_factors(norms: Tensor, clip_norm: float) -> Tensor:
 class _UnitGradients:
     """The pieces of every unit's gradient (see module doc) and its squared norm."""
 
-    g: Tensor  # score gradients, one row per scored position
+    tables: dict[str, TablePieces]  # item tables by parameter name
     h: Tensor  # hidden states of the scored positions
-    e: Tensor  # gradients of the looked-up input vectors
-    x: Tensor  # the looked-up item ids
-    out_units: Tensor
-    in_units: Tensor
     per_unit: dict[str, Tensor]  # body parameters: per-unit gradients
     squares: Tensor
     loss: float
 
 
-def _table_sum(param: Tensor, pieces: _UnitGradients, factors: Tensor, bad: Tensor) -> Tensor:
-    """The clipped sum of the item table's gradient (output part plus input part)."""
+def _table_sum(
+    param: Tensor, pieces: TablePieces, hidden: Tensor, factors: Tensor, bad: Tensor
+) -> Tensor:
+    """The clipped sum of an item table's gradient (output part plus input part)."""
     out_factors = factors[pieces.out_units].unsqueeze(1)
     in_factors = factors[pieces.in_units].unsqueeze(1)
     g = pieces.g.masked_fill(bad[pieces.out_units].unsqueeze(1), 0)
-    h = torch.where(out_factors > 0, pieces.h * out_factors, 0.0)
+    h = torch.where(out_factors > 0, hidden * out_factors, 0.0)
     e = torch.where(in_factors > 0, pieces.e * in_factors, 0.0)
     table_sum = torch.zeros_like(param)
     table_sum[1:] = _output_sum(g, h)
@@ -335,14 +339,10 @@ def _unit_gradients(
     in_mask = torch.ones_like(items, dtype=torch.bool) if grid else items > 0
     e, x, h = lookup.grad[in_mask], items[in_mask], h.detach()
     out_units, in_units = row_units[rows], row_units[torch.nonzero(in_mask)[:, 0]]
-    if grid:
-        width = items.shape[1]
-        squares = _unit_squares(
-            g.view(n_units, width, -1), h.view(n_units, width, -1),
-            e.view(n_units, width, -1), x.view(n_units, width), width > model.items.dim,
-        )  # fmt: skip
-    else:
-        squares = _table_norms(g, h, out_units, e, x, in_units, n_units, model.items.dim)
+    tables = _mapped_tables(model, TablePieces(g, e, x, out_units, in_units))
+    width = items.shape[1] if grid else 0
+    squares = sum((_squares(t, h, n_units, width, model.items.dim) for t in tables.values()),
+                  torch.zeros(n_units, dtype=torch.float32))  # fmt: skip
     per_unit = {
         name: grads if one_per_row else torch.zeros(
             (n_units, *grads.shape[1:]), dtype=grads.dtype
@@ -351,4 +351,26 @@ def _unit_gradients(
     }  # fmt: skip
     for grads in per_unit.values():
         squares = squares + grads.flatten(1).pow(2).sum(1)
-    return _UnitGradients(g, h, e, x, out_units, in_units, per_unit, squares, loss)
+    return _UnitGradients(tables, h, per_unit, squares, loss)
+
+
+def _squares(t: TablePieces, h: Tensor, n_units: int, grid_width: int, dim: int) -> Tensor:
+    """Squared norms of every unit's gradient of one table; ``grid_width`` > 0: the
+    positions are the (unit, position) grid of that width, else gathered per unit."""
+    if not grid_width:
+        return _table_norms(t.g, h, t.out_units, t.e, t.x, t.in_units, n_units, dim)
+    return _unit_squares(
+        t.g.view(n_units, grid_width, -1), h.view(n_units, grid_width, -1),
+        t.e.view(n_units, -1, dim), t.x.view(n_units, -1), grid_width > dim,
+    )  # fmt: skip
+
+
+def _mapped_tables(model: SequenceRecommender, items: TablePieces) -> dict[str, TablePieces]:
+    """Every item-table parameter's gradient pieces, by parameter name."""
+    tables: dict[str, TablePieces] = {}
+    for name, table_map in model.items.table_maps().items():
+        param = getattr(model.items, name)
+        tables[f"items.{name}"] = (
+            items if table_map is None else mapped_pieces(items, *table_map, len(param))
+        )
+    return tables

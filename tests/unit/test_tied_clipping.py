@@ -15,6 +15,7 @@ from common.training.clipping import (
     clip_factors,
     clipped_gradient_sum,
 )
+from tests.helpers import per_unit_gradients
 
 N_ITEMS = 30
 
@@ -37,27 +38,6 @@ def model_for(name: str, gap_buckets: int) -> SequenceRecommender:
     return build_model(config, N_ITEMS)
 
 
-def reference(
-    model: SequenceRecommender, items: torch.Tensor, targets: torch.Tensor,
-    gaps: torch.Tensor | None, units: torch.Tensor, weights: torch.Tensor, scale: float,
-) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:  # fmt: skip
-    """Each unit's gradient by its own backward pass, and its norm times ``scale``."""
-    norms, per_unit = [], []
-    for unit in range(int(units.max()) + 1):
-        rows = units == unit
-        model.zero_grad(set_to_none=True)
-        unit_gaps = gaps[rows] if gaps is not None else None
-        loss = (row_cross_entropy(model, model(items[rows], unit_gaps), targets[rows])
-                * weights[rows]).sum()  # fmt: skip
-        loss.backward()
-        grads = {n: p.grad if p.grad is not None else torch.zeros_like(p)
-                 for n, p in model.named_parameters()}  # fmt: skip
-        norms.append(scale * torch.sqrt(sum(g.pow(2).sum() for g in grads.values())))
-        per_unit.append(grads)
-    model.zero_grad(set_to_none=True)
-    return torch.stack(norms), per_unit
-
-
 @pytest.mark.parametrize(
     ("name", "gap_buckets"), [("attention", 0), ("lstm", 0), ("multiscale", 4)]
 )
@@ -77,7 +57,7 @@ def test_clipped_sum_equals_per_unit_backward(
         units = torch.as_tensor(owners)
         assert int(torch.bincount(units[torch.nonzero(targets > 0)[:, 0]]).max()) > 8
         weights = torch.full((len(items),), 0.1)
-    expected_norms, per_unit = reference(model, items, targets, gaps, units, weights, 0.5)
+    expected_norms, per_unit = per_unit_gradients(model, items, targets, gaps, units, weights, 0.5)
     clip = float(expected_norms.median())  # some units clipped, some not
     expected = {name: sum(min(1.0, clip * (1 - CLIP_MARGIN) / float(norm)) * grads[name]
                           for norm, grads in zip(expected_norms, per_unit, strict=True))
@@ -116,7 +96,7 @@ def test_the_norm_is_the_norm_of_what_is_summed(name: str, dtype: torch.dtype) -
             assert norm == pytest.approx(added, rel=1e-5)
         else:
             assert added * (1 - 1e-6) <= norm <= added * 1.01
-        exact = reference(model, items[rows_t], targets[rows_t], unit_gaps,
+        exact = per_unit_gradients(model, items[rows_t], targets[rows_t], unit_gaps,
                           torch.zeros(int(rows.sum()), dtype=torch.long),
                           torch.ones(int(rows.sum())), 0.5)[0]  # fmt: skip
         assert float(result.norms[0]) == pytest.approx(float(exact[0]), rel=2e-2)
