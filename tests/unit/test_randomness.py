@@ -125,5 +125,6 @@ def test_no_privacy_relevant_draw_can_take_the_seed() -> None:
     # noise for initialisation only; every mechanism's noise comes from randomness.py
     assert drawing == {
         ("common/models/item_embedding.py", "normal_"),
+        ("common/models/attribute_embedding.py", "normal_"),
         ("common/data/item_text.py", "normal"),
     }
