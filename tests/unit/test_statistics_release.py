@@ -33,8 +33,9 @@ from common.privacy.statistics import (
     release_statistics,
     summed_contributions,
 )
-from server.statistics_release import _add_reply
-from tests.helpers import user_dp_run, write_cycle_log
+from server.statistics_release import _add_reply, _recorded_release
+from server.user_level_privacy import UserLevelPrivacy
+from tests.helpers import user_dp_run, write_cycle_attributes, write_cycle_log
 
 ATTRIBUTES = [np.zeros(0, dtype=np.int64)] + [np.array([i % 3, 3 + i % 2]) for i in range(1, 9)]
 HISTORIES = [np.array([1, 2, 3, 4]), np.array([5, 6]), np.array([2, 7, 8, 1, 3])]
@@ -172,3 +173,35 @@ def test_statistics_and_dp_fedavg_compose_for_the_server_but_other_mixes_fail(
     assert audit_ledgers([mixed.path]).failures == [
         "n: entries mix mechanisms dp-sgd and dp-statistics; one guarantee cannot cover them"
     ]
+
+
+def recorded_privacy(folder: Path, log: Path, record: bool) -> UserLevelPrivacy:
+    """A statistics-only run's privacy state, its release recorded in the ledger or not."""
+    config = FederatedConfig(
+        dataset=str(log), partition_mode="cohort", dp="user", target_epsilon=8.0,
+        statistics=True, item_attributes=str(write_cycle_attributes(log, folder / "a.csv")),
+        num_server_rounds=0, results_dir=str(folder),
+    )  # fmt: skip
+    privacy = UserLevelPrivacy.from_config(config, 20, folder)
+    if record:
+        privacy.record_statistics(0)
+    return privacy
+
+
+def test_a_resumed_run_reuses_its_recorded_release_and_never_spends_twice(tmp_path: Path) -> None:
+    log = write_cycle_log(tmp_path / "cycle.csv")
+    stats = release_statistics(HISTORIES, ATTRIBUTES, 5, 4.0, 1e-5)
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    stats.save(fresh / "statistics.npz.pending")  # killed before its ledger entry
+    assert _recorded_release(fresh, recorded_privacy(fresh, log, record=False)) is None
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    stats.save(killed / "statistics.npz.pending")  # killed after the entry, before the rename
+    reused = _recorded_release(killed, recorded_privacy(killed, log, record=True))
+    assert reused is not None and (killed / "statistics.npz").is_file()
+    np.testing.assert_array_equal(reused.attribute_transitions, stats.attribute_transitions)
+    lost = tmp_path / "lost"
+    lost.mkdir()
+    with pytest.raises(RuntimeError, match="releasing them again would spend the budget twice"):
+        _recorded_release(lost, recorded_privacy(lost, log, record=True))
