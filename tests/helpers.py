@@ -314,3 +314,15 @@ def per_unit_gradients(
         per_unit.append(grads)
     model.zero_grad(set_to_none=True)
     return torch.stack(norms), per_unit
+
+
+class ItemLogits(torch.nn.Module):
+    """Wraps a recommender so Opacus's checker sees scores at every position (both uses
+    of the tied item table)."""
+
+    def __init__(self, model: SequenceRecommender) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        return self.model.item_logits(self.model(items))

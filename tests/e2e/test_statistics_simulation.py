@@ -16,19 +16,9 @@ from common.federation.checkpoints import dataset_item_ids
 from common.privacy.accounting import Release, rdp_epsilon
 from common.privacy.ledger import read_ledger
 from common.privacy.statistics import DPStatistics, joint_noise_multiplier
-from tests.helpers import BASE, launch_run
+from tests.helpers import BASE, launch_run, write_cycle_attributes
 
 TARGET = 8.0
-
-
-def attribute_table(folder: Path) -> Path:
-    """Public attributes of the cycle log's items i0..i29: a category and a brand each."""
-    rows = ["item,attribute"]
-    rows += [f"i{i},category-{i % 5}" for i in range(30)]
-    rows += [f"i{i},brand-{i % 3}" for i in range(30)]
-    path = folder / "attributes.csv"
-    path.write_text("\n".join(rows) + "\n")
-    return path
 
 
 def settings(log: Path, attributes: Path, **extra: object) -> dict[str, object]:
@@ -45,7 +35,7 @@ def test_statistics_and_training_rounds_share_one_audited_budget(
     cycle_log: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
-    attributes = attribute_table(tmp_path)
+    attributes = write_cycle_attributes(cycle_log, tmp_path / "attributes.csv")
     run = settings(cycle_log, attributes, **{"num-server-rounds": 2, "statistics-share": 0.5})
 
     folder = launch_run(tmp_path, "stats", run)
@@ -83,7 +73,7 @@ def test_a_statistics_only_run_spends_the_whole_budget_and_serves_a_device(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
-    attributes = attribute_table(tmp_path)
+    attributes = write_cycle_attributes(cycle_log, tmp_path / "attributes.csv")
 
     folder = launch_run(
         tmp_path, "stats-only", settings(cycle_log, attributes, **{"num-server-rounds": 0})

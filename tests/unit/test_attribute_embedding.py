@@ -33,7 +33,7 @@ from common.training.clipping import CLIP_MARGIN, clipped_gradient_sum
 from common.training.cohort import clipped_sgd_update, looped_update
 from common.training.dp_sgd import train_local_dp
 from common.training.local import train_local
-from tests.helpers import per_unit_gradients, write_cycle_attributes
+from tests.helpers import ItemLogits, per_unit_gradients, write_cycle_attributes
 
 N_ITEMS = 11
 # item -> attributes (1..5); items 2, 3, 4, 9, 10 have none
@@ -97,17 +97,6 @@ def test_the_composed_table_scores_the_outputs_and_padding_is_never_scored(mode:
     scores[:, 1:].sum().backward()
     assert model.items.attributes.grad is not None  # type: ignore[union-attr]
     assert torch.count_nonzero(model.items.attributes.grad[1:6]) > 0  # type: ignore[union-attr]
-
-
-class ItemLogits(nn.Module):
-    """Scores at every position, so Opacus's checker covers both uses of the table."""
-
-    def __init__(self, model: SequenceRecommender) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, items: Tensor) -> Tensor:
-        return self.model.item_logits(self.model(items))
 
 
 @pytest.mark.parametrize("mode", MODES)

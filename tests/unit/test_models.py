@@ -11,26 +11,15 @@ from torch import Tensor, nn
 from common.models import (
     MODEL_NAMES,
     ModelConfig,
-    SequenceRecommender,
     build_model,
     chunked_loss,
     next_item_loss,
     recurrent,
 )
 from common.models.multiscale import TapConv1d, tap_conv_grad_sample
+from tests.helpers import ItemLogits
 
 N_ITEMS = 11
-
-
-class ItemLogits(nn.Module):
-    """Wraps a recommender so Opacus's checker sees scores at every position."""
-
-    def __init__(self, model: SequenceRecommender) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, items: Tensor) -> Tensor:
-        return self.model.item_logits(self.model(items))
 
 
 def tiny_batch() -> Tensor:
