@@ -15,6 +15,7 @@ import uuid
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -326,3 +327,16 @@ class ItemLogits(torch.nn.Module):
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         return self.model.item_logits(self.model(items))
+
+
+def write_scorer_files(
+    run_dir: Path, stats: Any, settings: Any, attributes_source: str, dataset: str
+) -> None:
+    """A run folder's scorer files as a statistics run leaves them: statistics, then settings."""
+    from common.evaluation.scorer_files import write_scorer_settings
+    from common.privacy.statistics import STATISTICS_FILE
+
+    if not str(attributes_source).strip():
+        raise ValueError("the on-device scorer needs item attributes; the source is empty")
+    stats.save(Path(run_dir) / STATISTICS_FILE)
+    write_scorer_settings(Path(run_dir), settings, attributes_source, dataset)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,23 +35,6 @@ SCORER_FILE = "scorer.json"
 SETTINGS_FIELD = "settings"
 ATTRIBUTES_FIELD = "item-attributes"
 DATASET_FIELD = "dataset"
-
-
-def write_scorer_files(
-    run_dir: Path,
-    stats: DPStatistics,
-    settings: ScorerSettings,
-    attributes_source: str,
-    dataset: str,
-) -> None:
-    """Write ``statistics.npz`` then ``scorer.json`` into ``run_dir``, each atomically."""
-    run_dir = Path(run_dir)
-    if not str(attributes_source).strip():
-        raise ValueError("the on-device scorer needs item attributes; the source is empty")
-    partial = run_dir / f".{STATISTICS_FILE}.partial"
-    stats.save(partial)  # DPStatistics.save owns the format; the rename makes it atomic
-    os.replace(partial, run_dir / STATISTICS_FILE)
-    write_scorer_settings(run_dir, settings, attributes_source, dataset)
 
 
 def write_scorer_settings(

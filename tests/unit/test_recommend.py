@@ -19,7 +19,7 @@ from common.data.item_text import ml100k_item_texts
 from common.data.loaders import builtin_path
 from common.data.partitioning import load_partition
 from common.evaluation.on_device import OnDeviceScorer, ScorerSettings, attribute_lists
-from common.evaluation.scorer_files import SCORER_FILE, STATISTICS_FILE, write_scorer_files
+from common.evaluation.scorer_files import SCORER_FILE, STATISTICS_FILE
 from common.federation.checkpoints import (
     Checkpoint,
     dataset_item_ids,
@@ -31,7 +31,7 @@ from common.models import ModelConfig, build_model
 from common.privacy.randomness import PrivacyRandomness
 from common.privacy.statistics import DPStatistics, release_statistics
 from common.training.local import train_local
-from tests.helpers import PROJECT_ROOT
+from tests.helpers import PROJECT_ROOT, write_scorer_files
 
 
 @pytest.fixture

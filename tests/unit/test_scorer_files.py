@@ -15,10 +15,10 @@ from common.evaluation.scorer_files import (
     SCORER_FILE,
     STATISTICS_FILE,
     load_scorer,
-    write_scorer_files,
 )
 from common.privacy.randomness import PrivacyRandomness
 from common.privacy.statistics import DPStatistics, release_statistics
+from tests.helpers import write_scorer_files
 
 ITEM_IDS = ["i1", "i2", "i3", "i4", "i5"]
 HISTORIES = [np.array(h) for h in ([1, 2, 3], [2, 3, 4], [1, 3, 5], [4, 5], [3, 4, 5])]
