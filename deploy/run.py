@@ -23,6 +23,7 @@ import tomli_w
 from common.federation.config import FederatedConfig
 from common.federation.preflight import check_deployment_inputs
 from common.storage.run_folder import write_json
+from server.resume.preflight import keep_earlier_logs
 from simulations.flower_log import KILLED, stream_flwr_run
 from simulations.launch import (
     CONFIG_ERROR,
@@ -38,7 +39,6 @@ from simulations.launch import (
     run_folder,
     write_plots,
 )
-from simulations.resume import keep_earlier_logs
 from simulations.superlink import flower_env
 
 logger = logging.getLogger("fedseqrec.deploy")

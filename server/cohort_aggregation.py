@@ -30,6 +30,7 @@ from server.strategy_wrapper import StrategyWrapper
 from server.update_validation import reply_problem
 
 logger = logging.getLogger("fedseqrec.server")
+detail = logging.getLogger("fedseqrec.server.detail")  # per node: the run log only
 
 
 class CohortAggregation(StrategyWrapper):
@@ -86,7 +87,7 @@ class CohortAggregation(StrategyWrapper):
                 else reply_problem(reply, self.current_arrays, deltas=True)
             )  # the noise must be added to finite, well-formed sums even unscreened
             if problem:
-                logger.warning("round %d: cohort reply dropped: %s", server_round, problem)
+                detail.warning("round %d: cohort reply dropped: %s", server_round, problem)
             else:
                 valid.append(reply)
         if not valid:

@@ -25,6 +25,7 @@ whole run: :meth:`FaultLog.restore`).
 
 from __future__ import annotations
 
+import csv
 import logging
 import re
 from collections.abc import Callable, Iterable
@@ -41,13 +42,13 @@ from flwr.serverapp.strategy import Strategy
 from common.federation.messages import ROUND_ATTEMPT
 from common.federation.reliability import required_replies
 from common.privacy.budget import BUDGET_EXHAUSTED
-from common.storage.atomic import write_text_atomically
 from common.storage.run_folder import MetricsCSV
 from server.strategy_wrapper import StrategyWrapper
 from server.update_decoding import decode_reply
 from server.update_validation import reply_problem
 
 logger = logging.getLogger("fedseqrec.server")
+detail = logging.getLogger("fedseqrec.server.detail")  # per node: the run log only
 
 REJECTIONS_FILE = "rejections.csv"
 DEAD_WORKER_MARKERS = ("ActorDiedError", "RayActorError", "ActorUnavailableError")
@@ -112,18 +113,21 @@ class FaultLog:
         return {"rounds": self.rounds, **self.summary()}
 
     def restore(self, totals: dict[str, int]) -> None:
-        """Carry on from a saved state's totals; ``rejections.csv`` is cut back to them.
+        """Carry on from a saved state's totals, keeping every attempt on the record.
 
-        Its rows written after the state (a round that was not saved) are dropped, as
-        ``metrics.csv``'s are, since that round's counts are not in the totals.
+        Rows of ``rejections.csv`` written after the state (in a round that was lost to
+        the stop, e.g. the failures of a dead worker) stay, and count in the totals: the
+        totals cover every attempt of the run, across resumes.
         """
         self.rounds = int(totals.get("rounds", 0))
         self.degraded_rounds = int(totals.get("degraded_rounds", 0))
         self.client_failures = int(totals.get("client_failures", 0))
         self.rejected_updates = int(totals.get("rejected_updates", 0))
-        lines = self.csv.path.read_text().splitlines(keepends=True)
-        kept = lines[: 1 + self.client_failures + self.rejected_updates]
-        write_text_atomically(self.csv.path, "".join(kept))
+        with self.csv.path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        for row in rows[self.client_failures + self.rejected_updates :]:
+            self.client_failures += row.get("kind") == "failed"
+            self.rejected_updates += row.get("kind") == "rejected"
 
 
 class ReplyScreening(StrategyWrapper):
@@ -191,6 +195,7 @@ class ReplyScreening(StrategyWrapper):
         has formed no aggregate, so (``dp = "user"``) it has released nothing yet.
         """
         screened = self._screen(server_round, list(replies), self._asked, attempt=1)
+        self._stop_on_dead_worker(screened, server_round)
         for attempt in range(2, self.retries + 2):
             faults = screened.faults(server_round)
             needed = required_replies(self.min_replies, faults.asked)
@@ -203,6 +208,7 @@ class ReplyScreening(StrategyWrapper):
             nodes = screened.retry_nodes
             again = self._ask_again(nodes, attempt)
             screened = screened.then(self._screen(server_round, again, nodes, attempt))
+            self._stop_on_dead_worker(screened, server_round)
         faults = screened.faults(server_round)
         self.on_round(faults)
         needed = required_replies(self.min_replies, faults.asked)  # a budget refusal asks less
@@ -222,6 +228,12 @@ class ReplyScreening(StrategyWrapper):
                            len(faults.rejections))  # fmt: skip
         return self.strategy.aggregate_train(server_round, [*screened.valid, *screened.refused])
 
+    def _stop_on_dead_worker(self, screened: ScreenedReplies, server_round: int) -> None:
+        """Record the round's failures, then raise :class:`WorkerDiedError`, if a worker died."""
+        if screened.dead_worker:
+            self.on_round(screened.faults(server_round))  # the failures stay on the record
+            raise WorkerDiedError(screened.dead_worker)
+
     def _ask_again(self, nodes: list[int], attempt: int) -> list[Message]:
         """Send ``nodes`` their round's message again, marked with ``attempt``."""
         if self._grid is None:
@@ -233,10 +245,11 @@ class ReplyScreening(StrategyWrapper):
         self, server_round: int, replies: list[Message], asked: list[int], attempt: int
     ) -> ScreenedReplies:
         """One attempt's replies sorted into valid, refused, failures and rejections."""
-        _stop_on_dead_worker(server_round, replies)
         prefix = "" if attempt == 1 else f"retry {attempt - 1}: "
         answered = {reply.metadata.src_node_id for reply in replies}
-        screened = ScreenedReplies(asked=len(asked), attempts=attempt)
+        screened = ScreenedReplies(
+            asked=len(asked), attempts=attempt, dead_worker=dead_worker(server_round, replies)
+        )
         for node in asked:
             if node not in answered:
                 screened.fail(node, f"{prefix}no reply within the round timeout")
@@ -256,7 +269,7 @@ class ReplyScreening(StrategyWrapper):
             )  # fmt: skip
             if problem:
                 screened.rejections.append((node, prefix + problem))
-                logger.warning(
+                detail.warning(
                     "round %d: update of node %d rejected: %s", server_round, node, problem
                 )
             else:
@@ -275,6 +288,7 @@ class ScreenedReplies:
     failures: list[tuple[int, str]] = field(default_factory=list)
     rejections: list[tuple[int, str]] = field(default_factory=list)
     retry_nodes: list[int] = field(default_factory=list)
+    dead_worker: str = ""  # why a simulation worker died (:func:`dead_worker`), if one did
 
     def fail(self, node: int, reason: str) -> None:
         """Count a failure of ``node``; it may be asked again."""
@@ -287,6 +301,7 @@ class ScreenedReplies:
             asked=self.asked, attempts=retry.attempts, valid=self.valid + retry.valid,
             refused=self.refused + retry.refused, failures=self.failures + retry.failures,
             rejections=self.rejections + retry.rejections, retry_nodes=retry.retry_nodes,
+            dead_worker=retry.dead_worker or self.dead_worker,
         )  # fmt: skip
 
     def faults(self, server_round: int) -> RoundFaults:
@@ -318,18 +333,23 @@ def short_reason(reason: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _stop_on_dead_worker(server_round: int, replies: list[Message]) -> None:
-    """Raise :class:`WorkerDiedError` if an error reply says its worker process died."""
+def dead_worker(server_round: int, replies: list[Message]) -> str:
+    """Why the run must stop if an error reply says its worker process died, else "".
+
+    Flower's simulation engine keeps a dead Ray worker in its pool and fails every client
+    later sent to it, so the run stops rather than go on degraded.
+    """
     for reply in replies:
         reason = (reply.error.reason or "") if reply.has_error() else ""
         if any(marker in reason for marker in DEAD_WORKER_MARKERS):
-            raise WorkerDiedError(
+            return (
                 f"round {server_round}: the simulation worker running node "
-                f"{reply.metadata.src_node_id}'s ClientApp died ({_first_line(reason)}). Flower's "
-                "simulation engine keeps a dead Ray worker in its pool and fails every client "
-                "later sent to it, so the run stops here rather than go on degraded; rerun it "
-                "(if the worker ran out of memory, give the clients fewer users or threads)"
+                f"{reply.metadata.src_node_id}'s ClientApp died ({_first_line(reason)}); "
+                "the run stopped (a dead worker fails every client later sent to it). Resume "
+                "it; if the worker ran out of memory, give the clients fewer users or threads "
+                "or the machine more memory"
             )
+    return ""
 
 
 def _first_line(reason: str) -> str:

@@ -19,7 +19,7 @@ from flwr.proto.node_pb2 import NodeInfo  # pylint: disable=E0611
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-logger = logging.getLogger("fedseqrec.server")
+logger = logging.getLogger("fedseqrec.server.detail")  # per node: the run log only
 
 
 @dataclass(frozen=True)

@@ -41,15 +41,17 @@ from common.federation.run_model import run_model
 from common.federation.strategies import build_strategy
 from common.models import SequenceRecommender
 from common.privacy.randomness import server_noise_source
+from common.storage.run_lock import SERVER_LOCK, RunFolderLock
 from common.training.local import round_seed
 from server.budget_refusals import BudgetRefusals
 from server.cohort_aggregation import CohortAggregation
 from server.fault_tolerance import FaultLog, ReplyScreening, RoundFaults
 from server.federated_evaluation import deployment_figures
 from server.node_errors import ErrorRecordingGrid
-from server.resumption import Resumption, RoundStateKeeper, resume_run
+from server.resume.keeper import RoundStateKeeper
+from server.resume.restore import Resumption, resume_run
+from server.resume.state import ResumeError
 from server.run_recorder import RunRecorder, record_failure
-from server.run_state import ResumeError
 from server.secure_aggregation import run_secure_aggregation
 from server.server_view import ServerView, server_view
 from server.statistics_release import release_statistics_round
@@ -66,7 +68,8 @@ def main(grid: Grid, context: Context) -> None:
 
     Any failure is written to ``summary.json`` (status failed) before it propagates,
     because ``flwr run`` itself exits 0 either way; a refused ``resume-from`` is not, so
-    that the folder it names (a completed run's, say) stays as it was.
+    that the folder it names (a completed run's, say) stays as it was, and neither is a
+    folder another ServerApp holds (:class:`RunFolderBusy`: one writer per run folder).
     """
     configure_app_logging(logger)
     config = config_of_run(context.run_config, context.run_id)
@@ -74,12 +77,13 @@ def main(grid: Grid, context: Context) -> None:
     results_dir.mkdir(parents=True, exist_ok=True)  # plain `flwr run`: nobody made it yet
     logger.info("run %d writes to %s", context.run_id, results_dir)
     recording_grid = ErrorRecordingGrid(grid)
-    try:
-        run_federation(recording_grid, config, results_dir, context)
-    except Exception as error:
-        if not isinstance(error, ResumeError):  # a refused resume leaves its folder as it was
-            record_failure(results_dir, error, recording_grid.errors)
-        raise
+    with RunFolderLock(results_dir, SERVER_LOCK, "ServerApp"):  # RunFolderBusy: not ours
+        try:
+            run_federation(recording_grid, config, results_dir, context)
+        except Exception as error:
+            if not isinstance(error, ResumeError):  # a refused resume leaves its folder as it was
+                record_failure(results_dir, error, recording_grid.errors)
+            raise
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from server.fault_tolerance import TooFewRepliesError, short_reason
 from server.user_level_privacy import UserLevelPrivacy
 
 logger = logging.getLogger("fedseqrec.server")
+detail = logging.getLogger("fedseqrec.server.detail")  # per node: the run log only
 
 PENDING_SUFFIX = ".pending"
 NOISE_SALT = 0x57A7  # insecure-reproducible-noise only: the statistics' own stream
@@ -151,7 +152,7 @@ class _Query:
             if (problem := _add_reply(reply, popularity, transitions))
         ]
         for problem in problems:
-            logger.warning("statistics reply refused: %s", problem)
+            detail.warning("statistics reply refused: %s", problem)
         valid, needed = (
             len(replies) - len(problems),
             required_replies(config.min_replies, len(nodes)),

@@ -1,7 +1,7 @@
 """Launch a federated simulation from a preset and check its outcome.
 
 ``python -m simulations.launch --preset ml100k-fedavg [--set key=value ...] [--results ROOT]``
-``python -m simulations.launch --resume RUN_DIR`` (a killed run, :mod:`simulations.resume`)
+``python -m simulations.launch --resume RUN_DIR`` (a killed run, :mod:`server.resume`)
 
 The launcher resolves the run config (app defaults < preset < ``--set``), creates
 ``ROOT/<run-id>/`` with ``config.json``, starts its own local SuperLink (simulation
@@ -10,18 +10,22 @@ runtime, runtime dependency installation off), submits the app with
 when the run failed, so the launcher then reads ``summary.json`` itself and exits
 non-zero with the reason unless the ServerApp completed. Finally it plots validation
 NDCG@10 and train loss per round.
+
+One writer per run folder: the launcher holds the folder's ``launcher.lock`` for its
+whole life (the ServerApp holds ``server.lock``), and every part of the simulation lives
+and dies together (:mod:`simulations.supervision`): when one dies the launcher stops
+the rest, records why in ``stops.jsonl`` and prints one line naming the part, the last
+saved round and the way on.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import logging
-import re
 import signal
 import sys
 import tomllib
+import uuid
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
@@ -31,9 +35,19 @@ import tomli_w
 from common.data.loaders import BUILTIN_DATASETS, builtin_path
 from common.federation.config import FederatedConfig
 from common.federation.preflight import check_simulation_inputs
-from common.storage.run_folder import new_run_dir, plot_series, write_json
+from common.storage.run_folder import new_run_dir, write_json
+from common.storage.run_lock import LAUNCHER_LOCK, RunFolderBusy, RunFolderLock
+from server.resume.preflight import keep_earlier_logs, resumed_run
+from server.resume.stops import record_stop
 from simulations.flower_log import stream_flwr_run
-from simulations.resume import keep_earlier_logs, resumed_run
+from simulations.outcome import (
+    LaunchError,
+    check_outcome,
+    failure_line,
+    outcome_word,
+    way_on,
+    write_plots,
+)
 from simulations.superlink import (
     CONNECTION,
     LocalSuperLink,
@@ -41,6 +55,7 @@ from simulations.superlink import (
     ensure_connection,
     flower_env,
 )
+from simulations.supervision import RUN_MARKER, PartDeath, RunSupervisor
 
 logger = logging.getLogger("fedseqrec.launch")
 
@@ -48,10 +63,6 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 LAUNCHER_KEYS = ("results-dir",)
 AUDIT_FILE = "audit.json"  # the privacy audit of a run's ledgers, in its run folder
-
-
-class LaunchError(Exception):
-    """A launch cannot start or its run did not complete; the message says why."""
 
 
 class LaunchConfigError(LaunchError):
@@ -137,52 +148,17 @@ def resolve_dataset(dataset: str) -> str:
     return str(path)
 
 
-def check_outcome(results_dir: Path) -> dict[str, Any]:
-    """The run's summary, or a LaunchError saying why the run did not complete."""
-    path = results_dir / "summary.json"
-    if not path.is_file():
-        raise LaunchError(
-            f"run did not complete: {path} is missing; reason: "
-            f"{failure_line(results_dir / 'flwr.log')!r} (see {results_dir / 'flwr.log'})"
-        )
-    summary = json.loads(path.read_text())
-    if summary.get("status") != "completed":
-        reason = summary.get("error", f"status {summary.get('status')!r}")
-        raise LaunchError(f"run failed: {reason} (see {results_dir / 'flwr.log'})")
-    return dict(summary)
-
-
-def failure_line(path: Path) -> str:
-    """The last exception line of a log (``ValueError: ...``), else its last line."""
-    if not path.is_file():
-        return ""
-    lines = [line.strip() for line in path.read_text(errors="replace").splitlines()]
-    lines = [line for line in lines if line]
-    errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception)\b.*:", line)]
-    return (errors or lines or [""])[-1]
-
-
-def write_plots(results_dir: Path) -> None:
-    """Validation NDCG@10 and train loss per round, from metrics.csv."""
-    with (results_dir / "metrics.csv").open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    for column, filename, title in (
-        ("valid_ndcg@10", "valid_ndcg.png", "validation NDCG@10 (all users)"),
-        ("train_loss", "train_loss.png", "client train loss (weighted mean)"),
-    ):
-        points = [(float(r["round"]), float(r[column])) for r in rows if r.get(column)]
-        if points:
-            xs, ys = zip(*points, strict=True)
-            plot_series(results_dir / filename, list(xs), {column: list(ys)}, "round", title)
-
-
 def run_simulation(
     config: dict[str, Any], results_dir: Path, num_supernodes: int, port: int
-) -> int:
-    """Start a SuperLink, submit the app with ``flwr run --stream`` and stream its log."""
+) -> tuple[int, PartDeath | None]:
+    """Start a SuperLink, submit the app with ``flwr run --stream`` and stream its log.
+
+    Returns ``flwr run``'s exit code and the part of the simulation that died on its own,
+    if one did; every process of the launch is stopped on the way out, whatever happened.
+    """
     run_config_path = results_dir / "run_config.toml"
     run_config_path.write_text(tomli_w.dumps(config))
-    env = flower_env()
+    env = {**flower_env(), RUN_MARKER: uuid.uuid4().hex}
     ensure_connection(Path(env["FLWR_HOME"]), port)
     federation = (
         f"num-supernodes={num_supernodes} client-resources-num-cpus=1 "
@@ -199,8 +175,16 @@ def run_simulation(
         "--federation-config",
         federation,
     ]
-    with LocalSuperLink(port, results_dir / "superlink.log", env):
-        return stream_flwr_run(command, env, PROJECT_ROOT, results_dir / "flwr.log")
+    with LocalSuperLink(port, results_dir / "superlink.log", env, results_dir) as superlink:
+        assert superlink.process is not None
+        supervisor = RunSupervisor(superlink.process, env[RUN_MARKER], results_dir / "summary.json")
+        try:
+            code = stream_flwr_run(
+                command, env, PROJECT_ROOT, results_dir / "flwr.log", on_start=supervisor.watch
+            )
+        finally:
+            supervisor.stop()
+        return code, supervisor.death or supervisor.check()
 
 
 def privacy_report(results_dir: Path) -> None:
@@ -229,8 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--results", type=Path, default=PROJECT_ROOT / "results")
-    parser.add_argument("--port", type=int, default=39291, help="local SuperLink HTTP port")
+    parser.add_argument("--port", type=port_number, default=39291, help="local SuperLink port")
     return parser
+
+
+def port_number(text: str) -> int:
+    """``--port``: a TCP port, 1-65535 (argparse turns the ValueError into exit 2)."""
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{port} is not a TCP port (1-65535)")
+    return port
 
 
 def launch(args: argparse.Namespace) -> dict[str, Any]:
@@ -238,11 +230,16 @@ def launch(args: argparse.Namespace) -> dict[str, Any]:
     if args.resume is not None:
         return launch_resumed(args)
     label, preset = load_preset(args.preset)
-    config = resolve_config(app_defaults(), preset, parse_overrides(args.set), label)
-    if config.get("resume-from"):
-        raise LaunchError("resume-from: use --resume RUN_DIR (the run's own config and folder)")
+    overrides = parse_overrides(args.set)
+    if "resume-from" in {**preset, **overrides}:
+        raise LaunchConfigError(
+            "resume-from: use --resume RUN_DIR (the run's own config and folder)"
+        )
+    config = resolve_config(app_defaults(), preset, overrides, label)
     n_users = check_inputs(config)
-    return launch_in(run_folder(args.results, label), label, config, n_users, args.port)
+    folder = run_folder(args.results, label)
+    with RunFolderLock(folder, LAUNCHER_LOCK, "launcher"):
+        return launch_in(folder, label, config, n_users, args.port)
 
 
 def run_folder(root: Path, label: str) -> Path:
@@ -258,15 +255,27 @@ def run_folder(root: Path, label: str) -> Path:
 def launch_resumed(args: argparse.Namespace) -> dict[str, Any]:
     """Carry on a killed run in its own folder, with its own config (no ``--set``)."""
     if args.set:
-        raise LaunchError("--resume runs the saved config unchanged: drop --set")
+        raise LaunchConfigError("--resume runs the saved config unchanged: drop --set")
+    folder = Path(args.resume).expanduser().resolve()
+    if not (folder / "config.json").is_file():
+        raise LaunchConfigError(f"cannot resume: {folder / 'config.json'}: not found; "
+                                "--resume takes a run folder")  # fmt: skip
+    lock = RunFolderLock(folder, LAUNCHER_LOCK, "launcher")
     try:
-        results_dir, label, config = resumed_run(args.resume)
-        FederatedConfig.from_run_config(config)
-    except ValueError as error:  # ResumeError, or a config this version refuses
-        raise LaunchError(f"cannot resume: {error}") from None
-    n_users = check_inputs(config)
-    keep_earlier_logs(results_dir)
-    return launch_in(results_dir, label, config, n_users, args.port)
+        lock.acquire()  # one writer: before anything is read, checked or written
+    except RunFolderBusy as error:
+        raise LaunchConfigError(f"cannot resume: {error}") from None
+    try:
+        try:
+            results_dir, label, config = resumed_run(folder)
+            FederatedConfig.from_run_config(config)
+        except ValueError as error:  # ResumeError, or a config this version refuses
+            raise LaunchConfigError(f"cannot resume: {error}") from None
+        n_users = check_inputs(config)
+        keep_earlier_logs(results_dir)
+        return launch_in(results_dir, label, config, n_users, args.port)
+    finally:
+        lock.release()
 
 
 def check_inputs(config: dict[str, Any]) -> int:
@@ -295,11 +304,17 @@ def launch_in(
         {"preset": label, "run_config": config, "num_supernodes": num_supernodes},
     )
     logger.info("run %s: %d users -> %d clients", results_dir, n_users, num_supernodes)
-    code = run_simulation(config, results_dir, num_supernodes, port)
-    if code != 0:
-        log = results_dir / "flwr.log"
-        raise LaunchError(f"flwr run exited with code {code}: {failure_line(log)!r} (see {log})")
-    summary = check_outcome(results_dir)
+    code, death = run_simulation(config, results_dir, num_supernodes, port)
+    try:
+        if death is not None:
+            raise LaunchError(f"{death}; every process of the run was stopped")
+        if code != 0:
+            log = results_dir / "flwr.log"
+            raise LaunchError(f"flwr run exited with code {code}: {failure_line(log)!r}")
+        summary = check_outcome(results_dir)
+    except LaunchError as error:
+        record_stop(results_dir, death.part if death else "ServerApp", str(error))
+        raise LaunchError(f"{error}{way_on(results_dir)}") from None
     write_plots(results_dir)
     if (results_dir / "ledger").is_dir():
         privacy_report(results_dir)
@@ -313,18 +328,6 @@ def launch_in(
         results_dir,
     )
     return summary
-
-
-def outcome_word(summary: dict[str, Any]) -> str:
-    """``done``, or ``done (degraded: ...)`` when rounds lost clients or updates were refused."""
-    degraded, rounds = summary.get("degraded_rounds", 0), summary.get("rounds", 0)
-    failures, rejected = summary.get("client_failures", 0), summary.get("rejected_updates", 0)
-    if not (degraded or failures or rejected):
-        return "done"
-    return (
-        f"done (degraded: {degraded} of {rounds} rounds, {failures} client failures, "
-        f"{rejected} updates rejected)"
-    )
 
 
 def _exit_143(signum: int, frame: object) -> None:
@@ -350,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         launch(args)
     except LaunchConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return CONFIG_ERROR
+    except RunFolderBusy as error:  # a second writer of a new run folder (a race)
         print(f"error: {error}", file=sys.stderr)
         return CONFIG_ERROR
     except (LaunchError, SuperLinkError) as error:

@@ -29,6 +29,7 @@ import tomli_w
 
 from common.storage.atomic import write_text_atomically
 from simulations.process_tree import stop_process_group
+from simulations.supervision import RUN_MARKER, stop_marked
 from simulations.watchdog import release_watchdog, start_watchdog
 
 CONNECTION = "fedseqrec-sim"
@@ -99,10 +100,13 @@ def _healthy(port: int) -> bool:
 class LocalSuperLink:
     """``flower-superlink --simulation`` on ``127.0.0.1:port`` for the ``with`` block."""
 
-    def __init__(self, port: int, log_file: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, port: int, log_file: Path, env: dict[str, str], run_dir: Path | None = None
+    ) -> None:
         self.port = port
         self.log_file = log_file
         self.env = env
+        self.run_dir = run_dir  # where the watchdog records that the launcher died
         self.process: subprocess.Popen[bytes] | None = None
         self.watchdog: subprocess.Popen[bytes] | None = None
 
@@ -126,7 +130,7 @@ class LocalSuperLink:
             start_new_session=True,
         )  # fmt: skip
         try:
-            self.watchdog = start_watchdog(self.process.pid, self.env)  # stops it if we die
+            self.watchdog = start_watchdog(self.process.pid, self.env, self.run_dir)
         except OSError as error:
             self._stop()
             raise SuperLinkError(f"could not start the SuperLink's watchdog: {error}") from None
@@ -152,8 +156,14 @@ class LocalSuperLink:
         self._stop()
 
     def _stop(self) -> None:
-        """Stop the SuperLink and its own children (its process group, which we created)."""
+        """Stop the SuperLink, its process group and every descendant's group, then every
+        other process of the launch (:data:`RUN_MARKER` in its environment: a part whose
+        parent died is no descendant any more)."""
         if self.process is not None:
             stop_process_group(self.process)
+        marker = self.env.get(RUN_MARKER)
+        if marker:
+            spared = (self.watchdog.pid,) if self.watchdog is not None else ()
+            stop_marked(marker, exclude=spared)
         if self.watchdog is not None:
             release_watchdog(self.watchdog)

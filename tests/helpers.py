@@ -19,9 +19,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from flwr.app import MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
 
-from common.models import SequenceRecommender
+from common.data.partitioning import load_split
+from common.federation.config import FederatedConfig
+from common.federation.messages import model_to_arrays
+from common.models import SequenceRecommender, build_model
 from common.models.base import row_cross_entropy
+from server.resume.keeper import RoundStateKeeper
+from server.run_recorder import RunRecorder
+from server.user_level_privacy import UserLevelPrivacy
 from simulations.launch import main as launch_main
 from simulations.process_tree import process_table
 from simulations.superlink import free_port
@@ -340,3 +348,38 @@ def write_scorer_files(
         raise ValueError("the on-device scorer needs item attributes; the source is empty")
     stats.save(Path(run_dir) / STATISTICS_FILE)
     write_scorer_settings(Path(run_dir), settings, attributes_source, dataset)
+
+
+def resumable_config(cycle_log: Path, folder: Path, **changes: object) -> FederatedConfig:
+    """A tiny user-level DP run in ``folder``."""
+    settings: dict[str, object] = {
+        "dataset": str(cycle_log), "model": "lstm", "dim": 8, "max_len": 6,
+        "num_server_rounds": 6, "partition_mode": "cohort", "dp": "user",
+        "noise_multiplier": 1.0, "fraction_train": 0.5, "results_dir": str(folder),
+    }  # fmt: skip
+    return FederatedConfig(**{**settings, **changes})  # type: ignore[arg-type]
+
+
+def resumable_recorder(config: FederatedConfig) -> RunRecorder:
+    split = load_split(config.dataset)
+    torch.manual_seed(0)
+    model = build_model(config.model_config(), split.n_items)
+    return RunRecorder(Path(config.results_dir), model, split, config, 10)
+
+
+def killed_dp_run(cycle_log: Path, folder: Path, saved: int, released: int) -> RunRecorder:
+    """Rounds 1..``saved`` recorded and saved, then releases up to ``released``, unsaved."""
+    config = resumable_config(cycle_log, folder)
+    recorder = resumable_recorder(config)
+    privacy = UserLevelPrivacy.from_config(config, 20, folder)
+    keeper = RoundStateKeeper(recorder, FedAvg(), config)
+    reply = RecordDict({"metrics": MetricRecord({"train_loss": 1.0, "num-examples": 10})})
+    keeper.evaluate(0, model_to_arrays(recorder.model))
+    for server_round in range(1, released + 1):
+        privacy.record_round(server_round)
+        if server_round <= saved:
+            recorder.aggregate_train([reply], "num-examples")
+            with torch.no_grad():
+                next(recorder.model.parameters()).add_(0.01)
+            keeper.evaluate(server_round, model_to_arrays(recorder.model))
+    return recorder

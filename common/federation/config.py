@@ -87,7 +87,7 @@ class FederatedConfig:
     dataset_columns: str = ""  # e.g. "user=customer_id,item=product_sku,timestamp=event_time"
     dataset_time_unit: str = ""  # numeric timestamps: s, ms, us, ns; "" / auto = detected
     item_attributes: str = ""  # "" = none, "builtin" = the data set's own file, or a path
-    resume_from: str = ""  # a killed run's folder to continue in (server/resumption.py)
+    resume_from: str = ""  # a killed run's folder to continue in (server/resume/)
     # Failures and hostile updates (common/federation/reliability.py checks these).
     fault_rate: float = 0.0  # simulations: share of clients that fail each round on purpose
     fault_kind: str = "error"  # crash, hang, error, nan, scale

@@ -31,6 +31,7 @@ from common.privacy.ledger_heads import (
     SERVER_LEDGER,
     check_head,
     read_json_object,
+    read_started_from,
 )
 from common.privacy.statistics import STATISTICS_FILE, STATISTICS_MECHANISM
 
@@ -66,6 +67,31 @@ def run_failures(run: Path) -> list[str]:
     failures += _run_id_failures(run, summary)
     failures += _released_round_failures(run, summary)
     return failures
+
+
+def resume_failures(run: Path, round_offset: int = 0) -> list[str]:
+    """Why the releases of a killed run cannot all be accounted for ([] when they can).
+
+    What a resume checks before anything starts: the ledgers themselves (chains, every
+    epsilon recomputed), the checkpoints' heads, run ids and released rounds; not the
+    heads of an earlier failed attempt's ``summary.json``, which later attempts outgrow.
+    ``round_offset`` is the round of the checkpoint the run continued from (its state's).
+    """
+    summary = read_json_object(run / SUMMARY) if (run / SUMMARY).is_file() else {}
+    if (run / CONFIG).is_file():
+        summary["config"] = read_json_object(run / CONFIG).get("run_config")
+    if summary.get("started_from") is None and (run / LEDGER_FOLDER).is_dir():
+        started = read_started_from(run / LEDGER_FOLDER)
+        if started is not None:  # as the recorder writes it into summary.json
+            summary["started_from"] = {"round": round_offset, "ledger": started}
+    try:
+        ledgers = sorted((run / LEDGER_FOLDER).glob("*.jsonl"))
+        failures = audit_ledgers(ledgers).failures if ledgers else []
+        failures += _checkpoint_failures(run)
+        failures += _run_id_failures(run, summary)
+        return failures + _released_round_failures(run, summary)
+    except LedgerError as error:
+        return [str(error)]
 
 
 def _summary_head_failures(run: Path, summary: Mapping[str, Any]) -> list[str]:

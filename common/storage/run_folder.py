@@ -59,6 +59,15 @@ class MetricsCSV:
             os.fsync(handle.fileno())
 
 
+def cut_csv_rows(path: Path, rows: int) -> int:
+    """Keep the header and the first ``rows`` data rows of a CSV, atomically, byte for byte
+    (line endings included); returns how many data rows it held before."""
+    with path.open(newline="") as handle:
+        lines = handle.readlines()
+    write_text_atomically(path, "".join(lines[: rows + 1]))
+    return max(len(lines) - 1, 0)
+
+
 def plot_series(
     path: Path, x: list[float], series: dict[str, list[float]], xlabel: str, title: str
 ) -> None:

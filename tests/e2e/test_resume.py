@@ -19,8 +19,8 @@ import torch
 
 from common.privacy.accounting import Release, rdp_epsilon
 from common.privacy.ledger import read_ledger
+from server.resume.state import STATE_FOLDER, STATE_SUMMARY
 from server.run_recorder import CHECKPOINT
-from server.run_state import STATE_FOLDER, STATE_SUMMARY
 from simulations.launch import PROJECT_ROOT, main
 from simulations.superlink import flower_env
 from tests.helpers import (

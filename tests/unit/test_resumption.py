@@ -13,62 +13,25 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM
 
-from common.data.partitioning import load_split
 from common.federation.config import FederatedConfig
 from common.federation.messages import model_to_arrays
-from common.models import build_model
 from server.fault_tolerance import FaultLog, RoundFaults
-from server.resumption import RoundStateKeeper, SkipRounds, resume_run
-from server.run_recorder import CHECKPOINT, RunRecorder
-from server.run_state import (
-    ResumeError,
-    ServerState,
-    load_server_state,
-    optimizer_state,
-    restore_optimizer,
-    save_server_state,
-)
-from server.user_level_privacy import UserLevelPrivacy
+from server.resume.flower_optimizer import optimizer_state, restore_optimizer
+from server.resume.keeper import RoundStateKeeper, SkipRounds
+from server.resume.restore import resume_run
+from server.resume.state import ResumeError, ServerState, load_server_state, save_server_state
+from server.run_recorder import CHECKPOINT
 from simulations.launch import main
-from tests.helpers import metrics_rows, write_preset
+from tests.helpers import (
+    killed_dp_run,
+    metrics_rows,
+    resumable_config,
+    resumable_recorder,
+    write_preset,
+)
 
 NAMES = ["a", "b"]
 TRAINED = RecordDict({"metrics": MetricRecord({"train_loss": 1.0, "num-examples": 10})})
-
-
-def config_for(cycle_log: Path, folder: Path, **changes: object) -> FederatedConfig:
-    """A tiny user-level DP run in ``folder``."""
-    settings: dict[str, object] = {
-        "dataset": str(cycle_log), "model": "lstm", "dim": 8, "max_len": 6,
-        "num_server_rounds": 6, "partition_mode": "cohort", "dp": "user",
-        "noise_multiplier": 1.0, "fraction_train": 0.5, "results_dir": str(folder),
-    }  # fmt: skip
-    return FederatedConfig(**{**settings, **changes})  # type: ignore[arg-type]
-
-
-def recorder_for(config: FederatedConfig) -> RunRecorder:
-    split = load_split(config.dataset)
-    torch.manual_seed(0)
-    model = build_model(config.model_config(), split.n_items)
-    return RunRecorder(Path(config.results_dir), model, split, config, 10)
-
-
-def killed_run(cycle_log: Path, folder: Path, saved: int, released: int) -> RunRecorder:
-    """Rounds 1..``saved`` recorded and saved, then releases up to ``released``, unsaved."""
-    config = config_for(cycle_log, folder)
-    recorder = recorder_for(config)
-    privacy = UserLevelPrivacy.from_config(config, 20, folder)
-    keeper = RoundStateKeeper(recorder, FedAvg(), config)
-    reply = RecordDict({"metrics": MetricRecord({"train_loss": 1.0, "num-examples": 10})})
-    keeper.evaluate(0, model_to_arrays(recorder.model))
-    for server_round in range(1, released + 1):
-        privacy.record_round(server_round)
-        if server_round <= saved:
-            recorder.aggregate_train([reply], "num-examples")
-            with torch.no_grad():
-                next(recorder.model.parameters()).add_(0.01)
-            keeper.evaluate(server_round, model_to_arrays(recorder.model))
-    return recorder
 
 
 def fake_state(**changes: object) -> ServerState:
@@ -135,12 +98,12 @@ def test_skipped_rounds_send_nothing_and_keep_the_model() -> None:
 def test_a_resumed_run_counts_a_release_that_was_not_saved(cycle_log: Path, tmp_path: Path) -> None:
     # Prepare: rounds 1-3 saved, round 4 released (ledger) and then the kill
     folder = tmp_path / "run"
-    killed_run(cycle_log, folder, saved=3, released=4)
+    killed_dp_run(cycle_log, folder, saved=3, released=4)
     with (folder / "metrics.csv").open("a") as handle:
         handle.write("4,5.0,10")  # half a row written when the kill landed
     # Execute
-    config = config_for(cycle_log, folder, resume_from=str(folder))
-    recorder = recorder_for(config)
+    config = resumable_config(cycle_log, folder, resume_from=str(folder))
+    recorder = resumable_recorder(config)
     resumption = resume_run(config, recorder.model, recorder)
     # Assert: trains on from round 3's model, numbered after round 4
     assert resumption.state.round == 3 and resumption.skip_through == 4
@@ -157,9 +120,9 @@ def test_a_resumed_run_without_a_lost_release_continues_after_the_saved_round(
     cycle_log: Path, tmp_path: Path
 ) -> None:
     folder = tmp_path / "run"
-    killed_run(cycle_log, folder, saved=2, released=2)
-    config = config_for(cycle_log, folder, resume_from=str(folder))
-    recorder = recorder_for(config)
+    killed_dp_run(cycle_log, folder, saved=2, released=2)
+    config = resumable_config(cycle_log, folder, resume_from=str(folder))
+    recorder = resumable_recorder(config)
     resumption = resume_run(config, recorder.model, recorder)
     assert (resumption.state.round, resumption.skip_through) == (2, 2)
     assert json.loads((folder / "state" / "server_state.json").read_text())["round"] == 2
@@ -168,13 +131,13 @@ def test_a_resumed_run_without_a_lost_release_continues_after_the_saved_round(
     ]  # fmt: skip
 
 
-def test_a_resumed_run_keeps_the_fault_totals_of_its_saved_rounds(
+def test_a_resumed_run_keeps_the_faults_of_every_attempt_on_the_record(
     cycle_log: Path, tmp_path: Path
 ) -> None:
     # Prepare: rounds 1 and 2 saved with their faults; round 3's written, then the kill
     folder = tmp_path / "run"
-    config = config_for(cycle_log, folder, dp="none", noise_multiplier=0.0)
-    recorder, log = recorder_for(config), FaultLog(folder)
+    config = resumable_config(cycle_log, folder, dp="none", noise_multiplier=0.0)
+    recorder, log = resumable_recorder(config), FaultLog(folder)
     keeper = RoundStateKeeper(recorder, FedAvg(), config, fault_log=log)
     keeper.evaluate(0, model_to_arrays(recorder.model))
     for server_round, faults in ((1, [(7, "boom")]), (2, []), (3, [(8, "late"), (9, "x")])):
@@ -184,21 +147,23 @@ def test_a_resumed_run_keeps_the_fault_totals_of_its_saved_rounds(
             keeper.evaluate(server_round, model_to_arrays(recorder.model))
 
     # Execute: resume in the same folder
-    resumed = config_for(cycle_log, folder, dp="none", noise_multiplier=0.0,
+    resumed = resumable_config(cycle_log, folder, dp="none", noise_multiplier=0.0,
                          resume_from=str(folder))  # fmt: skip
-    recorder = recorder_for(resumed)
+    recorder = resumable_recorder(resumed)
     again = FaultLog(folder)
     RoundStateKeeper(recorder, FedAvg(), resumed, resume_run(resumed, recorder.model, recorder),
                      again)  # fmt: skip
     again.record(RoundFaults(3, 5, 4, [(8, "late")]))
 
-    # Assert: the totals and rejections.csv hold rounds 1 and 2 as saved, then the new 3
-    assert again.summary() == {"degraded_rounds": 3, "client_failures": 2, "rejected_updates": 2}
+    # Assert: the totals and rejections.csv hold rounds 1 and 2 as saved, the lost first
+    # attempt at round 3 (its failures happened: they stay counted), then the new round 3
+    assert again.summary() == {"degraded_rounds": 3, "client_failures": 4, "rejected_updates": 3}
     assert again.rounds == 3
     lines = (folder / "rejections.csv").read_text().splitlines()
     assert [line.split(",")[:3] for line in lines] == [
         ["round", "node_id", "kind"], ["1", "7", "failed"], ["1", "6", "rejected"],
-        ["2", "6", "rejected"], ["3", "8", "failed"]]  # fmt: skip
+        ["2", "6", "rejected"], ["3", "8", "failed"], ["3", "9", "failed"],
+        ["3", "6", "rejected"], ["3", "8", "failed"]]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -212,19 +177,19 @@ def test_a_changed_config_is_refused(
     cycle_log: Path, tmp_path: Path, changes: dict[str, object], message: str
 ) -> None:
     folder = tmp_path / "run"
-    killed_run(cycle_log, folder, saved=1, released=1)
-    config = config_for(cycle_log, folder, resume_from=str(folder), **changes)
+    killed_dp_run(cycle_log, folder, saved=1, released=1)
+    config = resumable_config(cycle_log, folder, resume_from=str(folder), **changes)
     with pytest.raises(ResumeError, match=message):
-        resume_run(config, recorder_for(config).model, recorder_for(config))
+        resume_run(config, resumable_recorder(config).model, resumable_recorder(config))
 
 
 def test_a_completed_run_is_not_resumed(cycle_log: Path, tmp_path: Path) -> None:
     folder = tmp_path / "run"
-    killed_run(cycle_log, folder, saved=1, released=1)
+    killed_dp_run(cycle_log, folder, saved=1, released=1)
     (folder / "summary.json").write_text('{"status": "completed"}')
-    config = config_for(cycle_log, folder, resume_from=str(folder))
+    config = resumable_config(cycle_log, folder, resume_from=str(folder))
     with pytest.raises(ResumeError, match="this run completed; there is nothing to resume"):
-        resume_run(config, recorder_for(config).model, recorder_for(config))
+        resume_run(config, resumable_recorder(config).model, resumable_recorder(config))
 
 
 def test_a_folder_without_state_says_so(tmp_path: Path) -> None:
@@ -248,12 +213,12 @@ def test_resume_from_is_checked_with_the_config(changes: dict[str, object], mess
 def test_the_launcher_refuses_what_it_cannot_resume(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["--resume", str(tmp_path)]) == 1
+    assert main(["--resume", str(tmp_path)]) == 2
     assert f"cannot resume: {tmp_path}/config.json: not found" in capsys.readouterr().err
     (tmp_path / "config.json").write_text(json.dumps({"preset": "x", "run_config": {}}))
-    assert main(["--resume", str(tmp_path)]) == 1
+    assert main(["--resume", str(tmp_path)]) == 2
     assert "no saved server state" in capsys.readouterr().err
-    assert main(["--resume", str(tmp_path), "--set", "lr=1"]) == 1
+    assert main(["--resume", str(tmp_path), "--set", "lr=1"]) == 2
     assert "drop --set" in capsys.readouterr().err
 
 
@@ -261,7 +226,8 @@ def test_a_new_launch_does_not_take_resume_from(
     cycle_log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     preset = write_preset(tmp_path / "tiny.toml", {"dataset": str(cycle_log)})
-    argv = ["--preset", str(preset), "--set", f"resume-from={json.dumps(str(tmp_path))}"]
-    assert main([*argv, "--results", str(tmp_path / "results")]) == 1
-    assert "resume-from: use --resume RUN_DIR" in capsys.readouterr().err
-    assert not (tmp_path / "results").exists()
+    for value in (json.dumps(str(tmp_path)), ""):  # an empty value is refused alike (exit 2)
+        argv = ["--preset", str(preset), "--set", f"resume-from={value}"]
+        assert main([*argv, "--results", str(tmp_path / "results")]) == 2
+        assert "resume-from: use --resume RUN_DIR" in capsys.readouterr().err
+        assert not (tmp_path / "results").exists()

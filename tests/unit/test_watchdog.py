@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from server.resume.stops import read_stops
 from simulations.process_tree import stop_process_group
 from simulations.watchdog import DONE, main, start_time, watch
 from tests.helpers import running, start_session_tree, still_running
@@ -43,11 +44,13 @@ def test_a_launcher_that_said_done_leaves_everything_to_itself(
     assert all(running(pid) for pid in pids)
 
 
-def test_a_superlink_already_gone_is_not_looked_for() -> None:
+def test_a_launcher_dead_after_its_superlink_is_still_recorded(tmp_path: Path) -> None:
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     assert start_time(gone.pid) is None
-    assert not watch(gone.pid, io.BytesIO(b""), timeout=1.0)
+    assert watch(gone.pid, io.BytesIO(b""), timeout=1.0, run_dir=tmp_path)
+    (stop,) = read_stops(tmp_path)
+    assert stop["part"] == "launcher" and stop["cause"].startswith("the launcher (pid ")
 
 
 def test_the_command_line_wants_one_pid(capsys: pytest.CaptureFixture[str]) -> None:

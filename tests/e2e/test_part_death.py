@@ -1,0 +1,98 @@
+"""End to end: a part of a simulation killed alone takes the whole run down, and it resumes.
+
+A user-level DP run; after two rounds one part is SIGKILLed (the SuperLink, or the
+ServerApp's ``flwr-simulation``). The launcher must stop every other process of the run
+within seconds, exit 1 with one line naming the part and the way on, and record why; a
+``--resume`` then completes the run with each round once in metrics and ledger and the
+cause of the stop in ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from common.privacy.ledger import read_ledger
+from simulations.launch import main
+from simulations.superlink import flower_env
+from tests.helpers import (
+    BASE,
+    free_port,
+    kill_simulation,
+    metrics_rows,
+    simulation_processes,
+    spawn_launch,
+    write_preset,
+)
+
+ROUNDS = 5
+RUN = {**BASE, "partition-mode": "cohort", "users-per-client": 10, "fraction-train": 0.5,
+       "dp": "user", "num-server-rounds": ROUNDS, "seed": 3}  # fmt: skip
+WAIT_SECONDS = 240.0  # a launch takes about 20 s on 2 idle cores, 60 s on busy ones
+GONE_SECONDS = 20.0  # every process of the run stopped within this after the kill
+
+
+@pytest.mark.simulation
+@pytest.mark.parametrize(("part", "command"), [("SuperLink", "flower-superlink"),
+                                               ("ServerApp", "flwr-simulation")])  # fmt: skip
+def test_a_part_killed_alone_stops_the_run_which_then_resumes(
+    part: str, command: str, cycle_log: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: a DP run with rounds 0-2 done
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
+    preset = write_preset(tmp_path / "run.toml", {"dataset": str(cycle_log), **RUN})
+    results, log = tmp_path / "results", tmp_path / "launch.log"
+    launch = spawn_launch(["--preset", str(preset), "--port", str(free_port())], results, log,
+                          flower_env())  # fmt: skip
+    try:
+        deadline = time.monotonic() + WAIT_SECONDS
+        while not list(results.glob("*/state/server_state.json")) or int(json.loads(
+                next(results.glob("*/state/server_state.json")).read_text())["round"]) < 2:
+            assert launch.process.poll() is None, log.read_text(errors="replace")[-2000:]
+            assert time.monotonic() < deadline, "two rounds never completed"
+            time.sleep(0.1)
+        (target,) = [pid for pid, line in simulation_processes(launch.marker).items()
+                     if command in line and "python -m" not in line]  # fmt: skip
+
+        # Execute: SIGKILL that one process; nothing else is signalled
+        os.kill(target, signal.SIGKILL)
+        killed_at = time.monotonic()
+        launch.process.wait(timeout=WAIT_SECONDS)
+        while simulation_processes(launch.marker) and time.monotonic() < killed_at + 60:
+            time.sleep(0.1)
+        gone_after = time.monotonic() - killed_at
+        survivors = simulation_processes(launch.marker)
+    finally:
+        kill_simulation(launch)
+
+    # Assert: everything stopped within seconds; one line says which part and what to do
+    assert survivors == {} and gone_after < GONE_SECONDS, (gone_after, survivors)
+    assert launch.process.returncode == 1
+    last = log.read_text(errors="replace").strip().splitlines()[-1]
+    (folder,) = results.iterdir()
+    assert last.startswith(f"error: the {part} (pid {target}) ")
+    assert f"--resume {folder}" in last
+    assert not (folder / "summary.json").exists()
+
+    # Execute: resume
+    assert main(["--resume", str(folder), "--port", str(free_port())]) == 0
+
+    # Assert: every round once in metrics and ledger, the stop on the record
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    (resumed,) = summary["resumed"]
+    assert resumed["stopped_by"]["part"] == part
+    assert f"the {part} (pid {target})" in resumed["stopped_by"]["cause"]
+    rounds = [int(row["round"]) for row in metrics_rows(folder)]
+    lost = resumed["rounds_lost"]
+    assert sorted(rounds) == rounds and len(set(rounds)) == len(rounds)
+    assert set(rounds) | set(range(resumed["from_round"] + 1, resumed["continued_after"] + 1)) \
+        == set(range(ROUNDS + 1)) and lost in (0, 1)  # fmt: skip
+    ledger = [entry.round for entry in read_ledger(folder / "ledger" / "server.jsonl")]
+    assert ledger == list(range(1, ROUNDS + 1))
+    assert json.loads((folder / "audit.json").read_text())["passed"]
