@@ -7,6 +7,7 @@ round 1), so these two hooks see each round's replies, loss and global model.
 
 from __future__ import annotations
 
+import csv
 import logging
 import time
 from collections.abc import Sequence
@@ -337,24 +338,35 @@ def record_failure(
 ) -> None:
     """Write ``summary.json`` with status failed, so that the launcher can say why.
 
-    The reason names every node that sent an error reply (once per node and reason),
-    since a node's failure is usually why no round could be aggregated.
+    The reason names the first node that sent an error reply and counts the others (all
+    are listed under ``node_errors``), since a node's failure is usually why no round
+    could be aggregated.
     """
     results_dir.mkdir(parents=True, exist_ok=True)
     node_errors = node_errors or []
     distinct = list({(e.node_id, e.reason): e for e in node_errors}.values())
-    shown = [*map(str, distinct[:3])]
-    if len(distinct) > 3:  # e.g. a dead worker fails every node sent to it
-        shown.append(f"and {len(distinct) - 3} more node errors (node_errors below)")
+    shown = [*map(str, distinct[:1])]
+    if len(distinct) > 1:  # e.g. a dead worker fails every node sent to it
+        shown.append(f"{len(distinct) - 1} more node errors in summary.json")
     reason = "; ".join([f"{type(error).__name__}: {error}", *shown])
     summary: dict[str, Any] = {
         "status": "failed",
         "error": reason,
         "node_errors": [e.to_json() for e in node_errors],
         "run_id": results_dir.name,
+        **fault_totals(results_dir / "rejections.csv"),  # every attempt's, this one's too
     }
     try:  # what was released before the failure stays auditable
         summary["ledger"] = ledger_heads(results_dir / LEDGER_FOLDER)
     except LedgerError as unreadable:
         summary["ledger_error"] = str(unreadable)
     write_json(results_dir / "summary.json", summary)
+
+
+def fault_totals(path: Path) -> dict[str, int]:
+    """Client failures and rejected updates in a ``rejections.csv`` (all attempts)."""
+    if not path.is_file():
+        return {"client_failures": 0, "rejected_updates": 0}
+    with path.open(newline="") as handle:
+        kinds = [row.get("kind") for row in csv.DictReader(handle)]
+    return {"client_failures": kinds.count("failed"), "rejected_updates": kinds.count("rejected")}

@@ -100,6 +100,18 @@ def test_a_killed_worker_stops_the_run_within_one_round_with_a_clear_error(
     assert "done" not in printed.splitlines()[-1]
     assert completed_rounds(results) - killed_after <= 1
     assert marked_processes(marker) == {}
+    # the console: at most 5 lines after the last round's progress line, the last one
+    # naming the worker's round and the way on; the details are in the run's log
+    lines = printed.strip().splitlines()
+    progress = max(
+        i for i, line in enumerate(lines) if line.startswith("INFO fedseqrec.server: round")
+    )
+    assert len(lines) - 1 - progress <= 5, lines[progress:]
+    dead_round = completed_rounds(results) + 1
+    assert f"WorkerDiedError: round {dead_round}: the simulation worker" in lines[-1]
+    assert f"--resume {folder}" in lines[-1]
+    assert "Traceback" not in printed and "ray::" not in printed
+    assert summary["client_failures"] >= 1  # the dead round's failures stay on the record
 
 
 @pytest.mark.simulation
