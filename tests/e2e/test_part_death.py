@@ -37,6 +37,12 @@ WAIT_SECONDS = 240.0  # a launch takes about 20 s on 2 idle cores, 60 s on busy 
 GONE_SECONDS = 20.0  # every process of the run stopped within this after the kill
 
 
+def saved_round(results: Path) -> int:
+    """The round of the run's last saved state (-1 before one was saved)."""
+    states = list(results.glob("*/state/server_state.json"))
+    return int(json.loads(states[0].read_text())["round"]) if states else -1
+
+
 @pytest.mark.simulation
 @pytest.mark.parametrize(("part", "command"), [("SuperLink", "flower-superlink"),
                                                ("ServerApp", "flwr-simulation")])  # fmt: skip
@@ -51,8 +57,7 @@ def test_a_part_killed_alone_stops_the_run_which_then_resumes(
                           flower_env())  # fmt: skip
     try:
         deadline = time.monotonic() + WAIT_SECONDS
-        while not list(results.glob("*/state/server_state.json")) or int(json.loads(
-                next(results.glob("*/state/server_state.json")).read_text())["round"]) < 2:
+        while saved_round(results) < 2:
             assert launch.process.poll() is None, log.read_text(errors="replace")[-2000:]
             assert time.monotonic() < deadline, "two rounds never completed"
             time.sleep(0.1)
