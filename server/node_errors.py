@@ -36,10 +36,11 @@ class NodeError:
         return asdict(self)
 
     def __str__(self) -> str:
-        return (
-            f"node {self.node_id} failed in round {self.server_round} "
-            f"({self.message_type}): {self.reason}"
-        )
+        """One line: the reason's first line, at most 200 characters (all of it in JSON)."""
+        first = " ".join(self.reason.strip().splitlines()[0].split()) if self.reason.strip() else ""
+        short = first if len(first) <= 200 else first[:197] + "..."
+        where = f"node {self.node_id} failed in round {self.server_round}"
+        return f"{where} ({self.message_type}): {short}"
 
 
 def _server_round(message: Message) -> int:

@@ -41,6 +41,7 @@ from common.models.attribute_embedding import EXTRA_STATE
 from common.storage.atomic import write_atomically
 
 CHECKPOINT_FORMAT = 2
+VALID_KEY = "simulation_only_valid"  # validation figures: a diagnostic, not a release
 ATTRIBUTE_INDEX = f"items.{EXTRA_STATE}"  # the public item -> attribute map, if the model has one
 ItemId = int | str
 
@@ -83,7 +84,9 @@ class Checkpoint:
             "n_items": self.n_items,
             "item_ids": list(self.item_ids),
             "dataset": self.dataset,
-            "valid": {key: float(value) for key, value in self.valid.items()},
+            # computed by the measurement harness from every user's data: named so, since
+            # the checkpoint is what a run releases (DESIGN.md: accounted or withheld)
+            VALID_KEY: {key: float(value) for key, value in self.valid.items()},
             "ledger": {name: dict(head) for name, head in self.ledger.items()},
         }
 
@@ -137,7 +140,7 @@ def _checkpoint_of(path: Path, raw: dict[str, Any]) -> Checkpoint:
             model_config=ModelConfig(**raw["model_config"]),
             item_ids=list(raw["item_ids"]),
             dataset=str(raw.get("dataset", "")),
-            valid=dict(raw.get("valid", {})),
+            valid=dict(raw.get(VALID_KEY, raw.get("valid", {}))),  # "valid": older files
             ledger=dict(raw.get("ledger", {})),
         )
     except (KeyError, TypeError, ValueError) as error:

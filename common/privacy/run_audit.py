@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from common.privacy.folder_checks import folder_failures
 from common.privacy.ledger import LedgerError, read_ledger_file
 from common.privacy.ledger_audit import SERVER, AuditReport, audit_ledgers, find_ledgers
 from common.privacy.ledger_heads import (
@@ -66,7 +67,9 @@ def run_failures(run: Path) -> list[str]:
     failures += _checkpoint_failures(run)
     failures += _run_id_failures(run, summary)
     failures += _released_round_failures(run, summary)
-    return failures
+    entries = [e for path in sorted((run / LEDGER_FOLDER).glob("*.jsonl"))
+               for e in read_ledger_file(path).entries]  # fmt: skip
+    return failures + folder_failures(run, summary, entries)
 
 
 def resume_failures(run: Path, round_offset: int = 0) -> list[str]:
@@ -192,8 +195,9 @@ def _released_round_failures(run: Path, summary: Mapping[str, Any]) -> list[str]
     """Every round whose model left has its ledger entries (server, or each client)."""
     config = summary.get("config")
     dp = config.get("dp") if isinstance(config, dict) else None
+    failures = _statistics_failures(run, summary)  # whatever the summary says the mode is
     if dp not in ("user", "local"):
-        return []
+        return failures
     if not (run / METRICS).is_file():
         return [f"{run / METRICS} is missing: the released rounds cannot be checked"]
     offset, _ = _started_from(summary)
@@ -206,23 +210,30 @@ def _released_round_failures(run: Path, summary: Mapping[str, Any]) -> list[str]
         ledger = read_ledger_file(run / LEDGER_FOLDER / SERVER_LEDGER).entries
         ours = [e for e in ledger if e.who == SERVER and e.run_id == run_id]
         rounds = {e.round for e in ours if e.mechanism != STATISTICS_MECHANISM}
-        failures = [
+        return failures + [
             f"round {r} released but not in the ledger" for r in sorted(released) if r not in rounds
         ]
-        if (run / STATISTICS_FILE).is_file() and not any(
-            e.mechanism == STATISTICS_MECHANISM for e in ours
-        ):
-            failures.append(
-                f"{run / STATISTICS_FILE} released but no {STATISTICS_MECHANISM} entry of "
-                f"this run is in the ledger"
-            )
-        return failures
     clients = run / LEDGER_FOLDER / CLIENTS_LEDGER
     if not clients.is_file():  # deployed nodes keep their own ledgers
-        return []
+        return failures
     counts = Counter(e.round for e in read_ledger_file(clients).entries if e.run_id == run_id)
-    return [
+    return failures + [
         f"round {r}: {int(n)} client updates aggregated but {counts[r]} in the ledger"
         for r, n in sorted(released.items())
         if counts[r] < n
+    ]
+
+
+def _statistics_failures(run: Path, summary: Mapping[str, Any]) -> list[str]:
+    """Released statistics need their dp-statistics entry, whatever the config says."""
+    if not (run / STATISTICS_FILE).is_file():
+        return []
+    run_id = str(summary.get("run_id") or run.name)
+    server = run / LEDGER_FOLDER / SERVER_LEDGER
+    entries = read_ledger_file(server).entries if server.is_file() else []
+    if any(e.mechanism == STATISTICS_MECHANISM and e.run_id == run_id for e in entries):
+        return []
+    return [
+        f"{run / STATISTICS_FILE} released but no {STATISTICS_MECHANISM} entry of this run "
+        f"is in the ledger"
     ]

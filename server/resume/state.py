@@ -118,6 +118,8 @@ def load_server_state(folder: Path) -> ServerState:
 
 def keep_file(source: Path, target: Path) -> None:
     """Make ``target`` hold ``source``'s bytes for good: a hard link, else a copy; atomic."""
+    if target.exists() and os.path.samefile(source, target):
+        return  # already the same file (renaming a link onto it would leave the link behind)
     temporary = target.with_name(f".{target.name}.link")
     temporary.unlink(missing_ok=True)
     try:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from common.privacy.accounting import Release, pld_epsilon, rdp_epsilon
 from common.privacy.ledger import LedgerEntry, PrivacyBudget, PrivacyLedger, read_ledger
@@ -41,6 +42,7 @@ def honest_run(folder: Path) -> Path:
         )
     summary = {"status": "completed", "run_id": "run-a", "ledger": ledger_heads(folder / "ledger")}
     (folder / "summary.json").write_text(json.dumps(summary))
+    torch.save({"round": ROUNDS, "ledger": summary["ledger"]}, folder / "checkpoint.pt")
     return folder
 
 

@@ -139,6 +139,89 @@ def delete_ledger(run: Path) -> None:
     (run / "ledger" / "server.jsonl").unlink()
 
 
+def rewrite_heads(run: Path) -> None:
+    """A careful forger: summary.json's and checkpoint.pt's ledger heads made to match."""
+    heads = ledger_heads(run / "ledger")
+    summary = json.loads((run / "summary.json").read_text())
+    summary["ledger"] = heads
+    (run / "summary.json").write_text(json.dumps(summary))
+    raw = torch.load(run / "checkpoint.pt", weights_only=True)
+    raw["ledger"] = heads
+    torch.save(raw, run / "checkpoint.pt")
+
+
+def forge_consistently(run: Path, **fields: object) -> None:
+    """Every entry changed, epsilons recomputed by our own accountant, chain and heads redone."""
+    records, releases = server_lines(run), []
+    for record in records:
+        record.update(fields)
+        releases.append(LedgerEntry(**record).release())
+        record["epsilon"] = rdp_epsilon(releases, record["delta"])
+    write_lines(run, records, rechain=True)
+    rewrite_heads(run)
+
+
+def hide_last_round(run: Path) -> None:
+    """Round 4 gone from ledger, summary, metrics and heads; checkpoint.pt still round 4's."""
+    write_lines(run, server_lines(run)[:3], rechain=True)
+    metrics = (run / "metrics.csv").read_text().splitlines(keepends=True)
+    (run / "metrics.csv").write_text("".join(metrics[:-1]))
+    summary = json.loads((run / "summary.json").read_text())
+    summary.update(rounds=3, released_round=3)
+    summary["privacy"]["epsilon"] = server_lines(run)[-1]["epsilon"]
+    (run / "summary.json").write_text(json.dumps(summary))
+    rewrite_heads(run)
+
+
+def set_config(**changes: object) -> Edit:
+    def edit(run: Path) -> None:
+        summary = json.loads((run / "summary.json").read_text())
+        summary["config"].update(changes)
+        (run / "summary.json").write_text(json.dumps(summary))
+
+    return edit
+
+
+def set_privacy(**changes: object) -> Edit:
+    def edit(run: Path) -> None:
+        summary = json.loads((run / "summary.json").read_text())
+        summary["privacy"].update(changes)
+        (run / "summary.json").write_text(json.dumps(summary))
+
+    return edit
+
+
+def add_file(relative: str, source: str = "checkpoint.pt") -> Edit:
+    def edit(run: Path) -> None:
+        target = run / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run / source, target) if source else target.write_text("x")
+
+    return edit
+
+
+def set_checkpoint_round(value: int) -> Edit:
+    def edit(run: Path) -> None:
+        raw = torch.load(run / "checkpoint.pt", weights_only=True)
+        raw["round"] = value
+        torch.save(raw, run / "checkpoint.pt")
+
+    return edit
+
+
+def unledgered_statistics(run: Path) -> None:
+    """Statistics released without their entry, and the summary saying the run is not DP."""
+    from common.privacy.statistics import release_statistics
+
+    release_statistics([[1, 2, 3]], [[1], [1], [2], [2]], 3, 4.0, 1e-3).save(run / "statistics.npz")
+    set_config(dp="none")(run)
+
+
+def forged_then_checkpoint_deleted(run: Path) -> None:
+    forge_consistently(run, noise_multiplier=2.0)
+    (run / "checkpoint.pt").unlink()
+
+
 CORPUS: dict[str, tuple[Edit, str]] = {
     "deleted middle line": (drop(2), "entry 2 does not chain to entry 1"),
     "deleted middle line, round": (drop(2), "round 2 released but not in the ledger"),
@@ -173,6 +256,72 @@ CORPUS: dict[str, tuple[Edit, str]] = {
         lambda run: (run / "summary.json").unlink(),
         "summary.json and config.json are missing",
     ),
+    # consistent forgeries (chain and heads recomputed) and cross-checks of the folder
+    "released model deleted": (
+        lambda run: (run / "checkpoint.pt").unlink(),
+        "checkpoint.pt is missing, but the ledger records model releases up to round 4",
+    ),
+    "doubled noise, heads rewritten, model deleted": (
+        forged_then_checkpoint_deleted,
+        "checkpoint.pt is missing, but the ledger records model releases up to round 4",
+    ),
+    "last round hidden everywhere but the model": (
+        hide_last_round,
+        "is the model of round 4, but the ledger's last server release is round 3",
+    ),
+    "population shrunk with delta, heads rewritten": (
+        lambda run: forge_consistently(run, population=2, delta=0.05),
+        "the ledger protects a population of 2, but the data set",
+    ),
+    "statistics without entry, summary says dp none": (
+        unledgered_statistics,
+        "statistics.npz released but no dp-statistics entry of this run is in the ledger",
+    ),
+    "summary says dp none": (set_config(dp="none"), "says dp = none, but the ledger records 4"),
+    "config asks for seeded noise, ledger says os-entropy": (
+        set_config(**{"insecure-reproducible-noise": True}),
+        "the ledger labels 4 release(s) 'os-entropy': relabelled noise",
+    ),
+    "false epsilon in summary": (set_privacy(epsilon=1.0), "states epsilon 1.0, but the ledger"),
+    "false noise multiplier in summary": (
+        set_privacy(noise_multiplier=2.0),
+        "states noise_multiplier 2.0, but the ledger's last server entry (round 4) records 1.0",
+    ),
+    "false population in summary": (set_privacy(population=943), "states population 943"),
+    "released round changed in summary": (
+        edit_summary(released_round=3),
+        "says round 3 was released, but",
+    ),
+    "model round raised": (set_checkpoint_round(9), "is the model of round 9, but the ledger"),
+    "extra best_checkpoint.pt": (
+        add_file("best_checkpoint.pt"),
+        "best_checkpoint.pt is neither a ledgered release nor a harmless file",
+    ),
+    "a model in state/": (add_file("state/model-round-9.pt"), "a model no ledger entry accounts"),
+    "leftover statistics.npz.pending": (
+        add_file("statistics.npz.pending"),
+        "a leftover temporary copy of a release",
+    ),
+    "second statistics file": (
+        add_file("statistics-2.npz"),
+        "statistics-2.npz is neither a ledgered release",
+    ),
+    "model hidden in a subfolder": (add_file("extra/m.pt"), "extra/m.pt is neither a ledgered"),
+    "leftover temporary checkpoint": (
+        add_file(".checkpoint.pt.x1y2"),
+        "a leftover temporary copy of a release",
+    ),
+    "unknown file": (add_file("notes.txt", ""), "notes.txt is neither a ledgered release"),
+}
+
+# Edits the audit accepts, and why they are harmless (docs/privacy-audit.md, HARMLESS):
+HARMLESS_EDITS: dict[str, Edit] = {
+    # the logs, plots and reports are written from simulation-only diagnostics or from
+    # the ledger itself: they release nothing the ledger must account for
+    "flwr.log rewritten": add_file("flwr.log", ""),
+    "plot replaced": add_file("valid_ndcg.png", ""),
+    "an audit report saved in the folder": add_file("report.html", ""),
+    "old launch logs kept": add_file("superlink.1.log", ""),
 }
 
 
@@ -198,7 +347,18 @@ def test_the_honest_run_passes(honest: Path, capsys: pytest.CaptureFixture[str])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "PASSED" in out
-    assert len(CORPUS) >= 15
+    assert len(CORPUS) >= 40
+
+
+@pytest.mark.parametrize("name", sorted(HARMLESS_EDITS))
+def test_harmless_edits_pass(
+    honest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    run = tmp_path / honest.name
+    shutil.copytree(honest, run)
+    HARMLESS_EDITS[name](run)
+    code = main([str(run)])
+    assert code == 0, capsys.readouterr().out
 
 
 def test_insecure_reproducible_noise_is_never_certified(

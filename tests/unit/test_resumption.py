@@ -19,7 +19,13 @@ from server.fault_tolerance import FaultLog, RoundFaults
 from server.resume.flower_optimizer import optimizer_state, restore_optimizer
 from server.resume.keeper import RoundStateKeeper, SkipRounds
 from server.resume.restore import resume_run
-from server.resume.state import ResumeError, ServerState, load_server_state, save_server_state
+from server.resume.state import (
+    ResumeError,
+    ServerState,
+    keep_file,
+    load_server_state,
+    save_server_state,
+)
 from server.run_recorder import CHECKPOINT
 from simulations.launch import main
 from tests.helpers import (
@@ -231,3 +237,15 @@ def test_a_new_launch_does_not_take_resume_from(
         assert main([*argv, "--results", str(tmp_path / "results")]) == 2
         assert "resume-from: use --resume RUN_DIR" in capsys.readouterr().err
         assert not (tmp_path / "results").exists()
+
+
+def test_keeping_a_file_onto_its_own_hard_link_leaves_no_temporary_behind(tmp_path: Path) -> None:
+    # Prepare: the state's model and checkpoint.pt are one file (as after a save)
+    source, target = tmp_path / "state-model.pt", tmp_path / "checkpoint.pt"
+    source.write_bytes(b"model")
+    keep_file(source, target)
+    # Execute: restoring it (a resume) onto the same file
+    keep_file(source, target)
+    # Assert
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "state-model.pt"]
+    assert target.read_bytes() == b"model"

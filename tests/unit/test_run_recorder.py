@@ -79,6 +79,8 @@ def test_a_round_without_replies_fails_the_run(cycle_log: Path, tmp_path: Path) 
         "node_errors": [],
         "run_id": tmp_path.name,
         "ledger": {},  # no ledger: nothing private was released
+        "client_failures": 0,  # rejections.csv's rows: every attempt's
+        "rejected_updates": 0,
     }
 
 
@@ -96,6 +98,19 @@ def test_a_failed_run_names_the_failed_nodes_once(tmp_path: Path) -> None:
         f"node 7 failed in round 2 (train): {reason}"
     )
     assert [e["server_round"] for e in summary["node_errors"]] == [1, 2]
+
+
+def test_a_failed_run_names_a_multi_line_node_reason_in_one_line(tmp_path: Path) -> None:
+    reason = "ActorDiedError: the actor died\n\tclass_name: ClientAppActor\n\tpid: 7"
+    errors = [NodeError(node, 3, "train", reason) for node in (7, 8, 9)]
+
+    record_failure(tmp_path, RuntimeError("round 3: a worker died"), errors)
+
+    error = json.loads((tmp_path / "summary.json").read_text())["error"]
+    assert error == (
+        "RuntimeError: round 3: a worker died; node 7 failed in round 3 (train): "
+        "ActorDiedError: the actor died; 2 more node errors in summary.json"
+    )
 
 
 def test_results_dir_must_be_absolute(cycle_log: Path) -> None:
