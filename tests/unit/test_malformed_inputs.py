@@ -182,6 +182,8 @@ LAUNCH_CASES: list[tuple[str, str, list[str], str]] = [
                                "delta=0.01"], r"delta 1e-2 above 1 / \(10 x 20\)"),
     ("target epsilon unreachable", "", ["dp='user'", "partition-mode='cohort'",
                                         "target-epsilon=1e-9"], r"privacy budget is too low"),
+    ("checkpoint nan", "", ["initial-checkpoint='{tmp}/nan.pt'"],
+     r"nan\.pt: tensor 'items\.weight' holds 1 NaN or infinite value\(s\) out of"),
     ("attributes missing", "", ["item-attributes='/nowhere/attrs.json'"],
      r"attrs\.json: item attribute file not found"),
     ("results is a file", "", ["--results={tmp}/notes.pt"], r"--results .*cannot create a run"),
@@ -209,6 +211,7 @@ def test_launcher_refuses_before_starting_anything(
     monkeypatch.setattr(launch_module, "launch_in", _no_process)
     dataset = write_cycle_log(tmp_path / "cycle.csv")
     (tmp_path / "notes.pt").write_text("not a checkpoint")
+    non_finite(float("nan"))(tmp_path / "nan.pt")
     preset = tmp_path / "bad.toml"
     body = preset_text or f'dataset = "{dataset}"\nmodel = "lstm"\ndim = 8\n'
     preset.write_bytes(body if isinstance(body, bytes) else body.encode())
@@ -317,6 +320,17 @@ def truncated(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+def non_finite(value: float) -> Callable[[Path], None]:
+    """A checkpoint that fits its model and catalogue, one weight set to ``value``."""
+
+    def write(path: Path) -> None:
+        raw = good_checkpoint()
+        raw["state_dict"]["items.weight"].view(-1)[3] = value
+        torch.save(raw, path)
+
+    return write
+
+
 def other_shape(path: Path) -> None:
     wide = build_model(ModelConfig(name="lstm", dim=16, layers=1, max_len=10), len(ITEMS))
     saved(state_dict=wide.state_dict())(path)
@@ -342,6 +356,10 @@ CHECKPOINT_CASES: list[tuple[str, Callable[[Path], None] | str | None, str]] = [
     ("round text", saved(round="last"), r"c\.pt: malformed checkpoint"),
     ("other shape", other_shape, r"weights do not fit a lstm model of 5 items"),
     ("legacy alone", saved(item_ids=None, model_config=None), r"no config\.json of its run"),
+    ("weights nan", non_finite(float("nan")),
+     r"c\.pt: tensor 'items\.weight' holds 1 NaN or infinite value\(s\) out of 48; these "
+     r"weights cannot score items"),
+    ("weights -inf", non_finite(float("-inf")), r"c\.pt: tensor 'items\.weight' holds 1 NaN"),
 ]  # fmt: skip
 
 
@@ -512,6 +530,7 @@ def _bad_files(folder: Path) -> None:
     (folder / "notes.pt").write_text("not a checkpoint")
     (folder / "ledger.jsonl").write_text("not json\n")
     (folder / "train.toml").write_text('dim = "big"\n')
+    non_finite(float("nan"))(folder / "nan.pt")
 
 
 CLI_CASES = [
@@ -534,6 +553,8 @@ CLI_CASES = [
     ("audit", ["-m", "common.privacy.report", "{tmp}/ledger.jsonl"], r"line 1: not JSON"),
     ("recommend", ["-m", "client.recommend", "--checkpoint", "{tmp}/notes.pt", "--items", "1"],
      r"notes\.pt: not a readable checkpoint"),
+    ("recommend nan", ["-m", "client.recommend", "--checkpoint", "{tmp}/nan.pt", "--items", "a"],
+     r"nan\.pt: tensor 'items\.weight' holds 1 NaN or infinite value"),
     ("train", ["-m", "common.training.cli", "--config", "{tmp}/train.toml", "--out",
                "{tmp}/results"], r"dim must be an integer"),
 ]  # fmt: skip
