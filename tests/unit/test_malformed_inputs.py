@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import torch
 
+import common.training.cli as train_cli
 import simulations.launch as launch_module
 from common.data.catalogue import ItemCatalogue
 from common.data.node_data import NodeDataConfig
@@ -191,8 +192,8 @@ LAUNCH_CASES: list[tuple[str, str, list[str], str]] = [
 
 
 def _no_process(*args: object) -> None:
-    """Stands in for the step that writes the run folder and starts the SuperLink."""
-    raise AssertionError("the launcher went on to start a SuperLink")
+    """Stands in for the step that starts the work: the SuperLink, or the training data."""
+    raise AssertionError("the command went on past its checks")
 
 
 @pytest.mark.parametrize(
@@ -523,6 +524,31 @@ def test_train_config_is_refused_in_one_line(
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize(
+    ("out", "pattern"),
+    [("notes.txt", r"--out .*notes\.txt: is a file, not a folder for run folders$"),
+     ("notes.txt/runs", r"--out .*runs: lies under the file .*notes\.txt, not a folder")],
+    ids=["a file", "under a file"],
+)  # fmt: skip
+def test_train_out_must_be_a_folder_before_training_starts(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    out: str,
+    pattern: str,
+) -> None:
+    monkeypatch.setattr(train_cli, "load_data", _no_process)
+    (tmp_path / "notes.txt").write_text("kept")
+    before = snapshot(tmp_path)
+
+    code = train_main(["--out", str(tmp_path / out), "--epochs", "1"])
+
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and line.startswith("fedseqrec-train: error: ")
+    assert_one_line(line, pattern)
+    assert snapshot(tmp_path) == before
+
+
 # --- every command line, in a subprocess: exit 2, no traceback ---------------------------
 
 
@@ -555,6 +581,8 @@ CLI_CASES = [
      r"notes\.pt: not a readable checkpoint"),
     ("recommend nan", ["-m", "client.recommend", "--checkpoint", "{tmp}/nan.pt", "--items", "a"],
      r"nan\.pt: tensor 'items\.weight' holds 1 NaN or infinite value"),
+    ("train out is a file", ["-m", "common.training.cli", "--out", "{tmp}/notes.pt"],
+     r"--out .*notes\.pt: is a file, not a folder for run folders"),
     ("train", ["-m", "common.training.cli", "--config", "{tmp}/train.toml", "--out",
                "{tmp}/results"], r"dim must be an integer"),
 ]  # fmt: skip
