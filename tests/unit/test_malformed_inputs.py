@@ -36,6 +36,7 @@ from common.federation.checkpoints import (
     save_checkpoint,
 )
 from common.federation.config import FederatedConfig
+from common.federation.preflight import check_privacy_plan
 from common.models import ModelConfig, build_model
 from common.privacy.ledger import LedgerError, read_ledger
 from common.training.cli import main as train_main
@@ -155,6 +156,34 @@ def test_run_config_is_refused_in_one_line(overrides: dict[str, Any], pattern: s
     assert_one_line(str(caught.value), pattern)
 
 
+PRIVACY_PLAN_CASES = [
+    ("user", {**COHORT, "dp": "user"}, r"at delta 1e-3 the RDP accountant certifies no "
+     r"epsilon below (0\.\d+), however large the noise; set target-epsilon >= (0\.\d+)$"),
+    ("local", {"dp": "local"}, r"at delta 1e-3 .* set target-epsilon >= (0\.\d+)$"),
+    ("statistics", {**STATS_DP, "statistics-share": 0.5}, r"its statistics-share 0\.5 "
+     r"\(5e-10\) is below 0\.\d+, the smallest epsilon the RDP accountant certifies at delta "
+     r"1e-3; set target-epsilon >= (0\.\d+)$"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("mode", "pattern"),
+    [case[1:] for case in PRIVACY_PLAN_CASES],
+    ids=[case[0] for case in PRIVACY_PLAN_CASES],
+)
+def test_unreachable_target_epsilon_names_the_key_and_what_works(
+    mode: dict[str, Any], pattern: str
+) -> None:
+    config = FederatedConfig.from_run_config({**mode, "target-epsilon": 1e-9})
+
+    with pytest.raises(ValueError) as caught:
+        check_privacy_plan(config, 100)
+    least = float(re.findall(r">= ([0-9.]+)$", str(caught.value))[0])
+    check_privacy_plan(FederatedConfig.from_run_config({**mode, "target-epsilon": least}), 100)
+
+    assert_one_line(str(caught.value), r"^target-epsilon 1e-09 is too low: " + pattern)
+
+
 # --- the simulation launcher: presets, --set, and files the config names -------------
 
 LAUNCH_CASES: list[tuple[str, str, list[str], str]] = [
@@ -182,7 +211,10 @@ LAUNCH_CASES: list[tuple[str, str, list[str], str]] = [
     ("delta above 1/10n", "", ["dp='user'", "partition-mode='cohort'", "noise-multiplier=1.0",
                                "delta=0.01"], r"delta 1e-2 above 1 / \(10 x 20\)"),
     ("target epsilon unreachable", "", ["dp='user'", "partition-mode='cohort'",
-                                        "target-epsilon=1e-9"], r"privacy budget is too low"),
+                                        "target-epsilon=1e-9"],
+     r"target-epsilon 1e-09 is too low: at delta 5e-3 .* set target-epsilon >= 0\.0\d+$"),
+    ("local target epsilon unreachable", "", ["dp='local'", "target-epsilon=1e-9"],
+     r"target-epsilon 1e-09 is too low: at delta 5e-3 .* set target-epsilon >= 0\.0\d+$"),
     ("checkpoint nan", "", ["initial-checkpoint='{tmp}/nan.pt'"],
      r"nan\.pt: tensor 'items\.weight' holds 1 NaN or infinite value\(s\) out of"),
     ("attributes missing", "", ["item-attributes='/nowhere/attrs.json'"],
