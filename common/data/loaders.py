@@ -26,7 +26,7 @@ from common.data.ids import (
     text_id_column,
 )
 from common.data.log_format import LogFormat
-from common.data.timestamps import timestamp_seconds
+from common.data.timestamps import check_time_range, timestamp_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,8 @@ def load_ml100k(path: Path | None = None) -> ClickLog:
         name: integer_id_column(raw[name], path, name, 1, allow_negative=name == "timestamp")
         for name in ("user", "item", "timestamp")
     }
+    seconds = columns["timestamp"].astype(np.float64)
+    check_time_range(seconds, raw["timestamp"], path, "timestamp", 1, "read as seconds since 1970")
     frame, dropped = drop_duplicate_interactions(pd.DataFrame(columns), str(path), 1)
     return ClickLog(frame.reset_index(drop=True), source=str(path), duplicates_dropped=dropped)
 

@@ -4,6 +4,10 @@ Numeric timestamps are scaled by their unit (stated, or detected from the magnit
 warning); date strings are parsed as ISO-8601 (any resolution, time zones honoured, naive
 times taken as UTC), falling back to pandas' mixed-format parser with a warning. Seconds
 are kept as float64 so sub-second gaps order events; whole-second data stays exact.
+
+Every time must fall between 1970-01-01 and 2200-01-01 (UTC), read in its unit: one
+absurd value (``1e300``) would otherwise make the detected unit nanoseconds and squash
+every other row into 1970.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ logger = logging.getLogger(__name__)
 # year 5138, while 1e11 ms is 1973; every step is a factor 1,000.
 AUTO_THRESHOLDS = ((1e11, "s"), (1e14, "ms"), (1e17, "us"))
 EPOCH = pd.Timestamp(0, tz="UTC")
+# Accepted times in seconds since 1970 (UTC): from 1970-01-01 up to, not including, 2200.
+EARLIEST, LATEST = 0.0, (pd.Timestamp("2200-01-01", tz="UTC") - EPOCH).total_seconds()
+UNIT_NAMES = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
 
 
 def timestamp_seconds(
@@ -65,25 +72,48 @@ def _numeric_seconds(
             f"{path}, line {line}: field '{field}' must be a finite time, "
             f"got {text.loc[line - first_line]!r}"
         )
-    if unit == AUTO_UNIT:
-        unit = detect_unit(numbers, path, field)
-    return numbers * TIME_UNITS[unit]
-
-
-def detect_unit(numbers: np.ndarray, path: Path, field: str) -> str:
-    """The unit that puts the largest timestamp before the year 5138; warns unless seconds."""
-    largest = float(np.abs(numbers).max()) if len(numbers) else 0.0
-    unit = next((name for limit, name in AUTO_THRESHOLDS if largest < limit), "ns")
-    if unit != "s":
+    stated = unit != AUTO_UNIT
+    unit = unit if stated else detect_unit(numbers)
+    seconds = numbers * TIME_UNITS[unit]
+    reading = f"read as {UNIT_NAMES[unit]} since 1970"
+    if not stated:
+        reading += " (detected from the largest value; state the time unit if that is wrong)"
+    check_time_range(seconds, text, path, field, first_line, reading)
+    if unit != "s" and not stated:
         logger.warning(
             "%s: field '%s' looks like %s since 1970 (largest value %.0f); "
             "state the unit (time unit s/ms/us/ns) if that is wrong",
-            path,
-            field,
-            {"ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}[unit],
-            largest,
+            path, field, UNIT_NAMES[unit], float(np.abs(numbers).max()),
+        )  # fmt: skip
+    return seconds
+
+
+def detect_unit(numbers: np.ndarray) -> str:
+    """The unit that puts the largest timestamp before the year 5138."""
+    largest = float(np.abs(numbers).max()) if len(numbers) else 0.0
+    return next((name for limit, name in AUTO_THRESHOLDS if largest < limit), "ns")
+
+
+def check_time_range(
+    seconds: np.ndarray,
+    text: pd.Series,
+    path: Path,
+    field: str,
+    first_line: int,
+    reading: str = "",
+) -> None:
+    """Every time from 1970 up to 2200 (UTC); else an error naming the first line outside.
+
+    ``text`` holds the values as written (same index as the file's rows); ``reading`` says
+    how numbers were read (their unit), for the message.
+    """
+    outside = ~((seconds >= EARLIEST) & (seconds < LATEST))
+    if outside.any():
+        line = first_bad_line(pd.Series(outside, index=text.index), first_line)
+        raise DataFormatError(
+            f"{path}, line {line}: field '{field}' must be a time between 1970 and 2200 "
+            f"(UTC), got {text.loc[line - first_line]!r} {reading}".rstrip()
         )
-    return unit
 
 
 def _date_seconds(text: pd.Series, path: Path, field: str, first_line: int) -> np.ndarray:
@@ -105,4 +135,6 @@ def _date_seconds(text: pd.Series, path: Path, field: str, first_line: int) -> n
             f"{path}, line {line}: field '{field}' must be a number or a date "
             f"(ISO-8601), got {text.loc[line - first_line]!r}"
         )
-    return ((dates - EPOCH) / pd.Timedelta(seconds=1)).to_numpy(np.float64)
+    seconds = ((dates - EPOCH) / pd.Timedelta(seconds=1)).to_numpy(np.float64)
+    check_time_range(seconds, text, path, field, first_line)
+    return seconds

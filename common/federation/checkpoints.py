@@ -126,6 +126,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     if len(set(checkpoint.item_ids)) != checkpoint.n_items:
         raise CheckpointError(f"{path}: malformed checkpoint (its catalogue repeats item ids)")
     _check_weights_fit(path, checkpoint)
+    _check_weights_finite(path, checkpoint)
     return checkpoint
 
 
@@ -192,6 +193,19 @@ def _check_weights_fit(path: Path, checkpoint: Checkpoint) -> None:
             f"{path}: weights do not fit a {checkpoint.model_config.name} model of "
             f"{checkpoint.n_items} items ({first})"
         ) from None
+
+
+def _check_weights_finite(path: Path, checkpoint: Checkpoint) -> None:
+    """Every weight is a finite number: NaN or inf would score every item NaN, silently."""
+    for name, tensor in checkpoint.state_dict.items():
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            continue
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} holds {bad} NaN or infinite value(s) out of "
+                f"{tensor.numel()}; these weights cannot score items"
+            )
 
 
 def check_compatible(

@@ -25,7 +25,7 @@ from common.federation.config import FederatedConfig
 from common.federation.node_partition import data_source
 from common.federation.run_model import run_model
 from common.federation.statistics_config import user_level_noise
-from common.privacy.calibration import resolve_delta
+from common.privacy.calibration import check_reachable, resolve_delta
 
 
 def check_population(config: FederatedConfig, n_users: int) -> None:
@@ -38,16 +38,20 @@ def check_population(config: FederatedConfig, n_users: int) -> None:
 
 
 def check_privacy_plan(config: FederatedConfig, n_users: int) -> None:
-    """delta fits the users protected; user-level DP's noise can be derived for the run.
+    """delta fits the users protected; the run's noise can be derived from its target.
 
     The same calls the server makes (:mod:`server.user_level_privacy`): delta at most
     1 / (10 n), and a target epsilon the accountant can meet over every planned round.
+    With ``dp = "local"`` each node calibrates on its own data (sampling rate, steps), but
+    a target below the accountant's floor at this delta fails on every node alike.
     """
     if config.dp == "none":
         return
     delta = resolve_delta(config.delta, n_users)
     if config.dp == "user":
         user_level_noise(config, delta)
+    elif config.target_epsilon > 0 and not config.noise_multiplier > 0:
+        check_reachable(config.target_epsilon, delta)
 
 
 def check_simulation_inputs(config: FederatedConfig) -> int:

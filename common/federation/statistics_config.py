@@ -19,7 +19,13 @@ from typing import Any
 
 from common.evaluation.on_device import ScorerSettings
 from common.privacy.accounting import Release
-from common.privacy.calibration import calibrate_noise, noise_after_prior
+from common.privacy.calibration import (
+    EpsilonTooLowError,
+    calibrate_noise,
+    noise_after_prior,
+    round_up,
+    short_number,
+)
 from common.privacy.statistics import joint_noise_multiplier, noise_multipliers
 
 
@@ -104,7 +110,7 @@ def user_level_noise(config: Any, delta: float) -> tuple[float, dict[str, float]
             mode="user",
         )
         return noise, {}
-    statistics = noise_multipliers(config.statistics_share * config.target_epsilon, delta)
+    statistics = statistics_noise(config, delta)
     if config.num_server_rounds == 0:
         return 0.0, statistics
     prior = [Release(joint_noise_multiplier(statistics), 1.0, 1)]
@@ -112,3 +118,20 @@ def user_level_noise(config: Any, delta: float) -> tuple[float, dict[str, float]
         prior, config.target_epsilon, delta, config.fraction_train, config.num_server_rounds
     )
     return noise, statistics
+
+
+def statistics_noise(config: Any, delta: float) -> dict[str, float]:
+    """Each statistic's noise multiplier for ``statistics-share x target-epsilon``.
+
+    A share below what the accountant can certify is reported as the keys that set it.
+    """
+    share, target = config.statistics_share, config.target_epsilon
+    try:
+        return noise_multipliers(share * target, delta)
+    except EpsilonTooLowError as error:
+        raise ValueError(
+            f"target-epsilon {target:g} is too low: its statistics-share {share:g} "
+            f"({share * target:g}) is below {error.floor:g}, the smallest epsilon the RDP "
+            f"accountant certifies at delta {short_number(delta)}; set target-epsilon >= "
+            f"{round_up(error.floor / share):g}"
+        ) from None

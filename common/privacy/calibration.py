@@ -66,10 +66,65 @@ def resolve_delta(configured: float | None, n_users: int) -> float:
     return check_delta(configured or default_delta(n_users), n_users)
 
 
+class EpsilonTooLowError(ValueError):
+    """A target epsilon below what the accountant certifies however large the noise.
+
+    ``floor`` is that smallest epsilon, rounded up (3 significant digits): a target at or
+    above it can be met.
+    """
+
+    def __init__(self, message: str, floor: float) -> None:
+        super().__init__(message)
+        self.floor = floor
+
+
+def epsilon_floor(delta: float, sampling_rate: float = 1.0, steps: int = 1) -> float:
+    """The smallest epsilon the RDP accountant certifies at ``delta``, rounded up.
+
+    The epsilon at half Opacus's ``MAX_SIGMA``: its search doubles the noise up to one
+    value in (MAX_SIGMA / 2, MAX_SIGMA], so every target at or above this is met. It
+    hardly depends on the sampling rate and steps (the noise makes their part vanish).
+    """
+    from opacus.accountants.utils import MAX_SIGMA
+
+    return round_up(rdp_epsilon([Release(MAX_SIGMA / 2, sampling_rate, steps)], delta))
+
+
+def round_up(value: float) -> float:
+    """``value`` > 0 rounded up to 3 significant digits: a bound safe to quote in a message."""
+    digits = 2 - math.floor(math.log10(value))
+    return math.ceil(value * 10**digits) / 10**digits
+
+
+def check_reachable(
+    target_epsilon: float,
+    delta: float,
+    sampling_rate: float = 1.0,
+    steps: int = 1,
+    name: str = "target-epsilon",
+) -> None:
+    """An :class:`EpsilonTooLowError` naming ``name`` when the target is below the floor."""
+    floor = epsilon_floor(delta, sampling_rate, steps)
+    if target_epsilon < floor:
+        raise EpsilonTooLowError(
+            f"{name} {target_epsilon:g} is too low: at delta {short_number(delta)} the RDP "
+            f"accountant certifies no epsilon below {floor:g}, however large the noise; "
+            f"set {name} >= {floor:g}",
+            floor,
+        )
+
+
 def noise_for_target_epsilon(
-    target_epsilon: float, delta: float, sampling_rate: float, steps: int
+    target_epsilon: float,
+    delta: float,
+    sampling_rate: float,
+    steps: int,
+    name: str = "target-epsilon",
 ) -> float:
-    """Smallest noise multiplier (within 1% of epsilon) whose RDP epsilon is <= target."""
+    """Smallest noise multiplier (within 1% of epsilon) whose RDP epsilon is <= target.
+
+    ``name`` is the setting an unreachable target is reported as.
+    """
     from opacus.accountants.utils import get_noise_multiplier
 
     if not math.isfinite(number_or_nan(target_epsilon)) or target_epsilon <= 0:
@@ -77,6 +132,7 @@ def noise_for_target_epsilon(
     if not 0.0 < number_or_nan(delta) < 1.0:
         raise ValueError(f"delta must be in (0, 1), got {delta}")
     Release(1.0, sampling_rate, steps)  # validates sampling_rate and steps
+    check_reachable(target_epsilon, delta, sampling_rate, steps, name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return float(
@@ -128,8 +184,8 @@ def noise_after_prior(
     spent = rdp_epsilon(list(prior), delta) if prior else 0.0
     if spent >= target_epsilon:
         raise ValueError(
-            f"the earlier releases already spend epsilon {spent:.4g} of the target "
-            f"{target_epsilon:g}: nothing is left for {steps} more"
+            f"target-epsilon {target_epsilon:g}: the earlier releases already spend "
+            f"epsilon {spent:.4g} of it, nothing is left for {steps} more"
         )
 
     def epsilon(noise: float) -> float:
@@ -139,7 +195,7 @@ def noise_after_prior(
     while epsilon(high) > target_epsilon:
         low, high = high, high * 2
         if high > 1e6:
-            raise ValueError(f"no noise multiplier fits target epsilon {target_epsilon:g}")
+            raise ValueError(f"target-epsilon {target_epsilon:g}: no noise multiplier fits it")
     while epsilon(high) < target_epsilon * 0.99 and high - low > 1e-4 * high:
         middle = (low + high) / 2
         if epsilon(middle) > target_epsilon:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import tomllib
 from collections.abc import Callable
@@ -162,16 +163,40 @@ def load_data(settings: dict[str, Any]) -> tuple[SequenceDataset, ItemAttributes
     return dataset, attributes
 
 
+def check_out_folder(root: Path) -> None:
+    """``--out`` is, or can become, a folder of run folders: refused before any training."""
+    existing = next((path for path in (root, *root.parents) if path.exists()), None)
+    if existing is None:  # not even the working folder: make_run_dir reports it
+        return
+    if not existing.is_dir():
+        where = "is a file" if existing == root else f"lies under the file {existing}"
+        raise ValueError(f"--out {root}: {where}, not a folder for run folders")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {root}: cannot create a run folder there ({existing} is "
+                         "not writable)")  # fmt: skip
+
+
+def make_run_dir(root: Path, label: str) -> Path:
+    """A new run folder under ``--out``; a ValueError naming --out when it cannot be made."""
+    try:
+        return new_run_dir(root, label)
+    except OSError as error:
+        raise ValueError(
+            f"--out {root}: cannot create a run folder there ({error.strerror})"
+        ) from None
+
+
 def run(settings: dict[str, Any]) -> tuple[Path, TrainResult]:
     """Train as configured and write the run folder."""
     model_config, train_config = configs_from(settings)
     train_config.torch_device()  # no CUDA: fail before anything is written
+    check_out_folder(Path(settings["out"]))
     if settings.get("threads"):
         torch.set_num_threads(int(settings["threads"]))
     dataset, attributes = load_data(settings)
     split = leave_one_out_split(dataset)
     label = f"{Path(str(settings['dataset'])).stem}-{model_config.name}"
-    run_dir = new_run_dir(Path(settings["out"]), label)
+    run_dir = make_run_dir(Path(settings["out"]), label)
     write_json(
         run_dir / "config.json",
         {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()},

@@ -1,15 +1,17 @@
 """End to end: a deployment whose SuperLink and ServerApp are SIGKILLed mid-run carries on.
 
 SuperLink (TLS, node auth, Flower's ``--database``) + two SuperNodes on 127.0.0.1, a
-user-level DP cohort run. After two rounds the SuperLink's whole process tree (the
-ServerApp with it) is killed with SIGKILL; the SuperLink is started again on the same
-database, and the run is submitted again with ``resume-from``: a new Flower run that
-carries on in the same run folder. The SuperNodes were never restarted.
+user-level DP cohort run. Once the server state of round 2 is saved, the SuperLink's
+whole process tree (the ServerApp with it) is killed with SIGKILL; the SuperLink is
+started again on the same database, and the run is submitted again with ``resume-from``:
+a new Flower run that carries on in the same run folder. The SuperNodes were never
+restarted.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import threading
 import time
 from pathlib import Path
@@ -21,9 +23,10 @@ from common.federation.config import FederatedConfig
 from common.privacy.ledger import read_ledger
 from deploy.local import CONNECTION, LocalDeployment
 from deploy.run import submit_run
+from server.resume.state import STATE_FOLDER, STATE_SUMMARY
 from simulations.launch import LaunchError, app_defaults
 from simulations.superlink import flower_env
-from tests.helpers import metrics_rows, processes_naming, running
+from tests.helpers import processes_naming, running
 
 ROUNDS = 5
 RUN = {"model": "lstm", "dim": 8, "layers": 1, "max-len": 10, "dropout": 0.0,
@@ -32,6 +35,16 @@ RUN = {"model": "lstm", "dim": 8, "layers": 1, "max-len": 10, "dropout": 0.0,
        "noise-multiplier": 1.0, "clip-norm": 1.0, "fraction-train": 1.0,
        "population": 20}  # fmt: skip
 WAIT_SECONDS = 300.0
+
+
+def saved_round(results: Path) -> int:
+    """The round of the run's last saved server state (0 before the first).
+
+    What a resumed run starts from; the metrics row and ledger entry of a round come
+    before its state, so waiting on them lets the kill land before the state is saved.
+    """
+    path = results / STATE_FOLDER / STATE_SUMMARY  # written atomically, after the .pt
+    return int(json.loads(path.read_text())["round"]) if path.is_file() else 0
 
 
 def node_logs(cycle_log: Path, folder: Path) -> list[Path]:
@@ -72,9 +85,9 @@ def test_a_killed_superlink_and_serverapp_resume_the_run_in_its_folder(
         submitted = threading.Thread(target=submit)
         submitted.start()
         deadline = time.monotonic() + WAIT_SECONDS
-        while not (results / "metrics.csv").exists() or len(metrics_rows(results)) < 3:
+        while saved_round(results) < 2:
             assert submitted.is_alive(), "the run ended before the kill"
-            assert time.monotonic() < deadline, "two rounds never completed"
+            assert time.monotonic() < deadline, "round 2's server state was never saved"
             time.sleep(0.1)
 
         # Execute: SIGKILL the SuperLink and the ServerApp, restart, resubmit

@@ -10,8 +10,11 @@ from common.federation.config import FederatedConfig
 from common.privacy.accounting import Release, rdp_epsilon
 from common.privacy.calibration import (
     DeltaError,
+    EpsilonTooLowError,
     calibrate_noise,
     default_delta,
+    epsilon_floor,
+    noise_for_target_epsilon,
     resolve_delta,
     short_number,
 )
@@ -53,3 +56,22 @@ def test_noise_is_given_or_fits_every_planned_step_in_the_target() -> None:
     assert 0.98 * 2.0 <= rdp_epsilon([Release(noise, 0.1, 10)], 1e-5) <= 2.0
     with pytest.raises(ValueError, match="dp = 'local' needs noise-multiplier > 0 or target"):
         calibrate_noise(0.0, 0.0, delta=1e-5, sampling_rate=0.1, planned_steps=10, mode="local")
+
+
+@pytest.mark.parametrize(("rate", "steps"), [(1.0, 1), (0.1, 100), (0.01, 5000)])
+def test_the_epsilon_floor_is_met_and_anything_below_is_refused_naming_the_key(
+    rate: float, steps: int
+) -> None:
+    floor = epsilon_floor(1e-5, rate, steps)
+
+    noise = noise_for_target_epsilon(floor, 1e-5, rate, steps)
+    with pytest.raises(EpsilonTooLowError) as caught:
+        noise_for_target_epsilon(floor * 0.99, 1e-5, rate, steps)
+
+    assert floor == 0.103  # at delta 1e-5, whatever the rate and steps
+    assert rdp_epsilon([Release(noise, rate, steps)], 1e-5) <= floor
+    assert caught.value.floor == floor
+    assert str(caught.value) == (
+        f"target-epsilon {floor * 0.99:g} is too low: at delta 1e-5 the RDP accountant "
+        "certifies no epsilon below 0.103, however large the noise; set target-epsilon >= 0.103"
+    )

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import torch
 
+import common.training.cli as train_cli
 import simulations.launch as launch_module
 from common.data.catalogue import ItemCatalogue
 from common.data.node_data import NodeDataConfig
@@ -35,6 +36,7 @@ from common.federation.checkpoints import (
     save_checkpoint,
 )
 from common.federation.config import FederatedConfig
+from common.federation.preflight import check_privacy_plan
 from common.models import ModelConfig, build_model
 from common.privacy.ledger import LedgerError, read_ledger
 from common.training.cli import main as train_main
@@ -154,6 +156,34 @@ def test_run_config_is_refused_in_one_line(overrides: dict[str, Any], pattern: s
     assert_one_line(str(caught.value), pattern)
 
 
+PRIVACY_PLAN_CASES = [
+    ("user", {**COHORT, "dp": "user"}, r"at delta 1e-3 the RDP accountant certifies no "
+     r"epsilon below (0\.\d+), however large the noise; set target-epsilon >= (0\.\d+)$"),
+    ("local", {"dp": "local"}, r"at delta 1e-3 .* set target-epsilon >= (0\.\d+)$"),
+    ("statistics", {**STATS_DP, "statistics-share": 0.5}, r"its statistics-share 0\.5 "
+     r"\(5e-10\) is below 0\.\d+, the smallest epsilon the RDP accountant certifies at delta "
+     r"1e-3; set target-epsilon >= (0\.\d+)$"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("mode", "pattern"),
+    [case[1:] for case in PRIVACY_PLAN_CASES],
+    ids=[case[0] for case in PRIVACY_PLAN_CASES],
+)
+def test_unreachable_target_epsilon_names_the_key_and_what_works(
+    mode: dict[str, Any], pattern: str
+) -> None:
+    config = FederatedConfig.from_run_config({**mode, "target-epsilon": 1e-9})
+
+    with pytest.raises(ValueError) as caught:
+        check_privacy_plan(config, 100)
+    least = float(re.findall(r">= ([0-9.]+)$", str(caught.value))[0])
+    check_privacy_plan(FederatedConfig.from_run_config({**mode, "target-epsilon": least}), 100)
+
+    assert_one_line(str(caught.value), r"^target-epsilon 1e-09 is too low: " + pattern)
+
+
 # --- the simulation launcher: presets, --set, and files the config names -------------
 
 LAUNCH_CASES: list[tuple[str, str, list[str], str]] = [
@@ -181,7 +211,12 @@ LAUNCH_CASES: list[tuple[str, str, list[str], str]] = [
     ("delta above 1/10n", "", ["dp='user'", "partition-mode='cohort'", "noise-multiplier=1.0",
                                "delta=0.01"], r"delta 1e-2 above 1 / \(10 x 20\)"),
     ("target epsilon unreachable", "", ["dp='user'", "partition-mode='cohort'",
-                                        "target-epsilon=1e-9"], r"privacy budget is too low"),
+                                        "target-epsilon=1e-9"],
+     r"target-epsilon 1e-09 is too low: at delta 5e-3 .* set target-epsilon >= 0\.0\d+$"),
+    ("local target epsilon unreachable", "", ["dp='local'", "target-epsilon=1e-9"],
+     r"target-epsilon 1e-09 is too low: at delta 5e-3 .* set target-epsilon >= 0\.0\d+$"),
+    ("checkpoint nan", "", ["initial-checkpoint='{tmp}/nan.pt'"],
+     r"nan\.pt: tensor 'items\.weight' holds 1 NaN or infinite value\(s\) out of"),
     ("attributes missing", "", ["item-attributes='/nowhere/attrs.json'"],
      r"attrs\.json: item attribute file not found"),
     ("results is a file", "", ["--results={tmp}/notes.pt"], r"--results .*cannot create a run"),
@@ -189,8 +224,8 @@ LAUNCH_CASES: list[tuple[str, str, list[str], str]] = [
 
 
 def _no_process(*args: object) -> None:
-    """Stands in for the step that writes the run folder and starts the SuperLink."""
-    raise AssertionError("the launcher went on to start a SuperLink")
+    """Stands in for the step that starts the work: the SuperLink, or the training data."""
+    raise AssertionError("the command went on past its checks")
 
 
 @pytest.mark.parametrize(
@@ -209,6 +244,7 @@ def test_launcher_refuses_before_starting_anything(
     monkeypatch.setattr(launch_module, "launch_in", _no_process)
     dataset = write_cycle_log(tmp_path / "cycle.csv")
     (tmp_path / "notes.pt").write_text("not a checkpoint")
+    non_finite(float("nan"))(tmp_path / "nan.pt")
     preset = tmp_path / "bad.toml"
     body = preset_text or f'dataset = "{dataset}"\nmodel = "lstm"\ndim = 8\n'
     preset.write_bytes(body if isinstance(body, bytes) else body.encode())
@@ -317,6 +353,17 @@ def truncated(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+def non_finite(value: float) -> Callable[[Path], None]:
+    """A checkpoint that fits its model and catalogue, one weight set to ``value``."""
+
+    def write(path: Path) -> None:
+        raw = good_checkpoint()
+        raw["state_dict"]["items.weight"].view(-1)[3] = value
+        torch.save(raw, path)
+
+    return write
+
+
 def other_shape(path: Path) -> None:
     wide = build_model(ModelConfig(name="lstm", dim=16, layers=1, max_len=10), len(ITEMS))
     saved(state_dict=wide.state_dict())(path)
@@ -342,6 +389,10 @@ CHECKPOINT_CASES: list[tuple[str, Callable[[Path], None] | str | None, str]] = [
     ("round text", saved(round="last"), r"c\.pt: malformed checkpoint"),
     ("other shape", other_shape, r"weights do not fit a lstm model of 5 items"),
     ("legacy alone", saved(item_ids=None, model_config=None), r"no config\.json of its run"),
+    ("weights nan", non_finite(float("nan")),
+     r"c\.pt: tensor 'items\.weight' holds 1 NaN or infinite value\(s\) out of 48; these "
+     r"weights cannot score items"),
+    ("weights -inf", non_finite(float("-inf")), r"c\.pt: tensor 'items\.weight' holds 1 NaN"),
 ]  # fmt: skip
 
 
@@ -505,6 +556,31 @@ def test_train_config_is_refused_in_one_line(
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize(
+    ("out", "pattern"),
+    [("notes.txt", r"--out .*notes\.txt: is a file, not a folder for run folders$"),
+     ("notes.txt/runs", r"--out .*runs: lies under the file .*notes\.txt, not a folder")],
+    ids=["a file", "under a file"],
+)  # fmt: skip
+def test_train_out_must_be_a_folder_before_training_starts(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    out: str,
+    pattern: str,
+) -> None:
+    monkeypatch.setattr(train_cli, "load_data", _no_process)
+    (tmp_path / "notes.txt").write_text("kept")
+    before = snapshot(tmp_path)
+
+    code = train_main(["--out", str(tmp_path / out), "--epochs", "1"])
+
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and line.startswith("fedseqrec-train: error: ")
+    assert_one_line(line, pattern)
+    assert snapshot(tmp_path) == before
+
+
 # --- every command line, in a subprocess: exit 2, no traceback ---------------------------
 
 
@@ -512,6 +588,7 @@ def _bad_files(folder: Path) -> None:
     (folder / "notes.pt").write_text("not a checkpoint")
     (folder / "ledger.jsonl").write_text("not json\n")
     (folder / "train.toml").write_text('dim = "big"\n')
+    non_finite(float("nan"))(folder / "nan.pt")
 
 
 CLI_CASES = [
@@ -534,6 +611,10 @@ CLI_CASES = [
     ("audit", ["-m", "common.privacy.report", "{tmp}/ledger.jsonl"], r"line 1: not JSON"),
     ("recommend", ["-m", "client.recommend", "--checkpoint", "{tmp}/notes.pt", "--items", "1"],
      r"notes\.pt: not a readable checkpoint"),
+    ("recommend nan", ["-m", "client.recommend", "--checkpoint", "{tmp}/nan.pt", "--items", "a"],
+     r"nan\.pt: tensor 'items\.weight' holds 1 NaN or infinite value"),
+    ("train out is a file", ["-m", "common.training.cli", "--out", "{tmp}/notes.pt"],
+     r"--out .*notes\.pt: is a file, not a folder for run folders"),
     ("train", ["-m", "common.training.cli", "--config", "{tmp}/train.toml", "--out",
                "{tmp}/results"], r"dim must be an integer"),
 ]  # fmt: skip
