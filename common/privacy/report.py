@@ -34,6 +34,7 @@ PASSED = (
     "PASSED: every chain holds, no recorded epsilon is below RDP or PLD, every delta fits "
     "the population, no budget is exceeded."
 )
+NOT_CERTIFIED = "NOT PRIVATE: this run used insecure reproducible noise; not certified."
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,47 +63,52 @@ def render(report: AuditReport) -> str:
         lines.append(f"{report.skipped_lines} record(s) cut short by a crash were skipped")
     lines.extend(f"Note: {note}" for note in report.notes)
     for statement in guarantees(report):
-        epsilon = statement["epsilon"]
-        parties = statement["parties"]
-        if parties == [SERVER]:
-            released = {
-                "dp-statistics": "global statistics",
-                "dp-statistics + dp-fedavg": "global statistics and models",
-            }.get(statement["mechanism"], "global models")
-            subject = f"the {released} the server released are"
-        elif len(parties) == 1:
-            subject = f"the model updates of {parties[0]} are"
-        else:
-            subject = f"the model updates of each of {len(parties)} nodes are"
-        spread = (
-            f"epsilon = {_eps(epsilon['max'])}"
-            if epsilon["min"] == epsilon["max"]
-            else f"epsilon from {_eps(epsilon['min'])} to {_eps(epsilon['max'])} "
-            f"(median {_eps(epsilon['median'])}), by node"
-        )
-        lines += [
-            "",
-            f"Guarantee ({statement['mechanism']}, unit {statement['unit']}): {subject} "
-            f"(epsilon, delta)-differentially private, {spread}, "
-            f"delta = {statement['delta']:g}.",
-            f"  Neighbouring data sets: {statement['neighbouring']}.",
-            f"  Protected: {statement['protected']}.",
-            f"  Against: {statement['against']}.",
-        ]
+        lines += ["", *guarantee_lines(statement)]
     lines.append("")
-    lines.extend(_distribution_lines(report))
+    lines.extend(distribution_lines(report))
     lines.append("")
     if report.passed:
         lines.append(PASSED)
     else:
         if report.not_private:
-            lines.append("NOT PRIVATE: this run used insecure reproducible noise; not certified.")
+            lines.append(NOT_CERTIFIED)
         lines.append(f"FAILED: {len(report.failures)} problem(s)")
         lines.extend(f"  {failure}" for failure in report.failures)
     return "\n".join(lines)
 
 
-def _distribution_lines(report: AuditReport) -> list[str]:
+def guarantee_lines(statement: dict[str, Any]) -> list[str]:
+    """One guarantee of :func:`guarantees` in plain words: what, to whom, against whom."""
+    epsilon = statement["epsilon"]
+    parties = statement["parties"]
+    if parties == [SERVER]:
+        released = {
+            "dp-statistics": "global statistics",
+            "dp-statistics + dp-fedavg": "global statistics and models",
+        }.get(statement["mechanism"], "global models")
+        subject = f"the {released} the server released are"
+    elif len(parties) == 1:
+        subject = f"the model updates of {parties[0]} are"
+    else:
+        subject = f"the model updates of each of {len(parties)} nodes are"
+    spread = (
+        f"epsilon = {_eps(epsilon['max'])}"
+        if epsilon["min"] == epsilon["max"]
+        else f"epsilon from {_eps(epsilon['min'])} to {_eps(epsilon['max'])} "
+        f"(median {_eps(epsilon['median'])}), by node"
+    )
+    return [
+        f"Guarantee ({statement['mechanism']}, unit {statement['unit']}): {subject} "
+        f"(epsilon, delta)-differentially private, {spread}, "
+        f"delta = {statement['delta']:g}.",
+        f"  Neighbouring data sets: {statement['neighbouring']}.",
+        f"  Protected: {statement['protected']}.",
+        f"  Against: {statement['against']}.",
+    ]
+
+
+def distribution_lines(report: AuditReport) -> list[str]:
+    """The clients' final epsilons and the PLD / RDP agreement, one line each."""
     lines = []
     clients = client_distribution(report)
     if clients["count"]:
