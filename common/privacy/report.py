@@ -1,6 +1,6 @@
 """``fedseqrec-audit``: check a run's privacy ledgers and state the guarantee in plain words.
 
-    python -m common.privacy.report results/<run-id> [--json report.json]
+    python -m common.privacy.report results/<run-id> [--json report.json] [--html report.html]
 
 A run folder is cross-checked with its summary, metrics and checkpoints
 (:mod:`common.privacy.run_audit`). Exit status: 0 when every chain holds, every recorded
@@ -8,7 +8,7 @@ epsilon is confirmed (none below its recomputed value), every delta fits the pop
 every budget is kept and every released round is ledgered; 1 when the audit found a
 problem (each printed as one sentence with its file and line) or a release was made with
 insecure reproducible noise ("NOT PRIVATE"); 2 when the ledgers cannot be read (one line
-on stderr naming the file, line and field).
+on stderr naming the file, line and field) or a report file cannot be written.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("path", type=Path, help="run folder, node folder or ledger .jsonl file")
     parser.add_argument("--json", type=Path, help="also write the report to this JSON file")
+    parser.add_argument("--html", type=Path, help="also write the report as one HTML page")
     return parser
 
 
@@ -175,6 +176,12 @@ def report_dict(report: AuditReport) -> dict[str, Any]:
     )
 
 
+def _write_json(path: Path, report: AuditReport) -> None:
+    from common.storage.run_folder import write_json
+
+    write_json(path, report_dict(report))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: 0 passed, 1 failed, 2 unreadable input (one line on stderr)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -184,13 +191,15 @@ def main(argv: list[str] | None = None) -> int:
     except (LedgerError, ValueError, OSError) as error:
         print(f"fedseqrec-audit: error: {error}", file=sys.stderr)
         return 2
-    if args.json is not None:
-        from common.storage.run_folder import write_json
+    from common.privacy.html_report import write_html
 
+    for path, write in ((args.json, _write_json), (args.html, write_html)):
+        if path is None:
+            continue
         try:
-            write_json(args.json, report_dict(report))
+            write(path, report)
         except OSError as error:
-            print(f"fedseqrec-audit: error: {args.json}: {error.strerror}", file=sys.stderr)
+            print(f"fedseqrec-audit: error: {path}: {error.strerror}", file=sys.stderr)
             return 2
     print(render(report))
     return 0 if report.passed else 1
