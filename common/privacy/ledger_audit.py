@@ -115,13 +115,21 @@ class PartyAudit:
 
 @dataclass
 class AuditReport:
-    """Everything the audit found; ``passed`` when there is no failure."""
+    """Everything the audit found; ``passed`` when there is no failure.
+
+    ``evidence`` (noise measured against the noise claimed) and ``receipts`` (parties'
+    receipts checked against the ledger) are filled by the checks that make them; their
+    dict shapes are in :mod:`common.privacy.html_report`. A check that finds a problem
+    also adds it to ``failures``.
+    """
 
     ledgers: list[str]
     parties: list[PartyAudit]
     skipped_lines: int
     failures: list[str]
     notes: list[str] = field(default_factory=list)
+    evidence: list[dict[str, Any]] = field(default_factory=list)
+    receipts: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:

@@ -1,6 +1,6 @@
 """``fedseqrec-audit``: check a run's privacy ledgers and state the guarantee in plain words.
 
-    python -m common.privacy.report results/<run-id> [--json report.json]
+    python -m common.privacy.report results/<run-id> [--json report.json] [--html report.html]
 
 A run folder is cross-checked with its summary, metrics and checkpoints
 (:mod:`common.privacy.run_audit`). Exit status: 0 when every chain holds, every recorded
@@ -8,7 +8,7 @@ epsilon is confirmed (none below its recomputed value), every delta fits the pop
 every budget is kept and every released round is ledgered; 1 when the audit found a
 problem (each printed as one sentence with its file and line) or a release was made with
 insecure reproducible noise ("NOT PRIVATE"); 2 when the ledgers cannot be read (one line
-on stderr naming the file, line and field).
+on stderr naming the file, line and field) or a report file cannot be written.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ PASSED = (
     "PASSED: every chain holds, no recorded epsilon is below RDP or PLD, every delta fits "
     "the population, no budget is exceeded."
 )
+NOT_CERTIFIED = "NOT PRIVATE: this run used insecure reproducible noise; not certified."
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("path", type=Path, help="run folder, node folder or ledger .jsonl file")
     parser.add_argument("--json", type=Path, help="also write the report to this JSON file")
+    parser.add_argument("--html", type=Path, help="also write the report as one HTML page")
     return parser
 
 
@@ -62,47 +64,52 @@ def render(report: AuditReport) -> str:
         lines.append(f"{report.skipped_lines} record(s) cut short by a crash were skipped")
     lines.extend(f"Note: {note}" for note in report.notes)
     for statement in guarantees(report):
-        epsilon = statement["epsilon"]
-        parties = statement["parties"]
-        if parties == [SERVER]:
-            released = {
-                "dp-statistics": "global statistics",
-                "dp-statistics + dp-fedavg": "global statistics and models",
-            }.get(statement["mechanism"], "global models")
-            subject = f"the {released} the server released are"
-        elif len(parties) == 1:
-            subject = f"the model updates of {parties[0]} are"
-        else:
-            subject = f"the model updates of each of {len(parties)} nodes are"
-        spread = (
-            f"epsilon = {_eps(epsilon['max'])}"
-            if epsilon["min"] == epsilon["max"]
-            else f"epsilon from {_eps(epsilon['min'])} to {_eps(epsilon['max'])} "
-            f"(median {_eps(epsilon['median'])}), by node"
-        )
-        lines += [
-            "",
-            f"Guarantee ({statement['mechanism']}, unit {statement['unit']}): {subject} "
-            f"(epsilon, delta)-differentially private, {spread}, "
-            f"delta = {statement['delta']:g}.",
-            f"  Neighbouring data sets: {statement['neighbouring']}.",
-            f"  Protected: {statement['protected']}.",
-            f"  Against: {statement['against']}.",
-        ]
+        lines += ["", *guarantee_lines(statement)]
     lines.append("")
-    lines.extend(_distribution_lines(report))
+    lines.extend(distribution_lines(report))
     lines.append("")
     if report.passed:
         lines.append(PASSED)
     else:
         if report.not_private:
-            lines.append("NOT PRIVATE: this run used insecure reproducible noise; not certified.")
+            lines.append(NOT_CERTIFIED)
         lines.append(f"FAILED: {len(report.failures)} problem(s)")
         lines.extend(f"  {failure}" for failure in report.failures)
     return "\n".join(lines)
 
 
-def _distribution_lines(report: AuditReport) -> list[str]:
+def guarantee_lines(statement: dict[str, Any]) -> list[str]:
+    """One guarantee of :func:`guarantees` in plain words: what, to whom, against whom."""
+    epsilon = statement["epsilon"]
+    parties = statement["parties"]
+    if parties == [SERVER]:
+        released = {
+            "dp-statistics": "global statistics",
+            "dp-statistics + dp-fedavg": "global statistics and models",
+        }.get(statement["mechanism"], "global models")
+        subject = f"the {released} the server released are"
+    elif len(parties) == 1:
+        subject = f"the model updates of {parties[0]} are"
+    else:
+        subject = f"the model updates of each of {len(parties)} nodes are"
+    spread = (
+        f"epsilon = {_eps(epsilon['max'])}"
+        if epsilon["min"] == epsilon["max"]
+        else f"epsilon from {_eps(epsilon['min'])} to {_eps(epsilon['max'])} "
+        f"(median {_eps(epsilon['median'])}), by node"
+    )
+    return [
+        f"Guarantee ({statement['mechanism']}, unit {statement['unit']}): {subject} "
+        f"(epsilon, delta)-differentially private, {spread}, "
+        f"delta = {statement['delta']:g}.",
+        f"  Neighbouring data sets: {statement['neighbouring']}.",
+        f"  Protected: {statement['protected']}.",
+        f"  Against: {statement['against']}.",
+    ]
+
+
+def distribution_lines(report: AuditReport) -> list[str]:
+    """The clients' final epsilons and the PLD / RDP agreement, one line each."""
     lines = []
     clients = client_distribution(report)
     if clients["count"]:
@@ -169,6 +176,12 @@ def report_dict(report: AuditReport) -> dict[str, Any]:
     )
 
 
+def _write_json(path: Path, report: AuditReport) -> None:
+    from common.storage.run_folder import write_json
+
+    write_json(path, report_dict(report))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: 0 passed, 1 failed, 2 unreadable input (one line on stderr)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -178,13 +191,15 @@ def main(argv: list[str] | None = None) -> int:
     except (LedgerError, ValueError, OSError) as error:
         print(f"fedseqrec-audit: error: {error}", file=sys.stderr)
         return 2
-    if args.json is not None:
-        from common.storage.run_folder import write_json
+    from common.privacy.html_report import write_html
 
+    for path, write in ((args.json, _write_json), (args.html, write_html)):
+        if path is None:
+            continue
         try:
-            write_json(args.json, report_dict(report))
+            write(path, report)
         except OSError as error:
-            print(f"fedseqrec-audit: error: {args.json}: {error.strerror}", file=sys.stderr)
+            print(f"fedseqrec-audit: error: {path}: {error.strerror}", file=sys.stderr)
             return 2
     print(render(report))
     return 0 if report.passed else 1
