@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from common.privacy.accounting import Release
 from common.privacy.html_report import render_html
@@ -45,6 +46,7 @@ def run_folder(folder: Path) -> Path:
     summary: dict[str, Any] = {"status": "completed", "run_id": folder.name}
     summary["ledger"] = ledger_heads(folder / "ledger")
     (folder / "summary.json").write_text(json.dumps(summary))
+    torch.save({"round": ROUNDS, "ledger": summary["ledger"]}, folder / "checkpoint.pt")
     return folder
 
 
