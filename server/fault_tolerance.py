@@ -43,6 +43,7 @@ from common.federation.messages import ROUND_ATTEMPT
 from common.federation.reliability import required_replies
 from common.privacy.budget import BUDGET_EXHAUSTED
 from common.storage.run_folder import MetricsCSV
+from server.reply_order import canonical_order
 from server.strategy_wrapper import StrategyWrapper
 from server.update_decoding import decode_reply
 from server.update_validation import reply_problem
@@ -191,8 +192,10 @@ class ReplyScreening(StrategyWrapper):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Screen the replies (class docstring), retry if short, then aggregate the valid.
 
-        Nothing reaches the wrapped strategy before the last attempt: a retried round
-        has formed no aggregate, so (``dp = "user"``) it has released nothing yet.
+        The wrapped strategy gets them sorted by content (:mod:`server.reply_order`), not
+        in arrival order, so that a seed repeats the same aggregate. Nothing reaches the
+        wrapped strategy before the last attempt: a retried round has formed no
+        aggregate, so (``dp = "user"``) it has released nothing yet.
         """
         screened = self._screen(server_round, list(replies), self._asked, attempt=1)
         self._stop_on_dead_worker(screened, server_round)
@@ -226,7 +229,8 @@ class ReplyScreening(StrategyWrapper):
             logger.warning("round %d degraded: %d valid replies of %d (%d failed, %d rejected)",
                            server_round, faults.valid, faults.asked, len(faults.failures),
                            len(faults.rejections))  # fmt: skip
-        return self.strategy.aggregate_train(server_round, [*screened.valid, *screened.refused])
+        ordered = canonical_order([*screened.valid, *screened.refused])
+        return self.strategy.aggregate_train(server_round, ordered)
 
     def _stop_on_dead_worker(self, screened: ScreenedReplies, server_round: int) -> None:
         """Record the round's failures, then raise :class:`WorkerDiedError`, if a worker died."""

@@ -30,6 +30,7 @@ from server.fault_tolerance import (
     WorkerDiedError,
     short_reason,
 )
+from server.reply_order import canonical_order
 from server.update_validation import update_problem
 from simulations.launch import outcome_word
 
@@ -308,6 +309,40 @@ def test_without_validation_hostile_updates_reach_the_strategy() -> None:
 
     assert aggregated is not None and np.isinf(aggregated["w"].numpy()).all()
     assert seen[0].rejections == [] and seen[0].failures[0][0] == 3
+
+
+def aggregated_bytes(strategy: Strategy, replies: list[Message]) -> bytes:
+    """The bytes of every array a strategy aggregates ``replies`` into."""
+    aggregated, _ = strategy.aggregate_train(1, replies)
+    assert aggregated is not None
+    return b"".join(array.numpy().tobytes() for array in aggregated.values())
+
+
+def test_the_aggregate_is_the_same_whatever_order_the_replies_arrive_in() -> None:
+    rng = np.random.default_rng(0)
+    values = [{"w": rng.standard_normal((2, 3)), "b": rng.standard_normal(3)} for _ in range(5)]
+    replies = [
+        reply(node, ArrayRecord({k: Array(v.astype(np.float32)) for k, v in value.items()}),
+              weight=float(node))
+        for node, value in enumerate(values, start=1)
+    ]  # fmt: skip
+    arrivals = [[replies[i] for i in rng.permutation(5)] for _ in range(8)]
+
+    plain = {aggregated_bytes(FedAvg(), order) for order in arrivals}
+    screened = {aggregated_bytes(screening()[0], order) for order in arrivals}
+
+    assert len(plain) > 1  # float32 sums in arrival order differ in the last bits
+    assert len(screened) == 1
+
+
+def test_canonical_order_sorts_by_content_and_puts_error_replies_last() -> None:
+    one, two, failed = reply(1, arrays(1.0)), reply(2, arrays(2.0)), reply(3)
+
+    first = canonical_order([failed, two, one])
+    second = canonical_order([one, failed, two])
+
+    assert [r.metadata.src_node_id for r in first] == [r.metadata.src_node_id for r in second]
+    assert first[-1] is failed and second[-1] is failed
 
 
 @pytest.mark.parametrize(
