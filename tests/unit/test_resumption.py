@@ -115,6 +115,8 @@ def test_a_resumed_run_counts_a_release_that_was_not_saved(cycle_log: Path, tmp_
     assert resumption.state.round == 3 and resumption.skip_through == 4
     assert resumption.state.resumes[-1]["rounds_lost"] == 1
     assert [row["round"] for row in metrics_rows(folder)] == ["0", "1", "2", "3"]
+    lines = (folder / "metrics.csv").read_bytes().splitlines(keepends=True)
+    assert all(line.endswith(b"\r\n") for line in lines)  # one line ending, as csv writes
     saved = torch.load(folder / CHECKPOINT, weights_only=True)
     assert saved["round"] == 3
     for name, value in recorder.model.state_dict().items():
