@@ -159,11 +159,11 @@ class LocalSuperLink:
         """Stop the SuperLink, its process group and every descendant's group, then every
         other process of the launch (:data:`RUN_MARKER` in its environment: a part whose
         parent died is no descendant any more)."""
-        if self.process is not None:
-            stop_process_group(self.process)
         marker = self.env.get(RUN_MARKER)
-        if marker:
+        if marker:  # every process at once: SIGTERM, SIGKILL what is left after 5 s
             spared = (self.watchdog.pid,) if self.watchdog is not None else ()
-            stop_marked(marker, exclude=spared)
+            stop_marked(marker, exclude=spared, timeout=5.0)
+        if self.process is not None:
+            stop_process_group(self.process)  # without a marker; and reaps the SuperLink
         if self.watchdog is not None:
             release_watchdog(self.watchdog)
