@@ -34,7 +34,7 @@ ROUNDS = 5
 RUN = {**BASE, "partition-mode": "cohort", "users-per-client": 10, "fraction-train": 0.5,
        "dp": "user", "num-server-rounds": ROUNDS, "seed": 3}  # fmt: skip
 WAIT_SECONDS = 240.0  # a launch takes about 20 s on 2 idle cores, 60 s on busy ones
-GONE_SECONDS = 20.0  # every process of the run stopped within this after the kill
+GONE_SECONDS = 30.0  # every process of the run stopped within this after the kill (busy cores)
 
 
 def saved_round(results: Path) -> int:
