@@ -12,6 +12,9 @@ Modes of :func:`train`, one named function each (docs/architecture.md has the ta
 - ``dp = "local"``: :func:`_train_private` (DP-SGD within this client's budget);
 - otherwise: :func:`_train_plain` (local epochs, the new weights).
 
+An edge node with a ``receipt-key`` keeps a signed receipt of every training and
+evaluation message before it answers (:mod:`client.receipts`).
+
 :func:`query` answers the server's statistics query (``statistics = true``) with the
 summed contributions of this node's users (:mod:`client.statistics_reply`).
 """
@@ -33,6 +36,7 @@ from client.local_privacy import (
     refusal,
     save_history,
 )
+from client.receipts import keep_receipt
 from client.secure_client import secure_client_app, uses_secure_aggregation
 from client.statistics_reply import statistics_reply
 from common.data.catalogue import ItemCatalogue
@@ -118,6 +122,7 @@ def train(msg: Message, context: Context) -> Message:
     """Train in the run's mode (module docstring) and reply the update and its metrics."""
     if uses_secure_aggregation(context):  # SecAgg+ stages, legacy messages
         return secure_client_app(msg, context)
+    keep_receipt(msg, context)  # an edge node's signed record of what the server sent
     config, partition, model = _prepare(msg, context)
     settings = _settings(msg)
     server_round = int(settings.get(SERVER_ROUND, 0))  # type: ignore[arg-type]
@@ -257,6 +262,7 @@ def query(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Metric sums and counts on this node's users, for exact aggregation on the server."""
+    keep_receipt(msg, context)
     config, partition, model = _prepare(msg, context)
     stage = str(_settings(msg).get(STAGE, VALID_STAGE))
     sums = evaluation_sums(model, partition.split, stage, config)

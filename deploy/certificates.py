@@ -12,7 +12,12 @@ Writes into ``OUT_DIR`` (created; existing files are never overwritten):
 - ``node-<i>`` / ``node-<i>.pub``: one ECDSA P-384 key pair per SuperNode in OpenSSH
   format, what Flower's node authentication expects (``ssh-keygen -t ecdsa -b 384``
   gives the same): the private key stays on the node (``--auth-supernode-private-key``),
-  the public key is registered at the SuperLink (``flwr supernode register``).
+  the public key is registered at the SuperLink (``flwr supernode register``). A node
+  also signs its receipts with it (node config ``receipt-key``,
+  :mod:`common.privacy.node_receipts`).
+- ``ledger-key`` / ``ledger-key.pub``: the server's key pair (ECDSA P-384, OpenSSH format)
+  that signs every entry of its privacy ledger (run config ``ledger-key``); the server
+  announces the public key to the nodes, whose receipts record it.
 
 For a real deployment use certificates from your organisation's CA instead; only the
 node key pairs are specific to Flower.
@@ -50,6 +55,8 @@ class DeploymentCredentials:
     server_key: Path
     node_private_keys: tuple[Path, ...]
     node_public_keys: tuple[Path, ...]
+    ledger_key: Path
+    ledger_public_key: Path
 
 
 def _name(common_name: str) -> x509.Name:
@@ -104,8 +111,11 @@ def create_credentials(
         server_key=out_dir / "server.key",
         node_private_keys=tuple(out_dir / f"node-{i}" for i in range(1, nodes + 1)),
         node_public_keys=tuple(out_dir / f"node-{i}.pub" for i in range(1, nodes + 1)),
+        ledger_key=out_dir / "ledger-key",
+        ledger_public_key=out_dir / "ledger-key.pub",
     )
-    every = [paths.ca_certificate, paths.ca_key, paths.server_certificate, paths.server_key]
+    every = [paths.ca_certificate, paths.ca_key, paths.server_certificate, paths.server_key,
+             paths.ledger_key, paths.ledger_public_key]  # fmt: skip
     existing = [
         p for p in [*every, *paths.node_private_keys, *paths.node_public_keys] if p.exists()
     ]
@@ -164,18 +174,24 @@ def create_credentials(
     for private_path, public_path in zip(
         paths.node_private_keys, paths.node_public_keys, strict=True
     ):
-        node_key = ec.generate_private_key(ec.SECP384R1())
-        private = node_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.OpenSSH,
-            serialization.NoEncryption(),
-        )
-        public = node_key.public_key().public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-        )
-        _write(private_path, private, True)
-        _write(public_path, public + f" fedseqrec-{private_path.name}\n".encode(), False)
+        _write_key_pair(private_path, public_path)
+    _write_key_pair(paths.ledger_key, paths.ledger_public_key)
     return paths
+
+
+def _write_key_pair(private_path: Path, public_path: Path) -> None:
+    """A new ECDSA P-384 key pair in OpenSSH format (``ssh-keygen -t ecdsa -b 384``)."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    _write(private_path, private, True)
+    _write(public_path, public + f" fedseqrec-{private_path.name}\n".encode(), False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"wrote {paths.ca_certificate.name}, {paths.server_certificate.name} "
         f"(hosts: {', '.join(dict.fromkeys([*DEFAULT_HOSTS, *args.host]))}) and "
-        f"{len(paths.node_private_keys)} node key pair(s) to {args.out_dir}"
+        f"{len(paths.node_private_keys)} node key pair(s) and the ledger key pair to "
+        f"{args.out_dir}"
     )
     return 0
 

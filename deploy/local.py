@@ -9,9 +9,11 @@ the SuperLink certificate and one key pair per node (:mod:`deploy.certificates`)
 starts ``flower-superlink`` with TLS and ``--enable-supernode-auth``, names it as
 connection ``fedseqrec-edge`` in ``$FLWR_HOME/config.toml``, registers every node's
 public key with ``flwr supernode register``, starts one ``flower-supernode`` per click
-log (``--node-config data-path=...``, its private key, the CA) and, unless ``--cold``,
-a warm SuperExec per node (:mod:`deploy.warm_superexec`). It submits one run
-(:func:`deploy.run.submit_run`) and stops every process it started, also on errors.
+log (``--node-config data-path=...``, its private key, the CA; the same key signs the
+node's receipts, node config ``receipt-key``) and, unless ``--cold``, a warm SuperExec per
+node (:mod:`deploy.warm_superexec`). It submits one run (:func:`deploy.run.submit_run`),
+whose server signs its ledger with the deployment's ``ledger-key``, and stops every
+process it started, also on errors.
 """
 
 from __future__ import annotations
@@ -199,7 +201,7 @@ class LocalDeployment:
 
     def _start_supernode(self, index: int, data: Path, private_key: Path, ca: Path) -> None:
         runtime_port = free_port()
-        node_config = f'data-path="{data}"'
+        node_config = f'data-path="{data}" receipt-key="{private_key.resolve()}"'
         command = [
             str(Path(sys.executable).with_name("flower-supernode")),
             "--superlink", f"127.0.0.1:{self.port}",
@@ -256,7 +258,9 @@ def run_local(
             len(node_data),
             "warm" if warm else "cold",
         )
-        return submit_run(CONNECTION, config, results_dir, deployment.env)
+        keys = deployment.credentials
+        signed = {**config, "ledger-key": str(keys.ledger_key.resolve())} if keys else config
+        return submit_run(CONNECTION, signed, results_dir, deployment.env)
 
 
 def build_parser() -> argparse.ArgumentParser:

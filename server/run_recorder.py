@@ -108,6 +108,7 @@ class RunRecorder:
                 f"catalogue of {len(self.item_ids)} item ids for {split.n_items} items"
             )
         self.round_offset = round_offset
+        self.last_round = round_offset  # the numbered round of the model last evaluated
         self.csv = MetricsCSV(results_dir / "metrics.csv", COLUMNS)
         self.best_score, self.best_round = -1.0, -1
         # Picking a best round by validation on users' data is a release: DP runs release
@@ -193,7 +194,7 @@ class RunRecorder:
         last = server_round == self.config.num_server_rounds
         if self.split is not None and (server_round % self.config.eval_every == 0 or last):
             valid = self.metrics(self.split, "valid")
-        numbered = self.round_offset + server_round
+        numbered = self.last_round = self.round_offset + server_round
         self._save(CHECKPOINT, numbered, valid)
         if self.selects_best and valid and valid[SELECTION_METRIC] > self.best_score:
             self.best_score, self.best_round = valid[SELECTION_METRIC], numbered

@@ -18,6 +18,7 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from flwr.app import ConfigRecord, Context
@@ -29,6 +30,7 @@ from common.federation.app_logging import configure_app_logging
 from common.federation.checkpoints import ItemId, load_initial_checkpoint
 from common.federation.config import FederatedConfig, config_of_run
 from common.federation.messages import (
+    LEDGER_RUN_ID,
     POPULATION_KEY,
     ROUND_OFFSET,
     SERVER_ROUND,
@@ -190,6 +192,17 @@ def screened(
     )
 
 
+def settings(setup: RunSetup, results_dir: Path, stage: str) -> dict[str, Any]:
+    """What every message of a stage carries: the round offset, the run id of the ledger
+    (for the nodes' receipts) and the item catalogue."""
+    return {
+        STAGE: stage,
+        ROUND_OFFSET: setup.offset,
+        LEDGER_RUN_ID: results_dir.name,
+        **setup.catalogue,
+    }
+
+
 def run_strategy(
     grid: ErrorRecordingGrid, config: FederatedConfig, setup: RunSetup, results_dir: Path
 ) -> None:
@@ -218,13 +231,12 @@ def run_strategy(
             timeout=config.round_timeout,
             train_config=ConfigRecord(
                 {
-                    STAGE: TRAIN_STAGE,
-                    ROUND_OFFSET: setup.offset,
+                    **settings(setup, results_dir, TRAIN_STAGE),
                     POPULATION_KEY: setup.view.population,  # users protected: delta's rule
-                    **setup.catalogue,
+                    **(privacy.announcement() if privacy else {}),  # for the nodes' receipts
                 }
             ),
-            evaluate_config=ConfigRecord({STAGE: VALID_STAGE, **setup.catalogue}),
+            evaluate_config=ConfigRecord(settings(setup, results_dir, VALID_STAGE)),
             evaluate_fn=keeper.evaluate,  # the recorder's, then the state is saved
         )
     except PrivacyBudgetSpent as reason:
@@ -232,8 +244,9 @@ def run_strategy(
         logger.warning("stopped: %s", stopped)
     figures = None
     if setup.view.split is None:  # a deployment: the nodes evaluate the released model
-        settings = {SERVER_ROUND: config.num_server_rounds, **setup.catalogue}
-        figures = deployment_figures(grid, model_to_arrays(setup.model), settings)
+        released = setup.recorder.last_round - setup.offset  # the released model's round
+        final = {**settings(setup, results_dir, VALID_STAGE), SERVER_ROUND: released}
+        figures = deployment_figures(grid, model_to_arrays(setup.model), final)
     setup.recorder.finish(
         stopped=stopped,
         privacy=privacy.summary() if privacy else None,

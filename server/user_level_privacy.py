@@ -32,6 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from common.federation.config import FederatedConfig
+from common.federation.messages import (
+    DP_CLIP_NORM,
+    DP_MECHANISM,
+    DP_NOISE_MULTIPLIER,
+    DP_SAMPLING_RATE,
+    LEDGER_PUBLIC_KEY,
+)
 from common.federation.statistics_config import user_level_noise
 from common.privacy.accounting import Release
 from common.privacy.calibration import resolve_delta
@@ -49,6 +56,7 @@ from common.privacy.ledger_heads import (
     carry_forward,
     write_started_from,
 )
+from common.privacy.signing import Signer
 from common.privacy.statistics import (
     CONTRIBUTION_BOUND,
     STATISTICS_MECHANISM,
@@ -99,7 +107,8 @@ class UserLevelPrivacy:
         rate = config.fraction_train
         noise, statistics = user_level_noise(config, delta)
         budget = PrivacyBudget(config.target_epsilon, delta) if config.target_epsilon else None
-        ledger = PrivacyLedger(results_dir / LEDGER_FOLDER / SERVER_LEDGER)
+        signer = Signer.from_file(Path(config.ledger_key)) if config.ledger_key else None
+        ledger = PrivacyLedger(results_dir / LEDGER_FOLDER / SERVER_LEDGER, signer)
         if insecure_reproducible_noise is None:  # the key lands with the secure-noise work
             insecure_reproducible_noise = bool(
                 getattr(config, "insecure_reproducible_noise", False)
@@ -123,6 +132,22 @@ class UserLevelPrivacy:
     def release(self) -> Release:
         """What one round releases."""
         return Release(self.noise_multiplier, self.sampling_rate, 1)
+
+    def announcement(self) -> dict[str, str | float]:
+        """What each training message tells the nodes, whose receipts record it.
+
+        The round's mechanism and parameters, and the public key that signs the ledger
+        (:mod:`common.privacy.node_receipts`); the audit checks the ledger against them.
+        """
+        announced: dict[str, str | float] = {
+            DP_MECHANISM: "dp-fedavg",
+            DP_NOISE_MULTIPLIER: self.noise_multiplier,
+            DP_CLIP_NORM: self.clip_norm,
+            DP_SAMPLING_RATE: self.sampling_rate,
+        }
+        if self.ledger.signer is not None:
+            announced[LEDGER_PUBLIC_KEY] = self.ledger.signer.public_text
+        return announced
 
     def check_round(self, server_round: int) -> None:
         """Stop before a round whose release would exceed the budget."""

@@ -383,3 +383,42 @@ def killed_dp_run(cycle_log: Path, folder: Path, saved: int, released: int) -> R
                 next(recorder.model.parameters()).add_(0.01)
             keeper.evaluate(server_round, model_to_arrays(recorder.model))
     return recorder
+
+
+def forge_noise_consistently(run: Path, factor: float = 2.0, signer: Any = None) -> None:
+    """What a dishonest server can do to its own run folder, and no ledger check sees.
+
+    Every noise multiplier in ``ledger/server.jsonl`` times ``factor``, every epsilon
+    recomputed with the project's accountant, the hash chain rebuilt, the entries signed
+    again with ``signer`` (the server's own ledger key, a :class:`Signer`), and the
+    ledger heads of ``summary.json`` and of every checkpoint rewritten to match.
+    """
+    from common.privacy.accounting import rdp_epsilon
+    from common.privacy.ledger import GENESIS, LedgerEntry, line_hash
+    from common.privacy.ledger_heads import ledger_heads
+    from common.privacy.signing import ledger_signing, signatures_path
+
+    path = run / "ledger" / "server.jsonl"
+    releases, lines, previous = [], [], GENESIS
+    for text in path.read_text().splitlines():
+        record = {**json.loads(text), "prev_hash": previous}
+        record["noise_multiplier"] *= factor
+        releases.append(LedgerEntry(**record).release())
+        record["epsilon"] = rdp_epsilon(releases, record["delta"])
+        lines.append(LedgerEntry(**record).to_json())
+        previous = line_hash(lines[-1].encode())
+    path.write_text("\n".join(lines) + "\n")
+    signatures_path(path).unlink(missing_ok=True)
+    if signer is not None:
+        for line in lines:
+            ledger_signing(path, signer)(line.encode())
+    heads = ledger_heads(run / "ledger")
+    summary = json.loads((run / "summary.json").read_text())
+    summary["ledger"] = heads
+    summary["privacy"]["noise_multiplier"] *= factor
+    summary["privacy"]["epsilon"] = json.loads(lines[-1])["epsilon"]
+    (run / "summary.json").write_text(json.dumps(summary))
+    for checkpoint in run.glob("*.pt"):
+        raw = torch.load(checkpoint, weights_only=True)
+        raw["ledger"] = heads
+        torch.save(raw, checkpoint)

@@ -20,6 +20,9 @@ Keys (kebab-case, like the run config):
 - ``item-attributes`` (optional): the public catalogue's item attributes, a path to a
   JSON / CSV file (:mod:`common.data.attributes`) or ``builtin`` (the file beside a
   Beauty-style ``data-path``); default none.
+- ``receipt-key`` (optional): the node's private key (its node-authentication key): with
+  it the node keeps signed receipts of what the server sent, ``receipts.jsonl`` in the
+  folder of ``data-path`` (:mod:`common.privacy.node_receipts`); default none.
 
 The node maps its item ids onto the server's catalogue (:mod:`common.data.catalogue`), drops
 the items the model does not know (logged with counts), orders each user's interactions
@@ -56,6 +59,7 @@ NODE_KEYS = (
     "data-time-unit",
     "item-attributes",
     "population",
+    "receipt-key",
 )
 LEDGER_FILENAME = "ledger.jsonl"
 
@@ -70,6 +74,12 @@ class NodeDataConfig:
     budget_delta: float | None = None
     log_format: LogFormat = LogFormat()
     item_attributes: str = ""
+    receipt_key: Path | None = None  # signs the node's receipts; None: it keeps none
+
+    @property
+    def node_folder(self) -> Path:
+        """The folder of the node's click log, where its receipts are kept."""
+        return self.data_path.parent
 
     def __post_init__(self) -> None:
         if self.budget_epsilon is not None and not 0 < self.budget_epsilon < math.inf:
@@ -122,6 +132,7 @@ class NodeDataConfig:
             budget_delta=_optional_float(node_config, "budget-delta"),
             log_format=log_format,
             item_attributes=_optional_text(node_config, "item-attributes"),
+            receipt_key=_optional_path(node_config, "receipt-key"),
         )
 
     def load_attributes(self, catalogue: ItemCatalogue) -> ItemAttributes | None:
@@ -134,6 +145,11 @@ def _optional_text(node_config: Mapping[str, Any], key: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"node config {key!r} must be a string, got {value!r}")
     return value
+
+
+def _optional_path(node_config: Mapping[str, Any], key: str) -> Path | None:
+    value = _optional_text(node_config, key)
+    return Path(value).expanduser() if value.strip() else None
 
 
 def _optional_float(node_config: Mapping[str, Any], key: str) -> float | None:

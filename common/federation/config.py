@@ -88,6 +88,7 @@ class FederatedConfig:
     dataset_time_unit: str = ""  # numeric timestamps: s, ms, us, ns; "" / auto = detected
     item_attributes: str = ""  # "" = none, "builtin" = the data set's own file, or a path
     resume_from: str = ""  # a killed run's folder to continue in (server/resume/)
+    ledger_key: str = ""  # deployment: the server's private key that signs its ledger entries
     # Failures and hostile updates (common/federation/reliability.py checks these).
     fault_rate: float = 0.0  # simulations: share of clients that fail each round on purpose
     fault_kind: str = "error"  # crash, hang, error, nan, scale
@@ -239,12 +240,14 @@ def _kebab(name: str) -> str:
 
 
 def _check_paths(config: FederatedConfig) -> None:
-    """A data set is named; a checkpoint to continue from is an absolute path."""
+    """A data set is named; a checkpoint to continue from and a ledger key are absolute paths."""
     if not config.dataset.strip():
         raise ValueError("dataset must name a built-in data set or a file, got ''")
     checkpoint = config.initial_checkpoint
     if checkpoint and not Path(checkpoint).is_absolute():
         raise ValueError(f"initial-checkpoint must be an absolute path, got {checkpoint!r}")
+    if config.ledger_key and not Path(config.ledger_key).is_absolute():
+        raise ValueError(f"ledger-key must be an absolute path, got {config.ledger_key!r}")
 
 
 def _check_deployment(config: FederatedConfig) -> None:

@@ -26,6 +26,13 @@ ROUND_ATTEMPT = "round-attempt"  # 1, or 2.. when the server asks a failed clien
 PROXIMAL_MU = "proximal-mu"  # set by Flower's FedProx
 POPULATION_KEY = "population"  # users the federation protects (public), for delta
 TRANSITIONS_PER_USER = "transitions-per-user"  # query: a user's transitions counted
+# What the server announces for the nodes' signed receipts (common/privacy/node_receipts.py).
+LEDGER_RUN_ID = "ledger-run-id"  # the run id of the server's ledger (its run folder's name)
+DP_MECHANISM = "dp-mechanism"  # the server's DP mechanism ("dp-fedavg"); absent: no server noise
+DP_NOISE_MULTIPLIER = "dp-noise-multiplier"  # noise std / clip norm of each round's release
+DP_CLIP_NORM = "dp-clip-norm"  # the bound on one user's update
+DP_SAMPLING_RATE = "dp-sampling-rate"  # Poisson rate of users per round
+LEDGER_PUBLIC_KEY = "ledger-public-key"  # OpenSSH public key that signs the server's ledger
 
 # Records of a statistics reply (query message; common/privacy/statistics.py).
 POPULARITY = "popularity"  # dense sum of the client's users' popularity vectors

@@ -15,12 +15,9 @@ keeps its ledgers in ``<run>/ledger/*.jsonl``; a deployed node keeps ``ledger.js
 from __future__ import annotations
 
 import dataclasses
-import fcntl
-import hashlib
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,8 +33,11 @@ from common.privacy.budget import (
     would_exceed,
 )
 from common.privacy.calibration import check_delta, check_population
+from common.privacy.signing import Signer, ledger_signing
+from common.storage.chained_log import GENESIS, append_chained, line_hash
 
 __all__ = [  # the budget names are re-exported: callers record and check in one place
+    "GENESIS",
     "BudgetExceededError",
     "LedgerEntry",
     "LedgerError",
@@ -45,6 +45,7 @@ __all__ = [  # the budget names are re-exported: callers record and check in one
     "PrivacyLedger",
     "check_budget",
     "epsilon_after",
+    "line_hash",
     "read_ledger",
     "read_ledger_file",
     "would_exceed",
@@ -60,7 +61,6 @@ ACCOUNTANTS = ("rdp",)
 OS_ENTROPY = "os-entropy"
 INSECURE_REPRODUCIBLE = "insecure-reproducible"
 RANDOMNESS = (OS_ENTROPY, INSECURE_REPRODUCIBLE)
-GENESIS = "0" * 64  # what the first entry of every ledger chains to
 
 
 class LedgerError(ValueError):
@@ -69,11 +69,6 @@ class LedgerError(ValueError):
 
 def _field_error(name: str, expected: str, value: object) -> ValueError:
     return ValueError(f"field '{name}' must be {expected}, got {value!r}")
-
-
-def line_hash(line: bytes) -> str:
-    """SHA-256 of one ledger line as stored (without its newline): the chain's link."""
-    return hashlib.sha256(line).hexdigest()
 
 
 def _is_hash(value: object) -> bool:
@@ -256,68 +251,29 @@ def _parse_line(path: Path, number: int, chunk: bytes, *, last: bool) -> LedgerE
         raise LedgerError(f"{path}, line {number}: {error}") from None
 
 
-def _is_record(line: bytes) -> bool:
-    """Whether a line holds a whole JSON object (a record), not a cut one."""
-    try:
-        return isinstance(json.loads(line), dict)
-    except ValueError:
-        return False
-
-
-def _tail_head(descriptor: int) -> tuple[str, bool]:
-    """Hash of the file's last record, and whether the file ends mid-line.
-
-    Reads backwards from the end in growing blocks, so an append costs the same at
-    any ledger size.
-    """
-    size = os.fstat(descriptor).st_size
-    if size == 0:
-        return GENESIS, False
-    mid_line = os.pread(descriptor, 1, size - 1) != b"\n"
-    block = 8192
-    while True:
-        start = max(0, size - block)
-        lines = os.pread(descriptor, size - start, start).split(b"\n")
-        complete = lines if start == 0 else lines[1:]  # the first may be cut by the block
-        for line in reversed(complete):
-            if line.strip() and _is_record(line):
-                return line_hash(line), mid_line
-        if start == 0:
-            return GENESIS, mid_line
-        block *= 4
-
-
 class PrivacyLedger:
     """An append-only, hash-chained ledger file shared safely by any number of processes."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, signer: Signer | None = None) -> None:
         self.path = Path(path)
+        self.signer = signer  # signs every entry into <ledger>.sig (common/privacy/signing)
 
     def append(self, entry: LedgerEntry) -> LedgerEntry:
         """Chain ``entry`` to the file's head and write it durably; returns it as written.
 
         Under an exclusive ``flock``: read the head, write one line (a newline first if
-        the file ends with a line cut short by a crash), ``fsync``.
+        the file ends with a line cut short by a crash), ``fsync``; with a signer, its
+        signature of the line goes to the sidecar before the lock is released.
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        created = not self.path.exists()
-        descriptor = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX)
-            head, mid_line = _tail_head(descriptor)
-            chained = dataclasses.replace(entry, prev_hash=head)
-            payload = (chained.to_json() + "\n").encode("utf-8")
-            if mid_line:
-                payload = b"\n" + payload
-            written = os.write(descriptor, payload)
-            if written != len(payload):
-                raise OSError(f"{self.path}: short write ({written} of {len(payload)} bytes)")
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)  # releases the lock
-        if created:
-            _fsync_folder(self.path.parent)
-        return chained
+        written: list[LedgerEntry] = []
+
+        def render(head: str) -> str:
+            written.append(dataclasses.replace(entry, prev_hash=head))
+            return written[-1].to_json()
+
+        sign = ledger_signing(self.path, self.signer) if self.signer else None
+        append_chained(self.path, render, sign)
+        return written[-1]
 
     def entries(self) -> list[LedgerEntry]:
         """Every entry so far (none when the file does not exist yet)."""
@@ -366,12 +322,3 @@ class PrivacyLedger:
             **fields,
         )
         return self.append(entry)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a new file's directory entry durable too."""
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

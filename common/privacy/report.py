@@ -28,6 +28,7 @@ from common.privacy.ledger_audit import (
     client_distribution,
     guarantees,
 )
+from common.privacy.receipts import add_receipt_arguments, check_receipts
 from common.privacy.run_audit import audit_path
 
 PASSED = (
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("path", type=Path, help="run folder, node folder or ledger .jsonl file")
     parser.add_argument("--json", type=Path, help="also write the report to this JSON file")
     parser.add_argument("--html", type=Path, help="also write the report as one HTML page")
+    add_receipt_arguments(parser)  # --receipts NODE_FOLDER ..., --node-keys KEY.pub ...
     return parser
 
 
@@ -172,6 +174,8 @@ def report_dict(report: AuditReport) -> dict[str, Any]:
             "parties": parties,
             "failures": report.failures,
             "notes": report.notes,
+            "evidence": report.evidence,
+            "receipts": report.receipts,
         }
     )
 
@@ -188,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         report = audit_path(args.path)
+        check_receipts(report, args)  # the nodes' signed receipts against the ledger
     except (LedgerError, ValueError, OSError) as error:
         print(f"fedseqrec-audit: error: {error}", file=sys.stderr)
         return 2

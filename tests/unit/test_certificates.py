@@ -56,3 +56,16 @@ def test_existing_files_are_never_overwritten(
     assert lines == [f"error: {tmp_path / 'ca.crt'} already exists; refusing to overwrite "
                      "(use an empty folder)"]  # fmt: skip
     assert (tmp_path / "ca.key").read_bytes() == before
+
+
+def test_the_ledger_key_pair_signs_and_verifies(tmp_path: Path) -> None:
+    from common.privacy.signing import Signer, load_public_key, verifies
+
+    paths = create_credentials(tmp_path, nodes=1)
+
+    signer = Signer.from_file(paths.ledger_key)
+    public = load_public_key(paths.ledger_public_key)
+    assert paths.ledger_key.stat().st_mode & 0o777 == 0o600
+    assert signer.key.curve.name == "secp384r1"
+    assert verifies(public, b"entry", signer.sign(b"entry"))
+    assert not verifies(public, b"entry", signer.sign(b"another entry"))
