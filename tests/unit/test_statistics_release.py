@@ -20,8 +20,8 @@ from common.federation.messages import (
     TRANSITION_VALUES,
     USERS,
 )
-from common.federation.statistics_config import user_level_noise
 from common.privacy.accounting import Release, rdp_epsilon
+from common.privacy.budget_split import user_level_noise
 from common.privacy.calibration import noise_after_prior
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.ledger_audit import audit_ledgers, guarantees
