@@ -71,9 +71,15 @@ def run_noise_evidence(run: Path) -> NoiseEvidence:
         if entry.who == SERVER and entry.run_id == run_id and entry.noise_multiplier > 0
     ]
     statistics = [e for e in entries if e.mechanism == STATISTICS_MECHANISM]
+    rounds = [e for e in entries if e.mechanism == MODEL_MECHANISM]
+    for name, recorded in ((STATISTICS_FILE, statistics), (CHECKPOINT, rounds)):
+        if recorded and not (run / name).is_file():
+            evidence.notes.append(
+                f"{run / name} is missing: the noise of {len(recorded)} recorded release(s) "
+                f"is not measured (nothing of them is in the run folder)"
+            )
     if statistics and (run / STATISTICS_FILE).is_file():
         statistics_evidence(run / STATISTICS_FILE, statistics[-1], evidence)
-    rounds = [e for e in entries if e.mechanism == MODEL_MECHANISM]
     if rounds and (run / CHECKPOINT).is_file():
         model_evidence(run / CHECKPOINT, rounds, _lost_rounds(summary), evidence)
     if evidence.measured and not evidence.failures:
