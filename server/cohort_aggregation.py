@@ -8,7 +8,11 @@ number of sampled users with DP (the fixed-denominator estimator of DP-FedAvg,
 McMahan et al. 2018, whose sensitivity to one user is ``clip_norm / expected``). The
 noisy mean update then goes through the wrapped Flower strategy as a single reply, so
 FedAvg applies it as is and FedAdam / FedYogi use it as their pseudo-gradient: the
-server optimizer only ever sees the privatized aggregate.
+server optimizer only ever sees the privatized aggregate. The same mechanism then draws
+the round's noise witness (:meth:`~common.privacy.mechanism.GaussianMechanism.witness`),
+divided by the same weight, which ``on_witness`` hands to the recorder: the released
+checkpoint carries it, so anyone can measure the round's noise
+(:mod:`common.privacy.release_evidence`).
 
 Flower's own DP wrappers clip and count per Flower client; here a Flower client holds
 many users, so the user-level mechanism has to act on the cohorts' clipped sums.
@@ -25,6 +29,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from common.federation.messages import WEIGHT_KEY
+from common.privacy.mechanism import GaussianMechanism
 from common.privacy.randomness import PrivacyRandomness
 from server.strategy_wrapper import StrategyWrapper
 from server.update_validation import reply_problem
@@ -38,8 +43,9 @@ class CohortAggregation(StrategyWrapper):
 
     ``before_round(round)`` runs before a round is configured (it may raise to stop the
     run, e.g. a spent privacy budget); ``on_release(round)`` runs after aggregation and
-    before the new global model is returned to Flower. ``noise_source(round)`` gives the
-    round's noise generator: secret by default (:mod:`common.privacy.randomness`).
+    before the new global model is returned to Flower, then ``on_witness(round, values)``
+    gets the round's noise witness. ``noise_source(round)`` gives the round's noise
+    generator: secret by default (:mod:`common.privacy.randomness`).
     """
 
     def __init__(
@@ -51,6 +57,7 @@ class CohortAggregation(StrategyWrapper):
         noise_source: Callable[[int], PrivacyRandomness] | None = None,
         before_round: Callable[[int], None] | None = None,
         on_release: Callable[[int], object] | None = None,
+        on_witness: Callable[[int, np.ndarray], None] | None = None,
     ) -> None:
         super().__init__(strategy)
         if noise_multiplier < 0 or clip_norm <= 0:
@@ -64,6 +71,7 @@ class CohortAggregation(StrategyWrapper):
         self.noise_source = noise_source or (lambda _round: PrivacyRandomness())
         self.before_round = before_round
         self.on_release = on_release
+        self.on_witness = on_witness
         self.current_arrays = ArrayRecord()
 
     def configure_train(
@@ -93,11 +101,9 @@ class CohortAggregation(StrategyWrapper):
         if not valid:
             return None, None
         total, weight = self._summed_updates(valid)
+        witness = None
         if self.noise_multiplier > 0:
-            randomness = self.noise_source(server_round)
-            std = self.noise_multiplier * self.clip_norm
-            for value in total.values():
-                value += randomness.gaussian(std, value.shape, value.dtype.type)
+            witness = self.privatize(server_round, total)
             weight = float(self.expected_users or 0.0)
         if weight <= 0:
             return None, None
@@ -115,10 +121,22 @@ class CohortAggregation(StrategyWrapper):
         arrays, _ = self.strategy.aggregate_train(server_round, [synthetic])
         if self.on_release is not None:
             self.on_release(server_round)  # e.g. the privacy ledger, before the model leaves
+        if self.on_witness is not None and witness is not None:
+            self.on_witness(server_round, witness)  # released with the round's checkpoint
         metrics = self.strategy.train_metrics_aggr_fn(
             [reply.content for reply in valid], WEIGHT_KEY
         )
         return arrays, metrics
+
+    def privatize(self, server_round: int, total: dict[str, np.ndarray]) -> np.ndarray:
+        """Add the round's noise to the summed updates in place; the round's noise witness,
+        divided by the expected number of users as the sum is."""
+        mechanism = GaussianMechanism(
+            self.noise_multiplier * self.clip_norm, self.noise_source(server_round)
+        )
+        for value in total.values():
+            mechanism.add_to(value)
+        return mechanism.witness() / np.float32(self.expected_users or 1.0)
 
     def _summed_updates(self, replies: list[Message]) -> tuple[dict[str, np.ndarray], float]:
         """Add the (validated) cohorts' update sums and weights."""

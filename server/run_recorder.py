@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
@@ -126,6 +127,8 @@ class RunRecorder:
         self._round_started = self._started
         # per stage, set when the run released statistics (server/statistics_release.py)
         self.on_device: dict[str, OnDeviceScorer] = {}
+        # user-level DP: each numbered round's noise witness, saved with every checkpoint
+        self.noise_witness: dict[int, np.ndarray] = {}
 
     def metrics(self, split: LeaveOneOutSplit, stage: str) -> dict[str, float]:
         """The figures users get: the on-device scorer's when there is one, else the model's."""
@@ -171,6 +174,10 @@ class RunRecorder:
         """Clients that refused this round because their privacy budget is spent."""
         self._refused = refused
         self.refusals[server_round] = refused
+
+    def note_noise_witness(self, server_round: int, values: np.ndarray) -> None:
+        """This round's noise witness (user-level DP), released with its checkpoint."""
+        self.noise_witness[self.round_offset + server_round] = values
 
     def note_faults(self, failed: int, rejected: int) -> None:
         """This round's failed clients and rejected updates, for its metrics.csv row."""
@@ -218,6 +225,7 @@ class RunRecorder:
             dataset=self.config.dataset,
             valid=valid,
             ledger=ledger_heads(self.results_dir / LEDGER_FOLDER),
+            noise_witness={r: torch.from_numpy(v) for r, v in self.noise_witness.items()},
         )
         save_checkpoint(self.results_dir / name, checkpoint)
 

@@ -162,6 +162,7 @@ def build_server_strategy(
             ),
             before_round=privacy.check_round if privacy else None,
             on_release=privacy.record_round if privacy else None,
+            on_witness=recorder.note_noise_witness if privacy else None,
         )
     strategy = screened(strategy, config, recorder, fault_log)  # decodes compressed replies
     if config.dp == "local":

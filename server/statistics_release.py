@@ -9,15 +9,16 @@ BEFORE the statistics are written where devices and the scorer read them. Every 
 takes part (no sampling): the joint release is one Gaussian mechanism
 (:func:`common.privacy.statistics.joint_noise_multiplier`).
 
-A run resumed after a crash reuses the statistics its ledger recorded: the release is
-written to ``statistics.npz.pending`` first, then recorded, then renamed, so a crash
-between the two leaves a recorded release whose values are still on disk.
+The release is computed in memory, recorded, and only then written (atomically: a
+temporary file renamed), so nothing released exists under any name before its entry
+(:func:`publish_statistics`). A run resumed after a crash reuses the statistics its
+ledger recorded; a recorded release whose file is missing is refused, never drawn again
+(it may have left before the file was lost: a second draw would spend the budget twice).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +54,6 @@ from server.user_level_privacy import UserLevelPrivacy
 logger = logging.getLogger("fedseqrec.server")
 detail = logging.getLogger("fedseqrec.server.detail")  # per node: the run log only
 
-PENDING_SUFFIX = ".pending"
 NOISE_SALT = 0x57A7  # insecure-reproducible-noise only: the statistics' own stream
 
 
@@ -86,12 +86,8 @@ def release_statistics_round(
     if stats is None:
         seed = (config.seed, round_offset, NOISE_SALT)
         randomness = privacy_randomness(config.insecure_reproducible_noise, *seed)
-        stats = noisy_release(*query.sums(TEST_STAGE), multipliers, randomness)
-        pending = folder / (STATISTICS_FILE + PENDING_SUFFIX)
-        stats.save(pending)
-        if privacy is not None:
-            privacy.record_statistics(round_offset)  # the ledger first: then it may leave
-        os.replace(pending, folder / STATISTICS_FILE)
+        stats = noisy_release(*query.sums(TEST_STAGE), multipliers, randomness)  # in memory
+        publish_statistics(folder, stats, privacy, round_offset)
     settings = scorer_settings(config)
     write_scorer_settings(folder, settings, config.item_attributes, config.dataset)
     logger.info("statistics released: %s", _describe(stats))
@@ -102,18 +98,30 @@ def release_statistics_round(
     return scorers
 
 
+def publish_statistics(
+    folder: Path, stats: DPStatistics, privacy: UserLevelPrivacy | None, numbered_round: int
+) -> None:
+    """Record the release in the ledger, then write ``statistics.npz`` atomically.
+
+    The ledger first: a crash in between leaves an entry without a file (budget spent,
+    nothing released), never a file without its entry, under any name.
+    """
+    if privacy is not None:
+        privacy.record_statistics(numbered_round)
+    stats.save(folder / STATISTICS_FILE)
+
+
 def _recorded_release(folder: Path, privacy: UserLevelPrivacy | None) -> DPStatistics | None:
     """The statistics a resumed run already released (recorded in its ledger), else None."""
     recorded = privacy is not None and privacy.statistics_recorded()
-    released, pending = folder / STATISTICS_FILE, folder / (STATISTICS_FILE + PENDING_SUFFIX)
-    if recorded and not released.is_file() and pending.is_file():
-        os.replace(pending, released)  # killed between the ledger entry and the rename
+    released = folder / STATISTICS_FILE
     if released.is_file() and (privacy is None or recorded):
         return DPStatistics.load(released)
     if recorded:
         raise RuntimeError(
             f"the server ledger records this run's statistics release, but {released} is "
-            "missing: releasing them again would spend the budget twice"
+            "missing (the run stopped between the entry and the file, or the file was "
+            "removed): releasing them again would spend the budget twice; start a new run"
         )
     return None
 

@@ -20,7 +20,7 @@ A run with ``statistics = true`` first records its DP global statistics as one m
 user-level Gaussian release of the server (mechanism ``dp-statistics``, sampling rate 1,
 :mod:`server.statistics_release`); the training rounds' noise is calibrated so that both
 compose within ``target-epsilon``
-(:func:`common.federation.statistics_config.user_level_noise`).
+(:func:`common.privacy.budget_split.user_level_noise`).
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ from common.federation.messages import (
     DP_SAMPLING_RATE,
     LEDGER_PUBLIC_KEY,
 )
-from common.federation.statistics_config import user_level_noise
 from common.privacy.accounting import Release
+from common.privacy.budget_split import user_level_noise
 from common.privacy.calibration import resolve_delta
 from common.privacy.ledger import (
     INSECURE_REPRODUCIBLE,

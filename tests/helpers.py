@@ -27,6 +27,7 @@ from common.federation.config import FederatedConfig
 from common.federation.messages import model_to_arrays
 from common.models import SequenceRecommender, build_model
 from common.models.base import row_cross_entropy
+from server.cohort_aggregation import CohortAggregation
 from server.resume.keeper import RoundStateKeeper
 from server.run_recorder import RunRecorder
 from server.user_level_privacy import UserLevelPrivacy
@@ -256,8 +257,9 @@ def user_dp_run(
 ) -> Path:
     """A user-level DP run folder written by the real server code, without Flower.
 
-    :class:`UserLevelPrivacy` checks and records each round, :class:`RunRecorder` writes
-    metrics, checkpoints (with ledger heads) and the summary; a run continued from
+    :class:`UserLevelPrivacy` checks and records each round, :class:`CohortAggregation`
+    draws its noise and noise witness (on zero updates), :class:`RunRecorder` writes
+    metrics, checkpoints (with ledger heads and witnesses) and the summary; a run continued from
     ``initial_checkpoint`` first carries the earlier server ledger forward, as
     ``server_app.continue_from_checkpoint`` does.
     """
@@ -269,6 +271,7 @@ def user_dp_run(
     from common.federation.config import FederatedConfig
     from common.federation.messages import model_to_arrays
     from common.models import build_model
+    from common.privacy.randomness import server_noise_source
     from server.run_recorder import RunRecorder
     from server.user_level_privacy import UserLevelPrivacy, carry_ledger_forward
 
@@ -290,6 +293,10 @@ def user_dp_run(
         config, split.n_users, folder, insecure_reproducible_noise=insecure, round_offset=offset
     )
     recorder = RunRecorder(folder, model, split, config, 10, round_offset=offset)
+    aggregation = CohortAggregation(
+        FedAvg(), privacy.noise_multiplier, config.clip_norm, split.n_users * config.fraction_train,
+        server_noise_source(insecure, config.seed, offset),
+    )  # fmt: skip
     arrays = model_to_arrays(model)
     recorder.evaluate(0, arrays)
     reply = RecordDict(
@@ -297,7 +304,10 @@ def user_dp_run(
     )
     for server_round in range(1, rounds + 1):
         privacy.check_round(server_round)
+        zeros = {name: np.zeros_like(arrays[name].numpy()) for name in arrays}
+        witness = aggregation.privatize(server_round, zeros)
         privacy.record_round(server_round)
+        recorder.note_noise_witness(server_round, witness)
         recorder.aggregate_train([reply], "num-examples")
         recorder.evaluate(server_round, arrays)
     recorder.finish(privacy=privacy.summary())
@@ -368,16 +378,20 @@ def resumable_recorder(config: FederatedConfig) -> RunRecorder:
 
 
 def killed_dp_run(cycle_log: Path, folder: Path, saved: int, released: int) -> RunRecorder:
-    """Rounds 1..``saved`` recorded and saved, then releases up to ``released``, unsaved."""
+    """Rounds 1..``saved`` recorded and saved (with their noise witnesses), then releases
+    up to ``released``, unsaved."""
     config = resumable_config(cycle_log, folder)
     recorder = resumable_recorder(config)
     privacy = UserLevelPrivacy.from_config(config, 20, folder)
+    aggregation = CohortAggregation(FedAvg(), 1.0, 1.0, 20 * config.fraction_train)
     keeper = RoundStateKeeper(recorder, FedAvg(), config)
     reply = RecordDict({"metrics": MetricRecord({"train_loss": 1.0, "num-examples": 10})})
     keeper.evaluate(0, model_to_arrays(recorder.model))
     for server_round in range(1, released + 1):
+        witness = aggregation.privatize(server_round, {})  # the round's noise: its witness
         privacy.record_round(server_round)
         if server_round <= saved:
+            recorder.note_noise_witness(server_round, witness)
             recorder.aggregate_train([reply], "num-examples")
             with torch.no_grad():
                 next(recorder.model.parameters()).add_(0.01)

@@ -14,7 +14,11 @@ A checkpoint file (``torch.save``, readable with ``weights_only=True``) is a dic
 - ``dataset``: name or path of the data set the catalogue came from,
 - ``valid``: validation metrics of these weights (empty when not evaluated),
 - ``ledger``: the run's privacy ledger heads when these weights left (entry count and
-  last hash per file, :mod:`common.privacy.ledger_heads`; empty without a ledger).
+  last hash per file, :mod:`common.privacy.ledger_heads`; empty without a ledger),
+- ``noise_witness``: under user-level DP, each round's noise witness (round -> 1-D
+  float32 tensor of pure noise, scaled as that round's aggregate,
+  :mod:`common.privacy.mechanism`), from which the audit measures the noise the rounds
+  carried; empty without DP and in older checkpoints.
 
 So a device can rebuild the model and map its own item ids without the server or the
 data set. Older checkpoints (``{round, state_dict}`` from the federated server,
@@ -61,6 +65,7 @@ class Checkpoint:
     dataset: str
     valid: Mapping[str, float] = field(default_factory=dict)
     ledger: Mapping[str, Any] = field(default_factory=dict)
+    noise_witness: Mapping[int, torch.Tensor] = field(default_factory=dict)
 
     @property
     def n_items(self) -> int:
@@ -88,6 +93,7 @@ class Checkpoint:
             # the checkpoint is what a run releases (DESIGN.md: accounted or withheld)
             VALID_KEY: {key: float(value) for key, value in self.valid.items()},
             "ledger": {name: dict(head) for name, head in self.ledger.items()},
+            "noise_witness": {int(r): values for r, values in self.noise_witness.items()},
         }
 
 
@@ -143,6 +149,7 @@ def _checkpoint_of(path: Path, raw: dict[str, Any]) -> Checkpoint:
             dataset=str(raw.get("dataset", "")),
             valid=dict(raw.get(VALID_KEY, raw.get("valid", {}))),  # "valid": older files
             ledger=dict(raw.get("ledger", {})),
+            noise_witness=dict(raw.get("noise_witness", {})),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: malformed checkpoint ({error})") from None

@@ -24,7 +24,7 @@ from common.federation.checkpoints import (
 from common.federation.config import FederatedConfig
 from common.federation.node_partition import data_source
 from common.federation.run_model import run_model
-from common.federation.statistics_config import user_level_noise
+from common.privacy.budget_split import user_level_noise
 from common.privacy.calibration import check_reachable, resolve_delta
 
 

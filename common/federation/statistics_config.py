@@ -7,10 +7,10 @@ transitions, every user's contribution bounded), noised under user-level DP when
 with :class:`common.evaluation.on_device.OnDeviceScorer`, whose weights are the
 ``scorer-*`` keys (chosen on validation data, the same for every user).
 
-Budget: with ``dp = "user"`` the statistics alone are calibrated to
-``statistics-share x target-epsilon``; the training rounds (if any) get the noise that
-keeps the composition of both within ``target-epsilon``. ``num-server-rounds = 0``
-trains nothing: the whole budget goes to the statistics (``statistics-share`` 1).
+Budget: with ``dp = "user"`` the statistics and the training rounds share
+``target-epsilon`` (the noise of both: :func:`common.privacy.budget_split.user_level_noise`);
+``num-server-rounds = 0`` trains nothing: the whole budget goes to the statistics
+(``statistics-share`` 1). This module only checks the keys.
 """
 
 from __future__ import annotations
@@ -18,15 +18,6 @@ from __future__ import annotations
 from typing import Any
 
 from common.evaluation.on_device import ScorerSettings
-from common.privacy.accounting import Release
-from common.privacy.calibration import (
-    EpsilonTooLowError,
-    calibrate_noise,
-    noise_after_prior,
-    round_up,
-    short_number,
-)
-from common.privacy.statistics import joint_noise_multiplier, noise_multipliers
 
 
 def check_statistics(config: Any) -> None:
@@ -89,49 +80,3 @@ def scorer_settings(config: Any) -> ScorerSettings:
         )
     except ValueError as error:
         raise ValueError(f"scorer-{str(error).replace('_', '-')}") from None
-
-
-def user_level_noise(config: Any, delta: float) -> tuple[float, dict[str, float]]:
-    """``dp = "user"``: the training rounds' noise multiplier and each statistic's.
-
-    Without statistics the rounds are calibrated alone (or ``noise-multiplier`` is used);
-    with them the statistics spend ``statistics-share x target-epsilon`` alone and the
-    rounds get the noise that keeps the composition of both within ``target-epsilon``
-    (none when the run trains no round). The server and the launcher's preflight call
-    this same function.
-    """
-    if not config.statistics:
-        noise = calibrate_noise(
-            config.noise_multiplier,
-            config.target_epsilon,
-            delta=delta,
-            sampling_rate=config.fraction_train,
-            planned_steps=config.num_server_rounds,
-            mode="user",
-        )
-        return noise, {}
-    statistics = statistics_noise(config, delta)
-    if config.num_server_rounds == 0:
-        return 0.0, statistics
-    prior = [Release(joint_noise_multiplier(statistics), 1.0, 1)]
-    noise = noise_after_prior(
-        prior, config.target_epsilon, delta, config.fraction_train, config.num_server_rounds
-    )
-    return noise, statistics
-
-
-def statistics_noise(config: Any, delta: float) -> dict[str, float]:
-    """Each statistic's noise multiplier for ``statistics-share x target-epsilon``.
-
-    A share below what the accountant can certify is reported as the keys that set it.
-    """
-    share, target = config.statistics_share, config.target_epsilon
-    try:
-        return noise_multipliers(share * target, delta)
-    except EpsilonTooLowError as error:
-        raise ValueError(
-            f"target-epsilon {target:g} is too low: its statistics-share {share:g} "
-            f"({share * target:g}) is below {error.floor:g}, the smallest epsilon the RDP "
-            f"accountant certifies at delta {short_number(delta)}; set target-epsilon >= "
-            f"{round_up(error.floor / share):g}"
-        ) from None

@@ -34,6 +34,7 @@ from common.privacy.ledger_heads import (
     read_json_object,
     read_started_from,
 )
+from common.privacy.release_evidence import run_noise_evidence
 from common.privacy.statistics import STATISTICS_FILE, STATISTICS_MECHANISM
 
 SUMMARY = "summary.json"
@@ -47,6 +48,9 @@ def audit_path(path: Path) -> AuditReport:
     report = audit_ledgers(find_ledgers(path))
     if path.is_dir() and (path / LEDGER_FOLDER).is_dir():
         report.failures.extend(run_failures(path))
+        evidence = run_noise_evidence(path)  # the noise measured in the released files
+        report.failures.extend(evidence.failures)
+        report.notes.extend(evidence.notes)
         if not (path / SUMMARY).is_file():
             report.notes.append(
                 f"{path / SUMMARY} is missing (the run did not finish): the ledger was checked "

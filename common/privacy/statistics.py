@@ -15,7 +15,12 @@ and :func:`release_statistics` checks the composed epsilon against the target.
   ``i -> j``, each adding 1 to cell ``(a, j)`` for every public attribute ``a`` of ``i``;
   the vector is scaled down to norm 1 if longer. Shape ``(n_attributes, n_items + 1)``.
 
-Noise comes only from :class:`~common.privacy.randomness.PrivacyRandomness` (secret).
+Noise comes only from :class:`~common.privacy.mechanism.GaussianMechanism` (secret
+randomness). Each noised statistic is released with a noise witness (pure noise drawn
+by the same mechanism after the statistics' noise) and has cells no user can reach
+(item 0, the padding: nobody's popularity and no transition's target), so anyone can
+measure the noise from the file alone (:meth:`DPStatistics.pure_noise`,
+:mod:`common.privacy.release_evidence`).
 Clamping negatives and normalising (done by the scorer) are post-processing.
 """
 
@@ -25,47 +30,52 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from common.privacy.accounting import Release, rdp_epsilon
 from common.privacy.calibration import noise_for_target_epsilon
+from common.privacy.mechanism import GaussianMechanism
 from common.privacy.randomness import PrivacyRandomness
+from common.storage.atomic import write_atomically
 
 CONTRIBUTION_BOUND = 1.0
 STATISTICS = ("popularity", "attribute_transitions")
-NOISE_ROWS = 256
 DEFAULT_SHARES = {"popularity": 0.04, "attribute_transitions": 0.96}
 STATISTICS_FILE = "statistics.npz"  # a run's release, in its run folder
 STATISTICS_MECHANISM = "dp-statistics"  # its ledger entry's mechanism
+WITNESS_PREFIX = "noise_witness_"  # statistics.npz: the witness of each noised statistic
 
 
 @dataclass(frozen=True)
 class DPStatistics:
     """Released global statistics and the releases that account for them.
 
-    ``noise_multipliers[name]`` is 0.0 for a non-private (exact) statistic.
+    ``noise_multipliers[name]`` is 0.0 for a non-private (exact) statistic;
+    ``noise_witness[name]`` holds the noised statistic's pure-noise values (none for an
+    exact one, nor in files written before witnesses existed).
     """
 
     popularity: npt.NDArray[np.float32]
     attribute_transitions: npt.NDArray[np.float32]
     noise_multipliers: dict[str, float] = field(default_factory=dict)
+    noise_witness: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
 
     def releases(self) -> list[Release]:
         """One ``Release(z_i, 1.0, 1)`` per statistic, for the ledger and the accountant."""
         return [Release(self.noise_multipliers[name], 1.0, 1) for name in STATISTICS]
 
     def save(self, path: Path) -> None:
-        """Write the release (arrays and noise multipliers) as one ``.npz`` file for devices."""
-        multipliers = np.array([self.noise_multipliers[name] for name in STATISTICS])
-        with Path(path).open("wb") as handle:
-            np.savez(
-                handle,
-                popularity=self.popularity,
-                attribute_transitions=self.attribute_transitions,
-                noise_multipliers=multipliers,
-            )
+        """Write the release (arrays, noise multipliers, witnesses) atomically as one ``.npz``."""
+        arrays: dict[str, Any] = {
+            "popularity": self.popularity,
+            "attribute_transitions": self.attribute_transitions,
+            "noise_multipliers": np.array([self.noise_multipliers[name] for name in STATISTICS]),
+        }
+        arrays.update({f"{WITNESS_PREFIX}{n}": v for n, v in self.noise_witness.items()})
+        write_atomically(Path(path), lambda handle: np.savez(handle, **arrays))
 
     @classmethod
     def load(cls, path: Path) -> DPStatistics:
@@ -75,13 +85,29 @@ class DPStatistics:
                 multipliers = dict(
                     zip(STATISTICS, arrays["noise_multipliers"].tolist(), strict=True)
                 )
+                witnesses = {
+                    name: arrays[f"{WITNESS_PREFIX}{name}"].astype(np.float32)
+                    for name in STATISTICS
+                    if f"{WITNESS_PREFIX}{name}" in arrays
+                }
                 return cls(
                     arrays["popularity"].astype(np.float32),
                     arrays["attribute_transitions"].astype(np.float32),
                     multipliers,
+                    witnesses,
                 )
         except (OSError, KeyError, ValueError) as error:
             raise ValueError(f"{path}: not a DP statistics release ({error})") from None
+
+    def pure_noise(self, name: str) -> npt.NDArray[np.float32]:
+        """Released values of statistic ``name`` that hold noise only: cells no user can
+        reach (item 0, padding: in no history, popularity or transition target) and the
+        noise witness."""
+        reachable_by_nobody = (
+            self.popularity[:1] if name == "popularity" else self.attribute_transitions[:, 0]
+        )
+        witness = self.noise_witness.get(name, np.zeros(0, np.float32))
+        return np.concatenate([reachable_by_nobody.astype(np.float32), witness])
 
     def epsilon(self, delta: float) -> float:
         """Epsilon of all statistics composed (infinite if any is exact)."""
@@ -212,19 +238,23 @@ def noisy_release(
     multipliers: Mapping[str, float],
     randomness: PrivacyRandomness | None = None,
 ) -> DPStatistics:
-    """The release: exact bounded sums plus Gaussian noise ``z_i * CONTRIBUTION_BOUND`` per cell."""
+    """The release: exact bounded sums plus Gaussian noise ``z_i * CONTRIBUTION_BOUND`` per
+    cell, then each noised statistic's witness from the same mechanism."""
     randomness = randomness or PrivacyRandomness()
     noisy = {"popularity": popularity.copy(), "attribute_transitions": transitions.copy()}
-    for name in STATISTICS:
-        std = multipliers[name] * CONTRIBUTION_BOUND
-        rows = noisy[name].reshape(-1, noisy[name].shape[-1])
-        for start in range(0, len(rows) if std > 0 else 0, NOISE_ROWS):  # bounded memory
-            block = rows[start : start + NOISE_ROWS]
-            block += randomness.gaussian(std, block.shape, np.float64)
+    mechanisms = {
+        name: GaussianMechanism(multipliers[name] * CONTRIBUTION_BOUND, randomness)
+        for name in STATISTICS
+        if multipliers[name] > 0
+    }
+    for name, mechanism in mechanisms.items():
+        mechanism.add_to(noisy[name])
+    witnesses = {name: mechanism.witness() for name, mechanism in mechanisms.items()}
     return DPStatistics(
         popularity=noisy["popularity"].astype(np.float32),
         attribute_transitions=noisy["attribute_transitions"].astype(np.float32),
         noise_multipliers=dict(multipliers),
+        noise_witness=witnesses,
     )
 
 

@@ -7,7 +7,8 @@ for that client's updates; :func:`protected_unit` says which holds.
 
 Batches are Poisson-sampled with rate ``1 / steps_per_epoch`` (as Opacus's
 ``DPDataLoader``), so the accountant may use amplification by sampling. Sampling and
-noise are secret (:mod:`common.privacy.randomness`): Opacus's ``secure_mode`` needs
+noise are secret (:mod:`common.privacy.randomness`, the noise drawn by
+:mod:`common.privacy.mechanism`): Opacus's ``secure_mode`` needs
 torchcsprng, which does not build for our torch, so this module draws them itself with
 Opacus's recipe and leaves Opacus the accounting. The caller keeps
 the accountant's history across rounds (Flower ``context.state``) and composes every
@@ -24,6 +25,7 @@ import torch
 from common.data.features import TrainingWindows
 from common.models import SequenceRecommender
 from common.privacy.accounting import Release
+from common.privacy.mechanism import GaussianMechanism
 from common.privacy.randomness import PrivacyRandomness
 from common.training.centralized import trimmed_batch
 from common.training.clipping import clipped_gradient_sum
@@ -82,7 +84,7 @@ def train_local_dp(
         else torch.optim.SGD(params.values(), lr=lr)
     )
     expected_batch = int(len(windows) * rate)  # as Opacus's PrivacyEngine sets it
-    std = noise_multiplier * clip_norm
+    mechanism = GaussianMechanism(noise_multiplier * clip_norm, randomness)
     model.train()
     losses: list[float] = []
     steps = 0
@@ -93,7 +95,7 @@ def train_local_dp(
             if loss is not None:
                 losses.append(loss)
             for name, param in params.items():  # an empty batch still releases noise
-                noise = randomness.gaussian(std, tuple(param.shape))
+                noise = mechanism.noise(tuple(param.shape))
                 param.grad = (sums[name] + torch.from_numpy(noise)) / expected_batch
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

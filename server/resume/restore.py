@@ -79,6 +79,7 @@ def resume_run(
     except CheckpointError as error:
         raise ResumeError(str(error)) from None
     model.load_state_dict(checkpoint.state_dict)
+    recorder.noise_witness = {int(r): v.numpy() for r, v in checkpoint.noise_witness.items()}
     restore_random_states(state)
     recorder.best_score, recorder.best_round = state.best_score, state.best_round
     recorder.untrained = dict(state.untrained)

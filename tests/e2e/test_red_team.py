@@ -19,6 +19,7 @@ from common.data.partitioning import load_split
 from common.federation.config import FederatedConfig
 from common.federation.messages import model_to_arrays
 from common.models import build_model
+from common.privacy.mechanism import GaussianMechanism
 from common.privacy.randomness import server_noise_source
 from simulations.launch import main as launch_main
 from simulations.superlink import free_port
@@ -42,7 +43,7 @@ def noise_left_after_subtraction(folder: Path) -> float:
         randomness = guess(server_round)
         for name in names:
             shape = tuple(model.state_dict()[name].shape)
-            noise = randomness.gaussian(std, shape)
+            noise = GaussianMechanism(std, randomness).noise(shape)  # as the server draws it
             if name == "items.weight":
                 predicted += noise[0] / expected_users
     released = torch.load(folder / "checkpoint.pt", weights_only=True)["state_dict"]

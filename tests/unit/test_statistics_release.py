@@ -20,8 +20,8 @@ from common.federation.messages import (
     TRANSITION_VALUES,
     USERS,
 )
-from common.federation.statistics_config import user_level_noise
 from common.privacy.accounting import Release, rdp_epsilon
+from common.privacy.budget_split import user_level_noise
 from common.privacy.calibration import noise_after_prior
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.ledger_audit import audit_ledgers, guarantees
@@ -33,7 +33,7 @@ from common.privacy.statistics import (
     release_statistics,
     summed_contributions,
 )
-from server.statistics_release import _add_reply, _recorded_release
+from server.statistics_release import _add_reply, _recorded_release, publish_statistics
 from server.user_level_privacy import UserLevelPrivacy
 from tests.helpers import user_dp_run, write_cycle_attributes, write_cycle_log
 
@@ -192,16 +192,44 @@ def test_a_resumed_run_reuses_its_recorded_release_and_never_spends_twice(tmp_pa
     log = write_cycle_log(tmp_path / "cycle.csv")
     stats = release_statistics(HISTORIES, ATTRIBUTES, 5, 4.0, 1e-5)
     fresh = tmp_path / "fresh"
-    fresh.mkdir()
-    stats.save(fresh / "statistics.npz.pending")  # killed before its ledger entry
+    fresh.mkdir()  # killed before the ledger entry: nothing was released
     assert _recorded_release(fresh, recorded_privacy(fresh, log, record=False)) is None
-    killed = tmp_path / "killed"
-    killed.mkdir()
-    stats.save(killed / "statistics.npz.pending")  # killed after the entry, before the rename
-    reused = _recorded_release(killed, recorded_privacy(killed, log, record=True))
-    assert reused is not None and (killed / "statistics.npz").is_file()
+    done = tmp_path / "done"
+    done.mkdir()
+    publish_statistics(done, stats, recorded_privacy(done, log, record=False), 0)
+    reused = _recorded_release(done, recorded_privacy(done, log, record=False))
+    assert reused is not None
     np.testing.assert_array_equal(reused.attribute_transitions, stats.attribute_transitions)
     lost = tmp_path / "lost"
-    lost.mkdir()
+    lost.mkdir()  # killed between the entry and the file, or the file removed
     with pytest.raises(RuntimeError, match="releasing them again would spend the budget twice"):
         _recorded_release(lost, recorded_privacy(lost, log, record=True))
+
+
+def test_the_ledger_entry_comes_before_the_file_under_any_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: a release computed in memory; the entry fails, then (another run) the write
+    log = write_cycle_log(tmp_path / "cycle.csv")
+    stats = release_statistics(HISTORIES, ATTRIBUTES, 5, 4.0, 1e-5)
+    refused, crashed = tmp_path / "refused", tmp_path / "crashed"
+    refused.mkdir(), crashed.mkdir()
+    privacy = recorded_privacy(refused, log, record=False)
+    monkeypatch.setattr(privacy, "record_statistics", lambda _round: 1 / 0)
+    before = {p.name for p in refused.iterdir()}
+    # Execute
+    with pytest.raises(ZeroDivisionError):
+        publish_statistics(refused, stats, privacy, 0)
+    crashing = recorded_privacy(crashed, log, record=False)
+
+    def crash_on_write(*_args: object, **_arrays: object) -> None:
+        assert crashing.statistics_recorded()  # the entry is on disk before any byte
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", crash_on_write)
+    with pytest.raises(OSError, match="disk full"):
+        publish_statistics(crashed, stats, crashing, 0)
+    # Assert: no released values anywhere without an entry; none half-written after one
+    assert {p.name for p in refused.iterdir()} == before
+    assert not [p for p in crashed.rglob("*") if "statistics" in p.name]
+    assert crashing.statistics_recorded()
