@@ -36,7 +36,7 @@ HARMLESS = (
     "metrics.csv", "rejections.csv", "stops.jsonl", "valid_ndcg.png", "train_loss.png",
     "flwr.log", "flwr.*.log", "superlink.log", "superlink.*.log",
     "launcher.lock", "launcher.lock.json", "server.lock", "server.lock.json",
-    "scorer.json", "ledger/*.jsonl", "ledger/started-from.json",
+    "scorer.json", "ledger/*.jsonl", "ledger/*.jsonl.sig", "ledger/started-from.json",
     "state/server_state.pt", "state/server_state.json",
 )  # fmt: skip
 RELEASES = ("checkpoint.pt", "statistics.npz")  # each needs its ledger entry
@@ -79,19 +79,32 @@ def _mode_failures(
     privacy = summary.get("privacy")
     server = [e for e in ours if e.who == SERVER]
     if isinstance(privacy, dict) and server:
-        failures += _privacy_field_failures(where, privacy, server[-1])
+        failures += _privacy_field_failures(where, privacy, server)
     return failures
 
 
 def _privacy_field_failures(
-    where: Path, privacy: Mapping[str, Any], last: LedgerEntry
+    where: Path, privacy: Mapping[str, Any], server: list[LedgerEntry]
 ) -> list[str]:
-    """The summary's privacy block must repeat the ledger's last server entry."""
+    """The summary's privacy block must repeat the ledger: the guarantee (epsilon, delta,
+    population, randomness) its last server entry's, the rounds' mechanism (noise, clip,
+    sampling rate) its last DP-FedAvg entry's, the statistics' its dp-statistics entry's."""
+    last = server[-1]
+    checks = [(field, privacy.get(field), last, field)
+              for field in ("epsilon", "delta", "population", "randomness")]  # fmt: skip
+    rounds = [e for e in server if e.mechanism != STATISTICS]
+    if rounds:
+        checks += [(field, privacy.get(field), rounds[-1], field)
+                   for field in ("noise_multiplier", "sampling_rate", "clip_norm")]  # fmt: skip
+    statistics = [e for e in server if e.mechanism == STATISTICS]
+    block = privacy.get("statistics")
+    if statistics and isinstance(block, dict):
+        joint = block.get("joint_noise_multiplier")
+        checks.append(("statistics.joint_noise_multiplier", joint, statistics[-1],
+                       "noise_multiplier"))  # fmt: skip
     failures = []
-    fields = ("epsilon", "delta", "population", "randomness", "noise_multiplier",
-              "sampling_rate", "clip_norm")  # fmt: skip
-    for field in fields:
-        claimed, recorded = privacy.get(field), getattr(last, field)
+    for name, claimed, entry, field in checks:
+        recorded = getattr(entry, field)
         same = (
             isinstance(claimed, int | float) and math.isclose(claimed, recorded, rel_tol=1e-9)
             if isinstance(recorded, float)
@@ -99,8 +112,8 @@ def _privacy_field_failures(
         )
         if claimed is not None and not same:
             failures.append(
-                f"{where} states {field} {claimed!r}, but the ledger's last server entry "
-                f"(round {last.round}) records {recorded!r}"
+                f"{where} states {name} {claimed!r}, but the ledger's {entry.mechanism} entry "
+                f"of round {entry.round} records {recorded!r}"
             )
     return failures
 

@@ -55,6 +55,17 @@ class NoiseEvidence:
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     measured: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)  # the report's evidence table
+
+    def add(self, where: str, round_: int, quantity: str, measurement: NoiseMeasurement) -> None:
+        """Record one measurement as a row of the audit report's ``evidence``."""
+        self.rows.append({
+            "who": where, "round": round_, "quantity": quantity,
+            "claimed": measurement.claimed_std, "measured": measurement.measured_std,
+            "low": 0.0, "high": measurement.upper_std,
+            "level": f"one-sided, false alarm {measurement.alpha:.0e}",
+            "agrees": measurement.passed,
+        })  # fmt: skip
 
 
 def run_noise_evidence(run: Path) -> NoiseEvidence:
@@ -117,6 +128,7 @@ def statistics_evidence(path: Path, entry: LedgerEntry, evidence: NoiseEvidence)
     evidence.measured += 1
     measured = statistics_measurements(stats, entry.noise_multiplier, entry.clip_norm)
     for name, measurement in measured.items():
+        evidence.add(path.name, entry.round, f"{name} noise std", measurement)
         if not measurement.passed:
             evidence.failures.append(
                 f"{path}: {name} carries less noise than its ledger entry (round "
@@ -169,6 +181,7 @@ def model_evidence(
         )
         measurement = measure_noise(np.asarray(values), claimed)
         evidence.measured += 1
+        evidence.add(path.name, entry.round, "mean update noise std", measurement)
         if not measurement.passed:
             evidence.failures.append(
                 f"{path}: round {entry.round} carries less noise than its ledger entry "

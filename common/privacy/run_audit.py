@@ -35,6 +35,7 @@ from common.privacy.ledger_heads import (
     read_started_from,
 )
 from common.privacy.release_evidence import run_noise_evidence
+from common.privacy.seed_replay import seeded_noise_failures
 from common.privacy.statistics import STATISTICS_FILE, STATISTICS_MECHANISM
 
 SUMMARY = "summary.json"
@@ -49,8 +50,9 @@ def audit_path(path: Path) -> AuditReport:
     if path.is_dir() and (path / LEDGER_FOLDER).is_dir():
         report.failures.extend(run_failures(path))
         evidence = run_noise_evidence(path)  # the noise measured in the released files
-        report.failures.extend(evidence.failures)
+        report.failures.extend(evidence.failures + seeded_noise_failures(path))
         report.notes.extend(evidence.notes)
+        report.evidence.extend(evidence.rows)
         if not (path / SUMMARY).is_file():
             report.notes.append(
                 f"{path / SUMMARY} is missing (the run did not finish): the ledger was checked "

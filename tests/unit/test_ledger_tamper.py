@@ -217,6 +217,16 @@ def unledgered_statistics(run: Path) -> None:
     set_config(dp="none")(run)
 
 
+def relabel_seeded_run(run: Path) -> None:
+    """A run whose noise was seeded, relabelled os-entropy in ledger, config and heads."""
+    shutil.rmtree(run)
+    user_dp_run(run, write_cycle_log(run.parent / "cycle.csv"), insecure=True)
+    write_lines(run, [{**r, "randomness": "os-entropy"} for r in server_lines(run)], rechain=True)
+    set_config(**{"insecure-reproducible-noise": False})(run)
+    set_privacy(randomness="os-entropy")(run)
+    rewrite_heads(run)
+
+
 def forged_then_checkpoint_deleted(run: Path) -> None:
     forge_consistently(run, noise_multiplier=2.0)
     (run / "checkpoint.pt").unlink()
@@ -257,6 +267,14 @@ CORPUS: dict[str, tuple[Edit, str]] = {
         "summary.json and config.json are missing",
     ),
     # consistent forgeries (chain and heads recomputed) and cross-checks of the folder
+    "doubled noise, chain and heads rewritten": (
+        lambda run: forge_consistently(run, noise_multiplier=2.0),
+        "round 1 carries less noise than its ledger entry claims",
+    ),
+    "seeded noise relabelled os-entropy, config too": (
+        relabel_seeded_run,
+        "noise witness is exactly the noise that seed 42 regenerates",
+    ),
     "released model deleted": (
         lambda run: (run / "checkpoint.pt").unlink(),
         "checkpoint.pt is missing, but the ledger records model releases up to round 4",
@@ -282,10 +300,10 @@ CORPUS: dict[str, tuple[Edit, str]] = {
         set_config(**{"insecure-reproducible-noise": True}),
         "the ledger labels 4 release(s) 'os-entropy': relabelled noise",
     ),
-    "false epsilon in summary": (set_privacy(epsilon=1.0), "states epsilon 1.0, but the ledger"),
+    "false epsilon in summary": (set_privacy(epsilon=1.0), "states epsilon 1.0, but the ledger's"),
     "false noise multiplier in summary": (
         set_privacy(noise_multiplier=2.0),
-        "states noise_multiplier 2.0, but the ledger's last server entry (round 4) records 1.0",
+        "states noise_multiplier 2.0, but the ledger's dp-fedavg entry of round 4 records 1.0",
     ),
     "false population in summary": (set_privacy(population=943), "states population 943"),
     "released round changed in summary": (

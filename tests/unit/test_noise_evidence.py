@@ -95,7 +95,8 @@ def test_nothing_to_measure_is_an_error(
 
 def forge(run: Path, factor: float, mechanism: str) -> None:
     """Claim ``factor`` x the noise of every ``mechanism`` entry: epsilons recomputed, chain
-    rebuilt, the heads in summary.json and in every checkpoint rewritten."""
+    rebuilt, the heads and privacy claims in summary.json and the heads in every checkpoint
+    rewritten (only the released files' own noise can then tell)."""
     path = run / "ledger" / "server.jsonl"
     releases, previous, lines = [], GENESIS, []
     for entry in read_ledger(path):
@@ -110,7 +111,15 @@ def forge(run: Path, factor: float, mechanism: str) -> None:
     path.write_text("\n".join(lines) + "\n")
     heads = ledger_heads(run / "ledger")
     summary = json.loads((run / "summary.json").read_text())
-    (run / "summary.json").write_text(json.dumps({**summary, "ledger": heads}))
+    last = LedgerEntry(**json.loads(lines[-1]))
+    privacy = {**summary["privacy"], "epsilon": last.epsilon}  # the summary's claims too
+    if mechanism == "dp-fedavg":
+        privacy["noise_multiplier"] = last.noise_multiplier
+    elif privacy.get("statistics"):
+        joint = privacy["statistics"]["joint_noise_multiplier"] * factor
+        privacy["statistics"] = {**privacy["statistics"], "joint_noise_multiplier": joint}
+    summary.update(ledger=heads, privacy=privacy)
+    (run / "summary.json").write_text(json.dumps(summary))
     for checkpoint in run.glob("*.pt"):
         raw = torch.load(checkpoint, weights_only=True)
         torch.save({**raw, "ledger": heads}, checkpoint)
