@@ -306,12 +306,14 @@ def launch_in(
     logger.info("run %s: %d users -> %d clients", results_dir, n_users, num_supernodes)
     code, death = run_simulation(config, results_dir, num_supernodes, port)
     try:
+        log = results_dir / "flwr.log"
         if death is not None:
-            raise LaunchError(f"{death}; every process of the run was stopped")
+            raise LaunchError(f"{death}; every process of the run was stopped (see {log})")
         if code != 0:
-            log = results_dir / "flwr.log"
-            raise LaunchError(f"flwr run exited with code {code}: {failure_line(log)!r}")
-        summary = check_outcome(results_dir)
+            raise LaunchError(
+                f"flwr run exited with code {code}: {failure_line(log)!r} (see {log})"
+            )
+        summary = check_outcome(results_dir)  # its errors name the log too
     except LaunchError as error:
         record_stop(results_dir, death.part if death else "ServerApp", str(error))
         raise LaunchError(f"{error}{way_on(results_dir)}") from None

@@ -61,14 +61,14 @@ def write_plots(results_dir: Path) -> None:
 
 def way_on(results_dir: Path) -> str:
     """What to do after a failed run: resume it (if a round was saved) or start again."""
-    state, log = results_dir / "state" / "server_state.json", results_dir / "flwr.log"
+    state = results_dir / "state" / "server_state.json"
     try:
         saved = int(json.loads(state.read_text())["round"])
     except (OSError, ValueError, KeyError, TypeError):
-        return f". Nothing was saved to resume from: start the run again (details: {log})"
+        return ". Nothing was saved to resume from: start the run again"
     return (
         f". Round {saved} was the last saved: carry on with `python -m simulations.launch "
-        f"--resume {results_dir}` (details: {log})"
+        f"--resume {results_dir}`"
     )
 
 
