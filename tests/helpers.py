@@ -436,3 +436,15 @@ def forge_noise_consistently(run: Path, factor: float = 2.0, signer: Any = None)
         raw = torch.load(checkpoint, weights_only=True)
         raw["ledger"] = heads
         torch.save(raw, checkpoint)
+
+
+def node_logs(cycle_log: Path, folder: Path) -> list[Path]:
+    """Users u0-u9 on node 1, u10-u19 on node 2, each in its own node folder."""
+    header, *rows = cycle_log.read_text().splitlines()
+    paths = []
+    for index, keep in enumerate((lambda u: u < 10, lambda u: u >= 10), start=1):
+        path = folder / f"node-{index}" / "clicks.csv"
+        path.parent.mkdir(parents=True)
+        path.write_text("\n".join([header, *(r for r in rows if keep(int(r.split(",")[0][1:])))]))
+        paths.append(path)
+    return paths

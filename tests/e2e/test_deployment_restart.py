@@ -26,7 +26,7 @@ from deploy.run import submit_run
 from server.resume.state import STATE_FOLDER, STATE_SUMMARY
 from simulations.launch import LaunchError, app_defaults
 from simulations.superlink import flower_env
-from tests.helpers import processes_naming, running
+from tests.helpers import node_logs, processes_naming, running
 
 ROUNDS = 5
 RUN = {"model": "lstm", "dim": 8, "layers": 1, "max-len": 10, "dropout": 0.0,
@@ -45,18 +45,6 @@ def saved_round(results: Path) -> int:
     """
     path = results / STATE_FOLDER / STATE_SUMMARY  # written atomically, after the .pt
     return int(json.loads(path.read_text())["round"]) if path.is_file() else 0
-
-
-def node_logs(cycle_log: Path, folder: Path) -> list[Path]:
-    """Users u0-u9 on node 1, u10-u19 on node 2."""
-    header, *rows = cycle_log.read_text().splitlines()
-    paths = []
-    for index, keep in enumerate((lambda u: u < 10, lambda u: u >= 10), start=1):
-        path = folder / f"node-{index}" / "clicks.csv"
-        path.parent.mkdir(parents=True)
-        path.write_text("\n".join([header, *(r for r in rows if keep(int(r.split(",")[0][1:])))]))
-        paths.append(path)
-    return paths
 
 
 @pytest.mark.simulation

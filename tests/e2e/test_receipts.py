@@ -26,7 +26,7 @@ from deploy.local import CONNECTION, LocalDeployment
 from deploy.run import submit_run
 from simulations.launch import app_defaults
 from simulations.superlink import flower_env
-from tests.helpers import forge_noise_consistently
+from tests.helpers import forge_noise_consistently, node_logs
 
 ROUNDS = 3
 RUN = {"model": "lstm", "dim": 8, "layers": 1, "max-len": 10, "dropout": 0.0,
@@ -34,18 +34,6 @@ RUN = {"model": "lstm", "dim": 8, "layers": 1, "max-len": 10, "dropout": 0.0,
        "deployment-nodes": 2, "partition-mode": "cohort", "dp": "user",
        "noise-multiplier": 1.0, "clip-norm": 1.0, "fraction-train": 1.0,
        "population": 20}  # fmt: skip
-
-
-def node_logs(cycle_log: Path, folder: Path) -> list[Path]:
-    """Users u0-u9 on node 1, u10-u19 on node 2, each in its own node folder."""
-    header, *rows = cycle_log.read_text().splitlines()
-    paths = []
-    for index, keep in enumerate((lambda u: u < 10, lambda u: u >= 10), start=1):
-        path = folder / f"node-{index}" / "clicks.csv"
-        path.parent.mkdir(parents=True)
-        path.write_text("\n".join([header, *(r for r in rows if keep(int(r.split(",")[0][1:])))]))
-        paths.append(path)
-    return paths
 
 
 @pytest.mark.simulation
