@@ -38,6 +38,9 @@ HARMLESS = (
     "launcher.lock", "launcher.lock.json", "server.lock", "server.lock.json",
     "scorer.json", "ledger/*.jsonl", "ledger/*.jsonl.sig", "ledger/started-from.json",
     "state/server_state.pt", "state/server_state.json",
+    # the canary audit's own input: its planted synthetic users and the data set with
+    # them (what the simulation reads, as the data set file itself; nothing it released)
+    "canaries.json", "canary-data/*",
 )  # fmt: skip
 RELEASES = ("checkpoint.pt", "statistics.npz")  # each needs its ledger entry
 TOLERANCE = 1e-9
@@ -56,7 +59,8 @@ def folder_failures(
     failures = _mode_failures(run, summary, config, ours)
     failures += _population_failures(run, config, ours)
     failures += _released_model_failures(run, summary, ours)
-    return failures + inventory_failures(run)
+    finished = summary.get("status") == "completed"
+    return failures + inventory_failures(run, finished)
 
 
 def _mode_failures(
@@ -176,21 +180,41 @@ def _released_model_failures(
     return failures
 
 
-def inventory_failures(run: Path) -> list[str]:
-    """Files of a private run that are neither a release with its entry nor harmless."""
+def inventory_failures(run: Path, finished: bool = True) -> list[str]:
+    """Files of a private run that are neither a release with its entry nor harmless.
+
+    A run that did not finish (killed) may hold the temporary file of a write the kill
+    cut short (``.NAME.<random>`` beside NAME): its release, if any, was ledgered first,
+    and a resume removes it (:func:`interrupted_writes`); in a finished run it fails.
+    """
     named = _state_files(run)
+    cut_short = set() if finished else set(interrupted_writes(run))
     failures = []
     for path in sorted(p for p in run.rglob("*") if p.is_file()):
         relative = path.relative_to(run).as_posix()
         if any(fnmatch.fnmatchcase(relative, pattern) for pattern in HARMLESS):
             continue
-        if relative in named or relative in RELEASES:
+        if relative in named or relative in RELEASES or path in cut_short:
             continue  # releases are checked against the ledger by name
         failures.append(
             f"{path} is neither a ledgered release nor a harmless file "
             f"(docs/privacy-audit.md lists them): {_why(relative)}"
         )
     return failures
+
+
+def interrupted_writes(run: Path) -> list[Path]:
+    """Temporary files of atomic writes a kill cut short (``common/storage/atomic.py``'s
+    ``.NAME.<random>`` and ``keep_file``'s ``.NAME.link``), NAME a file the run writes."""
+    known = {*RELEASES, *(p for p in HARMLESS if "*" not in p)}
+    found = []
+    for path in run.rglob(".*"):
+        relative = path.relative_to(run)
+        name, _, _ = path.name[1:].rpartition(".")
+        original = (relative.parent / name).as_posix()
+        if path.is_file() and (original in known or original.startswith("state/")):
+            found.append(path)
+    return sorted(found)
 
 
 def _state_files(run: Path) -> set[str]:

@@ -28,6 +28,7 @@ from typing import Any
 from common.federation.checkpoints import CheckpointError, load_checkpoint
 from common.federation.config import FederatedConfig
 from common.models import SequenceRecommender
+from common.privacy.folder_checks import interrupted_writes
 from common.privacy.ledger import read_ledger_file
 from common.privacy.ledger_heads import LEDGER_FOLDER
 from common.storage.run_folder import cut_csv_rows
@@ -144,7 +145,10 @@ def _check_same_run(
 
 
 def _restore_files(folder: Path, state: ServerState) -> None:
-    """Checkpoints and metrics.csv as they were when the state was saved."""
+    """Checkpoints and metrics.csv as they were when the state was saved; the temporary
+    files of writes the kill cut short removed (their releases were ledgered first)."""
+    for leftover in interrupted_writes(folder):
+        leftover.unlink(missing_ok=True)
     state_dir = folder / STATE_FOLDER
     keep_file(state_dir / state.model_file, folder / CHECKPOINT)
     if state.best_file:

@@ -92,4 +92,8 @@ def test_receipts_pass_an_honest_run_and_name_a_consistent_forgery(
         for node_id in {r.node_id for r in read_receipts(node / RECEIPTS_FILE).receipts}
         for server_round in range(1, ROUNDS + 1)
     }
-    assert set(lines) == expected
+    receipt_lines = {line for line in lines if "in the node's receipt" in line}
+    assert receipt_lines == expected
+    # the released model's own noise tells too (noise evidence): each round measures half
+    noise_lines = [line for line in lines if "carries less noise than its ledger" in line]
+    assert len(noise_lines) == ROUNDS and len(lines) == len(expected) + ROUNDS

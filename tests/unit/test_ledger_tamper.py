@@ -402,3 +402,18 @@ def test_a_run_killed_before_its_summary_passes_with_a_note(
     out = capsys.readouterr().out
     assert code == 0, out
     assert "summary.json is missing (the run did not finish)" in out
+
+
+def test_a_killed_run_may_hold_a_write_the_kill_cut_short(
+    honest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: killed before its summary, mid-way through writing a checkpoint
+    run = tmp_path / honest.name
+    shutil.copytree(honest, run)
+    kill_before_summary(run)
+    add_file(".checkpoint.pt.k1ll3d")(run)
+    # Execute
+    code = main([str(run)])
+    # Assert: not an unaccounted release (its round was ledgered first); a finished run
+    # holding the same file fails ("leftover temporary checkpoint" in the corpus)
+    assert code == 0, capsys.readouterr().out

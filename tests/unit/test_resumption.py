@@ -107,6 +107,7 @@ def test_a_resumed_run_counts_a_release_that_was_not_saved(cycle_log: Path, tmp_
     killed_dp_run(cycle_log, folder, saved=3, released=4)
     with (folder / "metrics.csv").open("a") as handle:
         handle.write("4,5.0,10")  # half a row written when the kill landed
+    (folder / ".checkpoint.pt.k1ll3d").write_bytes(b"half a checkpoint")  # a cut-short write
     # Execute
     config = resumable_config(cycle_log, folder, resume_from=str(folder))
     recorder = resumable_recorder(config)
@@ -115,6 +116,7 @@ def test_a_resumed_run_counts_a_release_that_was_not_saved(cycle_log: Path, tmp_
     assert resumption.state.round == 3 and resumption.skip_through == 4
     assert resumption.state.resumes[-1]["rounds_lost"] == 1
     assert [row["round"] for row in metrics_rows(folder)] == ["0", "1", "2", "3"]
+    assert not (folder / ".checkpoint.pt.k1ll3d").exists()  # removed: its release is ledgered
     lines = (folder / "metrics.csv").read_bytes().splitlines(keepends=True)
     assert all(line.endswith(b"\r\n") for line in lines)  # one line ending, as csv writes
     saved = torch.load(folder / CHECKPOINT, weights_only=True)
