@@ -36,7 +36,7 @@ from common.data.loaders import BUILTIN_DATASETS, builtin_path
 from common.federation.config import FederatedConfig
 from common.federation.preflight import check_simulation_inputs
 from common.storage.run_folder import new_run_dir, write_json
-from common.storage.run_lock import LAUNCHER_LOCK, RunFolderBusy, RunFolderLock
+from common.storage.run_lock import EXIT_GRACE, LAUNCHER_LOCK, RunFolderBusy, RunFolderLock
 from server.resume.preflight import keep_earlier_logs, resumed_run
 from server.resume.stops import record_stop
 from simulations.flower_log import stream_flwr_run
@@ -260,7 +260,7 @@ def launch_resumed(args: argparse.Namespace) -> dict[str, Any]:
     if not (folder / "config.json").is_file():
         raise LaunchConfigError(f"cannot resume: {folder / 'config.json'}: not found; "
                                 "--resume takes a run folder")  # fmt: skip
-    lock = RunFolderLock(folder, LAUNCHER_LOCK, "launcher")
+    lock = RunFolderLock(folder, LAUNCHER_LOCK, "launcher", wait=EXIT_GRACE)
     try:
         lock.acquire()  # one writer: before anything is read, checked or written
     except RunFolderBusy as error:

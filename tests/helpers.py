@@ -156,6 +156,9 @@ def kill_simulation(launch: Launch, timeout: float = 30.0) -> dict[int, str]:
         time.sleep(0.05)
         alive = simulation_processes(launch.marker)
     launch.process.wait(timeout=timeout)
+    # an exiting process stops showing its environment before it closes its files (and
+    # lets go of its locks): wait until each one has really exited
+    assert still_running(list(killed), within=timeout) == [], "killed processes linger"
     return killed
 
 

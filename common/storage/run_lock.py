@@ -28,6 +28,7 @@ from filelock import FileLock, Timeout
 LAUNCHER_LOCK = "launcher.lock"
 SERVER_LOCK = "server.lock"
 LOCK_FILES = (LAUNCHER_LOCK, SERVER_LOCK)
+EXIT_GRACE = 5.0  # seconds a resume waits for a lock whose holder may be exiting (killed)
 
 
 class RunFolderBusy(RuntimeError):
@@ -37,11 +38,11 @@ class RunFolderBusy(RuntimeError):
 class RunFolderLock:
     """Hold ``folder/name`` exclusively (``with`` block or :meth:`acquire`/:meth:`release`)."""
 
-    def __init__(self, folder: Path, name: str, role: str) -> None:
+    def __init__(self, folder: Path, name: str, role: str, wait: float = 0.0) -> None:
         self.folder = Path(folder)
         self.path = self.folder / name
         self.role = role
-        self._lock = FileLock(str(self.path), timeout=0)
+        self._lock = FileLock(str(self.path), timeout=wait)
 
     @property
     def holder_path(self) -> Path:
@@ -102,13 +103,14 @@ def busy_message(path: Path) -> str:
     )
 
 
-def check_unlocked(folder: Path, names: tuple[str, ...] = LOCK_FILES) -> None:
-    """Raise :class:`RunFolderBusy` if a writer holds one of ``folder``'s locks ``names`` now."""
+def check_unlocked(folder: Path, names: tuple[str, ...] = LOCK_FILES, wait: float = 0.0) -> None:
+    """Raise :class:`RunFolderBusy` if a writer holds one of ``folder``'s locks ``names``
+    (still, after ``wait`` seconds: a writer killed a moment ago lets go as it exits)."""
     for name in names:
         path = Path(folder) / name
         if not path.exists():
             continue
-        probe = FileLock(str(path), timeout=0)
+        probe = FileLock(str(path), timeout=wait)
         try:
             probe.acquire()
         except Timeout:

@@ -24,7 +24,7 @@ from common.federation.checkpoints import CheckpointError, load_checkpoint
 from common.privacy.ledger import LedgerError
 from common.privacy.ledger_heads import LEDGER_FOLDER, check_head
 from common.privacy.run_audit import resume_failures
-from common.storage.run_lock import SERVER_LOCK, RunFolderBusy, check_unlocked
+from common.storage.run_lock import EXIT_GRACE, SERVER_LOCK, RunFolderBusy, check_unlocked
 from server.resume.state import STATE_FOLDER, ResumeError, ServerState, load_server_state
 
 CONFIG = "config.json"
@@ -51,7 +51,7 @@ def resumed_run(run_dir: Path) -> tuple[Path, str, dict[str, Any]]:
             f"(was it moved? resume it where it ran)"
         )
     try:
-        check_unlocked(folder, (SERVER_LOCK,))
+        check_unlocked(folder, (SERVER_LOCK,), wait=EXIT_GRACE)
     except RunFolderBusy as error:
         raise ResumeError(str(error)) from None
     state = load_server_state(folder)
