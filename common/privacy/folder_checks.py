@@ -184,11 +184,15 @@ def inventory_failures(run: Path, finished: bool = True) -> list[str]:
     """Files of a private run that are neither a release with its entry nor harmless.
 
     A run that did not finish (killed) may hold the temporary file of a write the kill
-    cut short (``.NAME.<random>`` beside NAME): its release, if any, was ledgered first,
-    and a resume removes it (:func:`interrupted_writes`); in a finished run it fails.
+    cut short (``.NAME.<random>`` beside NAME), or a round's model linked into ``state/``
+    before the state naming it was saved: its release was ledgered first, and a resume
+    removes both (:func:`interrupted_writes`, ``save_server_state``); in a finished run
+    they fail.
     """
     named = _state_files(run)
     cut_short = set() if finished else set(interrupted_writes(run))
+    if not finished:  # a state save the kill cut short: the round's checkpoint, linked
+        cut_short |= {path for path in run.glob("state/*-round-*.pt") if path.is_file()}
     failures = []
     for path in sorted(p for p in run.rglob("*") if p.is_file()):
         relative = path.relative_to(run).as_posix()

@@ -412,6 +412,7 @@ def test_a_killed_run_may_hold_a_write_the_kill_cut_short(
     shutil.copytree(honest, run)
     kill_before_summary(run)
     add_file(".checkpoint.pt.k1ll3d")(run)
+    add_file("state/model-round-4.pt")(run)  # linked before the state naming it was saved
     # Execute
     code = main([str(run)])
     # Assert: not an unaccounted release (its round was ledgered first); a finished run
