@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT.parent))
 from common.privacy.ledger import read_ledger
 from simulations.launch import PROJECT_ROOT
 from simulations.superlink import flower_env, free_port
+from simulations.supervision import marked_processes
 
 RESULTS = ROOT / "results" / "chaos.json"
 RUNS = ROOT / "runs" / "chaos"
@@ -49,15 +50,8 @@ GONE_SECONDS = 30.0
 
 
 def marked(marker: str) -> dict[int, str]:
-    """Processes of one launch (the benchmark marks each launcher's environment)."""
-    wanted, found = f"{MARKER}={marker}".encode(), {}
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and wanted in (entry / "environ").read_bytes().split(b"\0"):
-                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-    return {pid: command.decode(errors="replace") for pid, command in found.items()}
+    """Live processes of one launch (the benchmark marks each launcher's environment)."""
+    return marked_processes(marker, variable=MARKER)
 
 
 def launcher(args: list[str], log: Path, marker: str) -> subprocess.Popen[bytes]:
@@ -78,19 +72,6 @@ def saved_round(results: Path) -> int:
         return -1
 
 
-def live(pids: dict[int, str]) -> dict[int, str]:
-    """Those of ``pids`` not exited (zombies count as exited)."""
-    alive = {}
-    for pid, command in pids.items():
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-        except OSError:
-            continue
-        if state not in ("Z", "X"):
-            alive[pid] = command
-    return alive
-
-
 def kill_part(part: str, marker: str) -> int:
     """SIGKILL one process of ``part`` of the launch marked ``marker`` (waiting for one to
     exist: Ray starts its workers with the first round); its pid."""
@@ -98,7 +79,7 @@ def kill_part(part: str, marker: str) -> int:
     while not (
         pids := [
             pid
-            for pid, line in live(marked(marker)).items()
+            for pid, line in marked(marker).items()
             if PARTS[part] in line and (part == "launcher" or "python -m simulations" not in line)
         ]
     ):
@@ -124,9 +105,9 @@ def run_cycle(index: int, rounds: int, preset: Path, expected_epsilon: float) ->
     target = kill_part(part, marker)
     killed_at = time.monotonic()
     process.wait(timeout=WAIT_SECONDS)
-    while live(marked(marker)) and time.monotonic() < killed_at + 120:
+    while marked(marker) and time.monotonic() < killed_at + 120:
         time.sleep(0.1)
-    survivors = live(marked(marker))
+    survivors = marked(marker)
     gone_after = time.monotonic() - killed_at
     (folder,) = results.iterdir()
     resumes, refused = resume_until_done(folder, log)

@@ -43,9 +43,12 @@ class PartDeath:
         return f"the {self.part} (pid {self.pid}) {self.how}"
 
 
-def marked_processes(marker: str, exclude: tuple[int, ...] = ()) -> dict[int, str]:
-    """Live processes whose environment carries ``RUN_MARKER=marker``: their command lines."""
-    wanted = f"{RUN_MARKER}={marker}".encode()
+def marked_processes(
+    marker: str, exclude: tuple[int, ...] = (), variable: str = RUN_MARKER
+) -> dict[int, str]:
+    """Live processes whose environment carries ``variable=marker`` (by default a launch's
+    :data:`RUN_MARKER`): their command lines."""
+    wanted = f"{variable}={marker}".encode()
     found = {}
     for pid, (_, _, state) in process_table().items():
         if state in ("Z", "X") or pid == os.getpid() or pid in exclude:
