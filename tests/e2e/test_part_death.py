@@ -82,7 +82,9 @@ def test_a_part_killed_alone_stops_the_run_which_then_resumes(
     (folder,) = results.iterdir()
     assert last.startswith(f"error: the {part} (pid {target}) ")
     assert f"--resume {folder}" in last
-    assert not (folder / "summary.json").exists()
+    # a ServerApp that lost its SuperLink may have recorded the failure before it was stopped
+    early = folder / "summary.json"
+    assert not early.exists() or json.loads(early.read_text())["status"] == "failed"
 
     # Execute: resume
     assert main(["--resume", str(folder), "--port", str(free_port())]) == 0
