@@ -8,12 +8,13 @@ Two file formats, both public catalogue data (no user data):
   (item, attribute) pair; ids may be strings. Repeated pairs count once.
 
 The source is named like a data set: ``""`` (no attributes), ``builtin`` (the data set's
-own file: Beauty, Sports and Toys ship one) or a path. Train CLI ``--item-attributes``,
-run config ``item-attributes``, node config ``item-attributes``. Ids follow the rules of
-:mod:`common.data.ids`; an item of the attribute file that the data set lacks is an error
-(the catalogue must describe the data set's items), a data set item without attributes
-is allowed and counted in the log. Attribute index ``a`` (1..n) is ``attribute_ids[a - 1]``
-in natural order; 0 is padding.
+own file: Beauty, Sports and Toys ship one; ML-100k's are the genres and release-year
+spans of its public ``u.item``, :mod:`common.data.movielens`) or a path. Train CLI
+``--item-attributes``, run config ``item-attributes``, node config ``item-attributes``.
+Ids follow the rules of :mod:`common.data.ids`; an item of the attribute file that the
+data set lacks is an error (the catalogue must describe the data set's items), a data set
+item without attributes is allowed and counted in the log. Attribute index ``a`` (1..n)
+is ``attribute_ids[a - 1]`` in natural order; 0 is padding.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
+from common.data import movielens
 from common.data.errors import DataFormatError, read_text_table
 from common.data.ids import MAX_ID_LENGTH, natural_key, text_id_column
 from common.data.loaders import BUILTIN_FILES, builtin_path
@@ -38,7 +39,8 @@ logger = logging.getLogger(__name__)
 BUILTIN_SOURCE = "builtin"
 ATTRIBUTE_SUFFIX = "_item2attributes.json"
 TABLE_SUFFIXES = (".csv", ".tsv")
-BUILTIN_ATTRIBUTES = ("beauty", "sports", "toys")
+BUILTIN_ATTRIBUTES = ("beauty", "sports", "toys", "ml-100k")
+MOVIELENS_RATINGS, MOVIELENS_CATALOGUE = "u.data", "u.item"  # ml-100k: attributes from u.item
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,8 @@ class ItemAttributes:
 def builtin_attributes_path(dataset: str) -> Path:
     """The embedded attribute file of a data set given by built-in name or .txt path."""
     path = builtin_path(dataset) if dataset in BUILTIN_FILES else Path(dataset)
+    if path.name == MOVIELENS_RATINGS:  # ML-100k's layout: the catalogue lies beside it
+        return path.with_name(MOVIELENS_CATALOGUE)
     for candidate in (path.with_name(path.stem + ATTRIBUTE_SUFFIX + ".gz"),
                       path.with_name(path.stem + ATTRIBUTE_SUFFIX)):  # fmt: skip
         if candidate.is_file():
@@ -90,8 +94,10 @@ def check_attribute_source(source: str, dataset: str) -> None:
     """Check an attribute source before any file is read (run config, CLI, node config)."""
     name = source.strip()
     if name == BUILTIN_SOURCE:
-        is_text_path = dataset not in BUILTIN_FILES and Path(dataset).suffix.lower() == ".txt"
-        if dataset not in BUILTIN_ATTRIBUTES and not is_text_path:
+        is_path = dataset not in BUILTIN_FILES and (
+            Path(dataset).suffix.lower() == ".txt" or Path(dataset).name == MOVIELENS_RATINGS
+        )
+        if dataset not in BUILTIN_ATTRIBUTES and not is_path:
             raise ValueError(
                 f"item-attributes 'builtin': data set {dataset!r} has no built-in attribute "
                 f"file ({', '.join(BUILTIN_ATTRIBUTES)} have one)"
@@ -111,6 +117,8 @@ def load_item_attributes(
     if not name:
         return None
     path = builtin_attributes_path(dataset) if name == BUILTIN_SOURCE else Path(name)
+    if path.name == MOVIELENS_CATALOGUE:
+        return _index(movielens.attribute_pairs(path), [str(i) for i in item_ids], path, dataset)
     if not path.is_file():
         raise DataFormatError(f"{path}: item attribute file not found")
     if path.name.endswith((".json", ".json.gz")):

@@ -95,7 +95,9 @@ class ItemCatalogue:
             if not item:
                 raise ValueError(f"{path}, line {number}: empty item id")
             if item in seen:
-                raise ValueError(f"{path}, line {number}: item id {item!r} repeats line {seen[item]}")
+                raise ValueError(
+                    f"{path}, line {number}: item id {item!r} repeats line {seen[item]}"
+                )
             seen[item] = number
         if not seen:
             raise ValueError(f"{path}: the item catalogue is empty")

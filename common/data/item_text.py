@@ -27,34 +27,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from common.data.loaders import DataFormatError
+from common.data.movielens import ML100K_GENRES, read_genres, read_movies
 from common.storage.atomic import write_atomically
 
 logger = logging.getLogger(__name__)
 
 TEXT_EXTRA_HINT = "install the text extra: pip install -e '.[text]'"
-ML100K_FIELDS = 24
-ML100K_GENRE_COUNT = 19
-ML100K_GENRES = (
-    "unknown",
-    "Action",
-    "Adventure",
-    "Animation",
-    "Children's",
-    "Comedy",
-    "Crime",
-    "Documentary",
-    "Drama",
-    "Fantasy",
-    "Film-Noir",
-    "Horror",
-    "Musical",
-    "Mystery",
-    "Romance",
-    "Sci-Fi",
-    "Thriller",
-    "War",
-    "Western",
-)
 CACHE_FORMAT = 1
 
 _YEAR_AT_END = re.compile(r"\(\d{4}\)\s*$")
@@ -74,70 +52,17 @@ def ml100k_item_texts(u_item_path: Path, u_genre_path: Path | None) -> dict[int,
     empty or "unknown" (item 267) get no text. Malformed lines raise
     :class:`~common.data.loaders.DataFormatError` (a ValueError) naming file and line.
     """
-    u_item_path = Path(u_item_path)
-    genres = _read_genres(Path(u_genre_path)) if u_genre_path is not None else ML100K_GENRES
+    genres = read_genres(Path(u_genre_path)) if u_genre_path is not None else ML100K_GENRES
     texts: dict[int, str] = {}
-    seen: set[int] = set()
-    for number, line in _lines(u_item_path):
-        fields = line.split("|")
-        where = f"{u_item_path}, line {number}"
-        if len(fields) != ML100K_FIELDS:
-            raise DataFormatError(
-                f"{where}: expected {ML100K_FIELDS} '|'-separated fields, got {len(fields)}"
-            )
-        raw_id, title, release = fields[0].strip(), fields[1].strip(), fields[2].strip()
-        if not raw_id.isdigit():
-            raise DataFormatError(f"{where}: field 'item id' must be an integer, got {raw_id!r}")
-        item = int(raw_id)
-        if item in seen:
-            raise DataFormatError(f"{where}: item id {item} appears twice")
-        seen.add(item)
-        flags = [flag.strip() for flag in fields[5:]]
-        for index, flag in enumerate(flags):
-            if flag not in ("0", "1"):
-                raise DataFormatError(
-                    f"{where}: genre flag {index} ({genres[index]}) must be 0 or 1, got {flag!r}"
-                )
-        if not title or title.lower() == "unknown":
+    for movie in read_movies(Path(u_item_path), genres):
+        if not movie.title or movie.title.lower() == "unknown":
             continue
-        names = [
-            genres[i] for i, flag in enumerate(flags) if flag == "1" and genres[i] != "unknown"
-        ]
-        text = _display_title(title, release)
-        texts[item] = f"{text}. Genres: {', '.join(names)}" if names else text
+        names = [name for name in movie.genres if name != "unknown"]
+        text = _display_title(movie.title, movie.release)
+        texts[movie.item] = f"{text}. Genres: {', '.join(names)}" if names else text
     if not texts:
         raise DataFormatError(f"{u_item_path}: no items found")
     return texts
-
-
-def _lines(path: Path) -> list[tuple[int, str]]:
-    """Non-blank lines of a latin-1 file with their 1-based numbers."""
-    if not path.is_file():
-        raise DataFormatError(f"{path}: file not found")
-    text = path.read_text(encoding="latin-1")
-    return [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
-
-
-def _read_genres(path: Path) -> tuple[str, ...]:
-    """Genre names by flag index from ``u.genre`` (``name|index`` lines)."""
-    names: dict[int, str] = {}
-    for number, line in _lines(path):
-        fields = line.split("|")
-        where = f"{path}, line {number}"
-        if len(fields) != 2 or not fields[0].strip():
-            raise DataFormatError(f"{where}: expected 'name|index', got {line!r}")
-        index = fields[1].strip()
-        if not index.isdigit() or int(index) >= ML100K_GENRE_COUNT:
-            raise DataFormatError(
-                f"{where}: genre index must be 0..{ML100K_GENRE_COUNT - 1}, got {index!r}"
-            )
-        if int(index) in names:
-            raise DataFormatError(f"{where}: genre index {index} appears twice")
-        names[int(index)] = fields[0].strip()
-    missing = sorted(set(range(ML100K_GENRE_COUNT)) - names.keys())
-    if missing:
-        raise DataFormatError(f"{path}: genre indices {missing} are missing")
-    return tuple(names[i] for i in range(ML100K_GENRE_COUNT))
 
 
 def _display_title(title: str, release: str) -> str:

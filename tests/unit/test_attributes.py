@@ -1,4 +1,5 @@
-"""Item attributes: built-in files of Beauty, Sports and Toys, JSON and CSV sources, mapping."""
+"""Item attributes: built-in files of Beauty, Sports and Toys, ML-100k's from its public
+u.item, JSON and CSV sources, mapping."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from common.data.attributes import check_attribute_source, load_item_attributes
 from common.data.catalogue import ItemCatalogue
 from common.data.loaders import builtin_path, load_dataset
+from common.data.movielens import release_span
 from common.data.node_data import NodeDataConfig
 from common.data.sequences import build_sequences
 from common.training.cli import build_parser, load_data, resolve_settings
@@ -47,6 +49,29 @@ def test_builtin_attributes_match_the_raw_json() -> None:
         assert sorted(names) == sorted(str(a) for a in raw[item])
 
 
+def test_ml100k_builtin_attributes_are_genres_and_release_spans_of_u_item() -> None:
+    dataset = build_sequences(load_dataset("ml-100k"))
+    attributes = load_item_attributes("builtin", dataset.item_ids, "ml-100k")
+
+    assert attributes is not None and Path(attributes.source).name == "u.item"
+    assert attributes.n_items == dataset.n_items == 1682
+    names = set(attributes.attribute_ids)
+    assert len([n for n in names if n.startswith("genre:")]) == 19
+    assert {"released:1920-1924", "released:1995-1999"} <= names
+    by_path = load_item_attributes("builtin", dataset.item_ids, str(builtin_path("ml-100k")))
+    assert by_path is not None and by_path.attribute_ids == attributes.attribute_ids
+    check_attribute_source("builtin", "/elsewhere/ml-100k/u.data")  # the launcher's path
+    toy_story = list(dataset.item_ids).index(1) + 1  # item id 1 of u.item
+    assert sorted(attributes.attribute_ids[a - 1] for a in attributes.of(toy_story)) == [
+        "genre:Animation", "genre:Children's", "genre:Comedy", "released:1995-1999"]  # fmt: skip
+
+
+def test_release_spans() -> None:
+    assert [release_span(y) for y in (1919, 1920, 1924, 1925, 1997, 1998)] == [
+        "released:1920-1924", "released:1920-1924", "released:1920-1924",
+        "released:1925-1929", "released:1995-1999", "released:1995-1999"]  # fmt: skip
+
+
 def test_csv_attributes_with_string_ids(tmp_path: Path) -> None:
     path = tmp_path / "catalogue.csv"
     path.write_text("item,attribute,source\nsku-2,brand:acme,x\nsku-10,cat-9,y\nsku-2,cat-10,z\n"
@@ -63,8 +88,9 @@ def test_no_attributes_and_source_checks() -> None:
     assert load_item_attributes("", ["1"]) is None
     check_attribute_source("builtin", "toys")
     check_attribute_source("data/x.json.gz", "ml-100k")
-    with pytest.raises(ValueError, match="'ml-100k' has no built-in attribute file"):
-        check_attribute_source("builtin", "ml-100k")
+    check_attribute_source("builtin", "ml-100k")
+    with pytest.raises(ValueError, match="'shop.csv' has no built-in attribute file"):
+        check_attribute_source("builtin", "shop.csv")
     with pytest.raises(ValueError, match=r"expected '', 'builtin' or a path to a \.json"):
         check_attribute_source("attrs.xml", "toys")
 

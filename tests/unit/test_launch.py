@@ -112,7 +112,16 @@ def test_presets_folder_holds_the_three_presets() -> None:
         "ml100k-fedavg",
         "beauty-fedavg",
         "beauty-fedadam",
+        "ml100k-dp-scorer",
     }
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in PRESET_DIR.glob("*.toml")))
+def test_every_shipped_preset_resolves_to_a_valid_config(name: str) -> None:
+    source, preset = load_preset(name)
+    config = FederatedConfig.from_run_config(resolve_config(app_defaults(), preset, {}, source))
+    if config.statistics:  # the scorer needs the data set's public attributes
+        assert config.item_attributes
 
 
 def test_stopping_the_superlink_stops_the_sessions_its_descendants_started(
