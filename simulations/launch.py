@@ -25,7 +25,6 @@ import logging
 import signal
 import sys
 import tomllib
-import uuid
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
@@ -52,8 +51,9 @@ from simulations.superlink import (
     CONNECTION,
     LocalSuperLink,
     SuperLinkError,
+    cluster_address,
     ensure_connection,
-    flower_env,
+    simulation_env,
 )
 from simulations.supervision import RUN_MARKER, PartDeath, RunSupervisor
 
@@ -149,21 +149,24 @@ def resolve_dataset(dataset: str) -> str:
 
 
 def run_simulation(
-    config: dict[str, Any], results_dir: Path, num_supernodes: int, port: int
+    config: dict[str, Any], results_dir: Path, num_supernodes: int, port: int, ray_address: str = ""
 ) -> tuple[int, PartDeath | None]:
     """Start a SuperLink, submit the app with ``flwr run --stream`` and stream its log.
 
+    ``ray_address`` names a running Ray cluster (``ray start --head`` printed it) for the
+    simulation's clients; empty, the simulation starts Ray on this machine alone.
     Returns ``flwr run``'s exit code and the part of the simulation that died on its own,
     if one did; every process of the launch is stopped on the way out, whatever happened.
     """
     run_config_path = results_dir / "run_config.toml"
     run_config_path.write_text(tomli_w.dumps(config))
-    env = {**flower_env(), RUN_MARKER: uuid.uuid4().hex}
+    env = simulation_env(ray_address)
     ensure_connection(Path(env["FLWR_HOME"]), port)
     federation = (
         f"num-supernodes={num_supernodes} client-resources-num-cpus=1 "
         'client-resources-num-gpus=0.0 init-args-logging-level="WARNING"'
     )
+
     command = [
         str(Path(sys.executable).with_name("flwr")),
         "run",
@@ -214,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--results", type=Path, default=PROJECT_ROOT / "results")
     parser.add_argument("--port", type=port_number, default=39291, help="local SuperLink port")
+    parser.add_argument(
+        "--ray-address", type=cluster_address, default=None, metavar="HOST:PORT",
+        help="run the clients on this Ray cluster (docs/simulations.md, Ray cluster)",
+    )  # fmt: skip
     return parser
 
 
@@ -239,7 +246,7 @@ def launch(args: argparse.Namespace) -> dict[str, Any]:
     n_users = check_inputs(config)
     folder = run_folder(args.results, label)
     with RunFolderLock(folder, LAUNCHER_LOCK, "launcher"):
-        return launch_in(folder, label, config, n_users, args.port)
+        return launch_in(folder, label, config, n_users, args.port, args.ray_address or "")
 
 
 def run_folder(root: Path, label: str) -> Path:
@@ -273,7 +280,7 @@ def launch_resumed(args: argparse.Namespace) -> dict[str, Any]:
             raise LaunchConfigError(f"cannot resume: {error}") from None
         n_users = check_inputs(config)
         keep_earlier_logs(results_dir)
-        return launch_in(results_dir, label, config, n_users, args.port)
+        return launch_in(results_dir, label, config, n_users, args.port, args.ray_address or "")
     finally:
         lock.release()
 
@@ -293,7 +300,12 @@ def check_inputs(config: dict[str, Any]) -> int:
 
 
 def launch_in(
-    results_dir: Path, label: str, config: dict[str, Any], n_users: int, port: int
+    results_dir: Path,
+    label: str,
+    config: dict[str, Any],
+    n_users: int,
+    port: int,
+    ray_address: str = "",
 ) -> dict[str, Any]:
     """Run a resolved config in an existing run folder, check it, plot, audit its ledgers."""
     federated = FederatedConfig.from_run_config(config)
@@ -304,7 +316,7 @@ def launch_in(
         {"preset": label, "run_config": config, "num_supernodes": num_supernodes},
     )
     logger.info("run %s: %d users -> %d clients", results_dir, n_users, num_supernodes)
-    code, death = run_simulation(config, results_dir, num_supernodes, port)
+    code, death = run_simulation(config, results_dir, num_supernodes, port, ray_address)
     try:
         log = results_dir / "flwr.log"
         if death is not None:

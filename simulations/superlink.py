@@ -21,6 +21,7 @@ import time
 import tomllib
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -55,6 +56,26 @@ def flower_env() -> dict[str, str]:
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
     return env
+
+
+def simulation_env(ray_address: str = "") -> dict[str, str]:
+    """The environment of a launch's processes: Flower's, a fresh run marker, and
+    ``RAY_ADDRESS`` for a cluster (flwr 1.41 has no setting for it; ``ray.init()``, which
+    the simulation calls, reads it)."""
+    env = {**flower_env(), RUN_MARKER: uuid.uuid4().hex}
+    if ray_address:
+        env["RAY_ADDRESS"] = ray_address
+    else:
+        env.pop("RAY_ADDRESS", None)  # one machine means this one, whatever the shell says
+    return env
+
+
+def cluster_address(text: str) -> str:
+    """``--ray-address``: ``HOST:PORT`` of a Ray cluster's head (GCS), e.g. 10.0.0.5:6379."""
+    host, _, port = text.strip().rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535 or '"' in host:
+        raise ValueError(f"{text!r} is not HOST:PORT (the address `ray start --head` printed)")
+    return text.strip()
 
 
 def write_connection(flwr_home: Path, name: str, settings: dict[str, Any]) -> Path:

@@ -77,12 +77,15 @@ def write_preset(path: Path, settings: dict[str, object]) -> Path:
     return path
 
 
-def launch_run(root: Path, name: str, settings: dict[str, object]) -> Path:
-    """Launch one tiny simulation under ``root/name`` and return its run folder."""
+def launch_run(
+    root: Path, name: str, settings: dict[str, object], flags: tuple[str, ...] = ()
+) -> Path:
+    """Launch one tiny simulation under ``root/name`` (more launcher ``flags`` if given)
+    and return its run folder."""
     preset = write_preset(root / f"{name}.toml", settings)
     results = root / name
     code = launch_main(
-        ["--preset", str(preset), "--results", str(results), "--port", str(free_port())]
+        ["--preset", str(preset), "--results", str(results), "--port", str(free_port()), *flags]
     )
     assert code == 0, name
     (folder,) = results.iterdir()

@@ -17,6 +17,7 @@ from simulations.launch import (
     PRESET_DIR,
     LaunchError,
     app_defaults,
+    build_parser,
     check_outcome,
     load_preset,
     main,
@@ -25,7 +26,7 @@ from simulations.launch import (
     unwind_on_sigterm,
 )
 from simulations.process_tree import stop_process_group
-from simulations.superlink import CONNECTION, ensure_connection
+from simulations.superlink import CONNECTION, cluster_address, ensure_connection, simulation_env
 from tests.helpers import running, start_session_tree
 
 # Like the SuperLink: its child (SuperExec) starts a session of its own, and a grandchild
@@ -170,3 +171,17 @@ def test_benchmarks_that_launch_simulations_unwind_on_sigterm(
     monkeypatch.setattr(module, "unwind_on_sigterm", installed)
     with pytest.raises(HandlerInstalled):
         module.main()
+
+
+def test_ray_address_flag_reaches_ray_through_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RAY_ADDRESS", "10.9.9.9:1")  # a stray shell setting is not used
+    assert "RAY_ADDRESS" not in simulation_env()
+    assert simulation_env("10.0.0.5:6379")["RAY_ADDRESS"] == "10.0.0.5:6379"
+    args = build_parser().parse_args(["--preset", "x", "--ray-address", "head.local:6379"])
+    assert args.ray_address == "head.local:6379"
+    assert build_parser().parse_args(["--preset", "x"]).ray_address is None
+    for bad in ("6379", "host:", "host:port", "host:70000", ":6379"):
+        with pytest.raises(ValueError, match="is not HOST:PORT"):
+            cluster_address(bad)
