@@ -60,14 +60,11 @@ def flower_env() -> dict[str, str]:
 
 def simulation_env(ray_address: str = "") -> dict[str, str]:
     """The environment of a launch's processes: Flower's, a fresh run marker, and
-    ``RAY_ADDRESS`` for a cluster (flwr 1.41 has no setting for it; ``ray.init()``, which
-    the simulation calls, reads it)."""
-    env = {**flower_env(), RUN_MARKER: uuid.uuid4().hex}
-    if ray_address:
-        env["RAY_ADDRESS"] = ray_address
-    else:
-        env.pop("RAY_ADDRESS", None)  # one machine means this one, whatever the shell says
-    return env
+    ``RAY_ADDRESS`` (flwr 1.41 has no setting for a cluster; the simulation's
+    ``ray.init()`` reads it): the cluster's address, else ``local``, a Ray of this launch's
+    own. Left unset, ``ray.init()`` would join whatever cluster ``ray start`` last started
+    on this machine (``/tmp/ray/ray_current_cluster``), or fail if that one is gone."""
+    return {**flower_env(), RUN_MARKER: uuid.uuid4().hex, "RAY_ADDRESS": ray_address or "local"}
 
 
 def cluster_address(text: str) -> str:

@@ -58,7 +58,7 @@ class Movie:
     title: str
     release: str
     genres: tuple[str, ...]  # names of the flags set, "unknown" included
-    where: str  # "file, line N", for messages
+    line: int  # in u.item, for messages
 
     @property
     def year(self) -> int | None:
@@ -123,7 +123,7 @@ def read_movies(u_item_path: Path, genres: Sequence[str] = ML100K_GENRES) -> lis
                     f"{where}: genre flag {index} ({genres[index]}) must be 0 or 1, got {flag!r}"
                 )
         named = tuple(genres[i] for i, flag in enumerate(flags) if flag == "1")
-        movies.append(Movie(item, fields[1].strip(), fields[2].strip(), named, where))
+        movies.append(Movie(item, fields[1].strip(), fields[2].strip(), named, number))
     if not movies:
         raise DataFormatError(f"{u_item_path}: no items found")
     return movies
@@ -143,5 +143,6 @@ def attribute_pairs(u_item_path: Path) -> list[tuple[str, str, str]]:
         attributes = [f"genre:{name}" for name in movie.genres]
         if movie.year is not None:
             attributes.append(release_span(movie.year))
-        pairs.extend((str(movie.item), attribute, movie.where) for attribute in attributes)
+        where = f"line {movie.line}"
+        pairs.extend((str(movie.item), attribute, where) for attribute in attributes)
     return pairs

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -48,9 +50,15 @@ def node_flags() -> list[str]:
             *(f"--{name}-port={port}" for name, port in ports.items())]  # fmt: skip
 
 
-def start_node(tag: str, node: str, arguments: list[str]) -> None:
-    """``ray start ARGUMENTS`` with the node's marker; returns once the node runs."""
+def start_node(tag: str, node: str, temp_dir: str, arguments: list[str]) -> None:
+    """``ray start ARGUMENTS`` with the node's marker; returns once the node runs.
+
+    ``temp_dir`` is the cluster's own: ``ray start`` records the cluster it started in
+    ``<temp dir>/ray_current_cluster``, which in the default /tmp/ray any later plain
+    ``ray.init()`` on this machine would try to join (the launcher's do not: they say
+    ``RAY_ADDRESS=local``)."""
     env = {**os.environ, NODE_VARIABLE: f"{tag}-{node}", "RAY_DEDUP_LOGS": "0"}
+    arguments = [*arguments, f"--temp-dir={temp_dir}"]
     done = subprocess.run([RAY, "start", *arguments, *node_flags()], env=env,
                           capture_output=True, text=True, timeout=START_SECONDS)  # fmt: skip
     assert done.returncode == 0, f"ray start ({node}) failed:\n{done.stdout}\n{done.stderr}"
@@ -71,13 +79,16 @@ def stop_nodes(tag: str) -> None:
 def ray_cluster() -> Iterator[tuple[str, str]]:
     """A head and a worker node on 127.0.0.1; yields (their marker tag, head address)."""
     tag, port = uuid.uuid4().hex, free_port()
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's sockets live here
     try:
-        start_node(tag, "head", ["--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-                                 "--include-dashboard=false"])  # fmt: skip
-        start_node(tag, "worker", [f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1"])
+        start_node(tag, "head", temp_dir, ["--head", f"--port={port}",
+                   "--node-ip-address=127.0.0.1", "--include-dashboard=false"])  # fmt: skip
+        start_node(tag, "worker", temp_dir, [f"--address=127.0.0.1:{port}",
+                                             "--node-ip-address=127.0.0.1"])  # fmt: skip
         yield tag, f"127.0.0.1:{port}"
     finally:
         stop_nodes(tag)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 class ActorWatch:

@@ -308,8 +308,10 @@ def test_missing_file_and_folder(tmp_path: Path) -> None:
         load_dataset(tmp_path / "dir.csv")
     with pytest.raises(DataFormatError, match=r"attrs\.json: item attribute file not found"):
         load_item_attributes(tmp_path / "attrs.json", ITEMS)
-    with pytest.raises(DataFormatError, match=r"'ml-100k' has no built-in attribute file"):
-        load_item_attributes("builtin", ITEMS, "ml-100k")
+    with pytest.raises(DataFormatError, match=r"'shop\.csv' has no built-in attribute file"):
+        load_item_attributes("builtin", ITEMS, "shop.csv")
+    with pytest.raises(DataFormatError, match=r"u\.item, line 4: item '4' is not in data set"):
+        load_item_attributes("builtin", ITEMS, "ml-100k")  # u.item describes other items
 
 
 CLI_CASES = [

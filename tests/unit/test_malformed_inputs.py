@@ -125,7 +125,8 @@ RUN_CONFIG_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("relative checkpoint", {"initial-checkpoint": "c.pt"}, r"initial-checkpoint must be an abs"),
     ("empty dataset", {"dataset": ""}, r"dataset must name a built-in data set or a file"),
     ("attributes xml", {"item-attributes": "a.xml"}, r"item-attributes 'a\.xml': expected"),
-    ("attributes builtin", {"item-attributes": "builtin"}, r"'ml-100k' has no built-in attri"),
+    ("attributes builtin", {"dataset": "log.csv", "item-attributes": "builtin"},
+     r"'log\.csv' has no built-in attri"),
     ("column role", {"dataset": "log.csv", "dataset-columns": "usr=a"}, r"unknown role 'usr'"),
     ("time unit", {"dataset": "log.csv", "dataset-time-unit": "days"}, r"time unit must be"),
 ]  # fmt: skip
