@@ -4,7 +4,8 @@ SuperLink (TLS, node authentication) + two SuperNodes on 127.0.0.1 holding disjo
 halves of the cycle log's users; the server holds only the public item list, the public
 attribute file and the population. A user-level DP cohort run releases the statistics
 from the nodes' logs (half the budget), trains two rounds, and the nodes evaluate with the
-on-device scorer (model weighted in). Then a node ranks one of its users with
+on-device scorer (model weighted in); the audit checks the ledger against the nodes'
+signed receipts. Then a node ranks one of its users with
 ``fedseqrec-recommend`` from the run folder's three files and its own attribute copy.
 """
 
@@ -75,7 +76,10 @@ def test_edge_nodes_release_statistics_train_and_a_node_ranks_with_both(
         config["ledger-key"] = str(keys.ledger_key)
         FederatedConfig.from_run_config(config)
         summary = submit_run(CONNECTION, config, results, deployment.env, timeout=300)
-    audit_code = audit([str(results), "--json", str(results / "audit.json")])
+    nodes = [str(log.parent) for log in logs]  # each node's signed receipts
+    registered = ["--node-keys", *(str(key) for key in keys.node_public_keys)]
+    report = ["--json", str(results / "audit.json"), "--receipts", *nodes, *registered]
+    audit_code = audit([str(results), *report])
     audit_output = capsys.readouterr().out
 
     # Assert: one budget, statistics first; the nodes' figures are the scorer's
@@ -89,6 +93,7 @@ def test_edge_nodes_release_statistics_train_and_a_node_ranks_with_both(
     assert (results / STATISTICS_FILE).is_file() and (results / "scorer.json").is_file()
     assert json.loads((results / "scorer.json").read_text())["settings"]["model_weight"] == 2.0
     assert audit_code == 0, audit_output
+    assert "keys from --node-keys" in audit_output
     assert json.loads((results / "audit.json").read_text())["passed"] is True
     assert summary["scoring"].startswith("on-device scorer")
     assert summary["released_metrics"] and 0.0 <= summary["test"]["hr@10"] <= 1.0
