@@ -16,7 +16,9 @@ An edge node with a ``receipt-key`` keeps a signed receipt of every training and
 evaluation message before it answers (:mod:`client.receipts`).
 
 :func:`query` answers the server's statistics query (``statistics = true``) with the
-summed contributions of this node's users (:mod:`client.statistics_reply`).
+summed contributions of this node's users (:mod:`client.statistics_reply`); an
+evaluation message carrying the released statistics is scored with the on-device
+scorer (:mod:`client.node_scoring`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from client.local_privacy import (
     refusal,
     save_history,
 )
+from client.node_scoring import evaluation_scorer, public_attribute_lists
 from client.receipts import keep_receipt
 from client.secure_client import secure_client_app, uses_secure_aggregation
 from client.statistics_reply import statistics_reply
@@ -43,7 +46,6 @@ from common.data.catalogue import ItemCatalogue
 from common.data.node_data import NodeDataConfig, load_node_partition
 from common.data.partitioning import ClientPartition, load_split
 from common.federation.app_logging import configure_app_logging
-from common.federation.checkpoints import dataset_item_ids
 from common.federation.compression import encode_update
 from common.federation.config import FederatedConfig, config_of_run
 from common.federation.messages import (
@@ -251,19 +253,21 @@ def query(msg: Message, context: Context) -> Message:
     config = config_of_run(context.run_config, context.run_id)
     settings = _settings(msg)
     partition = _partition(config, msg, context)
-    if NodeDataConfig.applies_to(context.node_config):  # an edge node's public catalogue
-        source = NodeDataConfig.from_node_config(context.node_config).item_attributes
-        item_ids: list[object] = list(ItemCatalogue.from_config(settings).item_ids)
-    else:
-        source, item_ids = config.item_attributes, list(dataset_item_ids(*data_source(config)))
-    return statistics_reply(msg, config, partition, settings, source, item_ids)
+    attributes = public_attribute_lists(config, context.node_config, settings)
+    return statistics_reply(msg, config, partition, settings, attributes)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Metric sums and counts on this node's users, for exact aggregation on the server."""
+    """Metric sums and counts on this node's users, for exact aggregation on the server.
+
+    A message carrying released DP statistics is scored with the on-device scorer
+    (:mod:`client.node_scoring`), the model's scores weighed in by its settings.
+    """
     keep_receipt(msg, context)
     config, partition, model = _prepare(msg, context)
-    stage = str(_settings(msg).get(STAGE, VALID_STAGE))
-    sums = evaluation_sums(model, partition.split, stage, config)
+    settings = _settings(msg)
+    stage = str(settings.get(STAGE, VALID_STAGE))
+    scorer = evaluation_scorer(msg.content, config, context.node_config, settings)
+    sums = evaluation_sums(model, partition.split, stage, config, scorer)
     return Message(content=RecordDict({METRICS: MetricRecord(sums)}), reply_to=msg)  # type: ignore[arg-type]

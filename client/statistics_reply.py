@@ -9,8 +9,9 @@ everything but the held-out test item (the test stage's input, as the popularity
 Markov baselines are fitted), or, for the simulation harness's validation figures
 (``stage = valid``), the training sequence only. The public item attributes come from
 the run config's ``item-attributes`` (a simulation) or the node config's (an edge node
-holds the public catalogue too). The server adds the Gaussian noise to the total and
-records the release.
+holds the public catalogue too; without it, the run config's path on the node,
+:mod:`client.node_scoring`). The server adds the Gaussian noise to the total and records
+the release.
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from common.data.attributes import load_item_attributes
+from client.node_scoring import AttributeLists
 from common.data.partitioning import ClientPartition
-from common.evaluation.on_device import attribute_lists
 from common.federation.config import FederatedConfig
 from common.federation.messages import (
     ARRAYS,
@@ -42,14 +42,14 @@ def statistics_reply(
     config: FederatedConfig,
     partition: ClientPartition,
     settings: ConfigRecord,
-    attributes_source: str,
-    item_ids: list[object],
+    attributes: AttributeLists,
 ) -> Message:
-    """Reply the sums of this client's users' popularity and transition contributions."""
-    attributes = load_item_attributes(attributes_source, item_ids, config.dataset)
-    if attributes is None:
-        raise ValueError("the statistics query needs item-attributes (run or node config)")
-    lists, n_attributes = attribute_lists(attributes)
+    """Reply the sums of this client's users' popularity and transition contributions.
+
+    ``attributes``: the public item attributes as the scorer's lists and their count
+    (:func:`client.node_scoring.public_attribute_lists`).
+    """
+    lists, n_attributes = attributes
     per_user = int(settings.get(TRANSITIONS_PER_USER, config.transitions_per_user))  # type: ignore[arg-type]
     stage = str(settings.get(STAGE, TEST_STAGE))
     histories = (

@@ -22,14 +22,23 @@ from common.federation.messages import (
     WEIGHT_KEY,
 )
 from common.federation.metrics import metrics_from_sums, sum_metric_records
+from common.federation.scorer_messages import ScorerRelease
 
 logger = logging.getLogger("fedseqrec.server")
 
 
 def federated_metrics(
-    grid: Grid, arrays: ArrayRecord, settings: dict[str, object], stage: str
+    grid: Grid,
+    arrays: ArrayRecord,
+    settings: dict[str, object],
+    stage: str,
+    scorer: ScorerRelease | None = None,
 ) -> dict[str, float]:
-    """Metrics of ``arrays`` on every node's users at ``stage`` ('valid' or 'test')."""
+    """Metrics of ``arrays`` on every node's users at ``stage`` ('valid' or 'test').
+
+    With ``scorer`` (a run that released DP statistics) the nodes rank with the on-device
+    scorer over that release, the model weighted in by its settings.
+    """
     config = ConfigRecord({**settings, STAGE: stage})  # type: ignore[dict-item]
     messages = [
         Message(
@@ -39,6 +48,9 @@ def federated_metrics(
         )
         for node_id in grid.get_node_ids()
     ]
+    if scorer is not None:  # the nodes rank as their users' devices do
+        for message in messages:
+            scorer.attach(message.content)
     replies = [reply for reply in grid.send_and_receive(messages) if not reply.has_error()]
     if not replies:
         raise RuntimeError(f"no node returned {stage} metrics")
@@ -47,10 +59,13 @@ def federated_metrics(
 
 
 def deployment_figures(
-    grid: Grid, arrays: ArrayRecord, settings: dict[str, object]
+    grid: Grid,
+    arrays: ArrayRecord,
+    settings: dict[str, object],
+    scorer: ScorerRelease | None = None,
 ) -> dict[str, dict[str, float]]:
-    """The released model's validation and test figures, from the nodes."""
+    """The released model's validation and test figures (the scorer's, if any), from the nodes."""
     return {
-        stage: federated_metrics(grid, arrays, settings, stage)
+        stage: federated_metrics(grid, arrays, settings, stage, scorer)
         for stage in (VALID_STAGE, TEST_STAGE)
     }

@@ -54,8 +54,9 @@ COLUMNS = (
 CHECKPOINT = "checkpoint.pt"
 FEDERATED_METRICS = (
     "the valid and test figures (and metrics.csv's fed_ columns) are exact metric sums "
-    "that the nodes computed on their users' held-out items and sent to the server: a "
-    "release of users' data outside the DP guarantee, which covers the models only"
+    "that the nodes computed on their users' held-out items (with the on-device scorer "
+    "when the run released statistics) and sent to the server: a release of users' data "
+    "outside the DP guarantee, which covers the models and statistics only"
 )
 SIMULATION_ONLY = (
     "metrics.csv (train loss, client and clipped counts, validation metrics), the valid "

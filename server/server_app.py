@@ -9,7 +9,8 @@ Modes (docs/architecture.md has the legal combinations and their code paths):
   "cohort"``, ``dp = "user"``), reply screening with update decoding
   (``update-compression``) and round retries, budget refusals (``dp = "local"``); with
   ``statistics = true`` the DP global statistics are released first
-  (:mod:`server.statistics_release`) and the on-device scorer evaluates.
+  (:mod:`server.statistics_release`) and the on-device scorer evaluates (in a
+  deployment, on the nodes: :mod:`server.scorer_evaluation`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from server.resume.keeper import RoundStateKeeper
 from server.resume.restore import Resumption, resume_run
 from server.resume.state import ResumeError
 from server.run_recorder import RunRecorder, record_failure
+from server.scorer_evaluation import ScorerEvaluation, released_scorer
 from server.secure_aggregation import run_secure_aggregation
 from server.server_view import ServerView, server_view
 from server.statistics_release import release_statistics_round
@@ -220,8 +222,12 @@ def run_strategy(
             grid, config, list(setup.view.item_ids), setup.catalogue, privacy, setup.offset,
             setup.num_partitions, simulated=setup.view.split is not None,
         )  # fmt: skip
+    deployed = setup.view.split is None  # a deployment: the nodes evaluate
+    scorer = released_scorer(config, results_dir) if config.statistics and deployed else None
     fault_log = FaultLog(results_dir)
     strategy = build_server_strategy(config, setup, privacy, fault_log)
+    if scorer is not None:  # the nodes' federated validation uses the scorer too
+        strategy = ScorerEvaluation(strategy, scorer)
     keeper = RoundStateKeeper(setup.recorder, strategy, config, setup.resumption, fault_log)
     stopped = ""
     try:
@@ -244,10 +250,10 @@ def run_strategy(
         stopped = str(reason)
         logger.warning("stopped: %s", stopped)
     figures = None
-    if setup.view.split is None:  # a deployment: the nodes evaluate the released model
+    if deployed:  # the nodes evaluate the released model (with the scorer, if any)
         released = setup.recorder.last_round - setup.offset  # the released model's round
         final = {**settings(setup, results_dir, VALID_STAGE), SERVER_ROUND: released}
-        figures = deployment_figures(grid, model_to_arrays(setup.model), final)
+        figures = deployment_figures(grid, model_to_arrays(setup.model), final, scorer)
     setup.recorder.finish(
         stopped=stopped,
         privacy=privacy.summary() if privacy else None,

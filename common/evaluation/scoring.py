@@ -120,15 +120,24 @@ def evaluate_on_device(
 ) -> dict[str, float]:
     """Metrics of the on-device scorer, with the model's scores when it weighs them."""
     with evaluation_mode(model):
-        global_model = (
-            model_scorer(model, max_len, n_gap_buckets) if scorer.settings.model_weight else None
-        )
-
-        def score(histories: list[np.ndarray], times: list[np.ndarray] | None) -> Tensor:
-            model_scores = global_model(histories, times) if global_model else None
-            return scorer.batch_scores(histories, model_scores)
-
+        score = on_device_scorer(scorer, model, max_len, n_gap_buckets)
         return flatten_metrics(*evaluate_scorer(score, split, stage))
+
+
+def on_device_scorer(
+    scorer: OnDeviceScorer, model: SequenceRecommender, max_len: int, n_gap_buckets: int = 0
+) -> Scorer:
+    """The on-device scorer as a batch scorer, fed the model's scores when it weighs them
+    (call inside :func:`evaluation_mode`); the model is not run when its weight is 0."""
+    global_model = (
+        model_scorer(model, max_len, n_gap_buckets) if scorer.settings.model_weight else None
+    )
+
+    def score(histories: list[np.ndarray], times: list[np.ndarray] | None) -> Tensor:
+        model_scores = global_model(histories, times) if global_model else None
+        return scorer.batch_scores(histories, model_scores)
+
+    return score
 
 
 def baseline_scorer(baseline: PopularityBaseline | MarkovChain) -> Scorer:

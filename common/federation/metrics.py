@@ -12,12 +12,14 @@ from typing import Any
 from flwr.app import MetricRecord, RecordDict
 
 from common.data.sequences import LeaveOneOutSplit
+from common.evaluation.on_device import OnDeviceScorer
 from common.evaluation.ranking import RankingAccumulator
 from common.evaluation.scoring import (
     evaluate_scorer,
     evaluation_mode,
     flatten_metrics,
     model_scorer,
+    on_device_scorer,
 )
 from common.federation.config import FederatedConfig
 from common.federation.messages import WEIGHT_KEY
@@ -27,11 +29,23 @@ UNEXCLUDED_PREFIX = "unexcluded."
 
 
 def evaluation_sums(
-    model: SequenceRecommender, split: LeaveOneOutSplit, stage: str, config: FederatedConfig
+    model: SequenceRecommender,
+    split: LeaveOneOutSplit,
+    stage: str,
+    config: FederatedConfig,
+    on_device: OnDeviceScorer | None = None,
 ) -> dict[str, float]:
-    """Metric sums (history excluded, and ``unexcluded.``-prefixed) plus ``num-examples``."""
+    """Metric sums (history excluded, and ``unexcluded.``-prefixed) plus ``num-examples``.
+
+    With ``on_device`` (a run that released DP statistics) the figures are that scorer's,
+    given the model's scores when its ``model_weight`` is not 0, as users get them.
+    """
     with evaluation_mode(model):
-        scorer = model_scorer(model, config.max_len, config.n_gap_buckets)
+        scorer = (
+            on_device_scorer(on_device, model, config.max_len, config.n_gap_buckets)
+            if on_device is not None
+            else model_scorer(model, config.max_len, config.n_gap_buckets)
+        )
         excluded, unexcluded = evaluate_scorer(scorer, split, stage)
     sums = excluded.to_sums()
     sums.update({UNEXCLUDED_PREFIX + key: value for key, value in unexcluded.to_sums().items()})

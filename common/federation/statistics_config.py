@@ -10,7 +10,8 @@ with :class:`common.evaluation.on_device.OnDeviceScorer`, whose weights are the
 Budget: with ``dp = "user"`` the statistics and the training rounds share
 ``target-epsilon`` (the noise of both: :func:`common.privacy.budget_split.user_level_noise`);
 ``num-server-rounds = 0`` trains nothing: the whole budget goes to the statistics
-(``statistics-share`` 1). This module only checks the keys.
+(``statistics-share`` 1). A deployment (``deployment-nodes``) releases them the same way
+from its nodes' logs (docs/deployment.md). This module only checks the keys.
 """
 
 from __future__ import annotations
@@ -33,11 +34,6 @@ def check_statistics(config: Any) -> None:
         raise ValueError(
             "statistics = true needs item-attributes (the public catalogue the "
             "attribute transitions are counted over): 'builtin' or a file"
-        )
-    if config.deployment_nodes:
-        raise ValueError(
-            "statistics = true runs in simulations only for now: a deployment's nodes "
-            "evaluate the model alone (docs/privacy.md#dp-global-statistics)"
         )
     if config.dp == "local" or config.secure_aggregation:
         raise ValueError(
