@@ -172,13 +172,21 @@ def smallest_noise(epsilon: Callable[[float], float], target_epsilon: float) -> 
 
     Doubles from 1 (up to ``MAX_SIGMA / 2``) until the target is met, then halves the
     bracket until it is within :data:`NOISE_TOLERANCE`; always returns a noise that met
-    ``target_epsilon x (1 - EPSILON_MARGIN)``, never one that missed it.
+    ``target_epsilon x (1 - EPSILON_MARGIN)``, never one that missed it. An
+    :class:`EpsilonTooLowError` when not even ``MAX_SIGMA / 2`` meets it.
     """
     goal = target_epsilon * (1 - EPSILON_MARGIN)
+    least = epsilon(MAX_SIGMA / 2)
+    if least > goal:
+        floor = round_up(least)
+        raise EpsilonTooLowError(
+            f"target-epsilon {target_epsilon:g} is too low: the {ACCOUNTANT.upper()} "
+            f"accountant certifies no epsilon below {floor:g} for these releases, however "
+            f"large the noise; set target-epsilon >= {floor:g}",
+            floor,
+        )
     low, high = 0.0, 1.0
     while epsilon(high) > goal:
-        if high >= MAX_SIGMA / 2:
-            raise ValueError(f"target-epsilon {target_epsilon:g}: no noise multiplier fits it")
         low, high = high, min(high * 2, MAX_SIGMA / 2)
     while high - low > NOISE_TOLERANCE * high:
         middle = (low + high) / 2

@@ -46,6 +46,7 @@ def independent_pld(releases: list[Release], delta: float) -> float:
         state = composer.extend(state, release)
     return composer.epsilon(state, delta)
 
+
 # A child process that appends entries numbered 0, 1, ... (forever when count < 0).
 WRITER = """
 import sys
