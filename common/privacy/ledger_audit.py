@@ -325,9 +325,10 @@ def audit_ledgers(paths: list[Path]) -> AuditReport:
         items = grouped[who]
         history = [entry.release() for _, entry in items]
         deltas = [entry.delta for _, entry in items]
-        # one more release like the last, for at_budget: the replay extends the prefix once
-        *epsilons, (_, next_pld) = replay.epsilons([*history, history[-1]], [*deltas, deltas[-1]])
-        party = PartyAudit(who, next_epsilon=next_pld)
+        # with a budget, one more release like the last (at_budget): one more PLD step
+        more = int(items[-1][1].budget_epsilon is not None)
+        epsilons = replay.epsilons(history + history[-1:] * more, deltas + deltas[-1:] * more)
+        party = PartyAudit(who, next_epsilon=epsilons.pop()[1] if more else None)
         for (source, entry), (rdp, pld) in zip(items, epsilons, strict=True):
             checked = CheckedEntry(source, entry, rdp, pld)
             party.checked.append(checked)

@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 
 from common.privacy.accounting import Release, pld_epsilon, rdp_epsilon
-from common.privacy.ledger import GENESIS, LedgerEntry, PrivacyLedger, line_hash, read_ledger
+from common.privacy.ledger import (
+    GENESIS,
+    LedgerEntry,
+    PrivacyBudget,
+    PrivacyLedger,
+    line_hash,
+    read_ledger,
+    would_exceed,
+)
 from common.privacy.ledger_audit import PLD_SLACK, audit_ledgers
 from common.privacy.report import render, report_dict
 
@@ -160,3 +168,23 @@ def test_the_cross_check_is_reported(tmp_path: Path) -> None:
     assert party["rdp_epsilon"] == pytest.approx(rdp_epsilon([RELEASE] * 2, DELTA))
     assert 0 < data["pld_over_rdp"]["max"] < 1
     assert "PLD vs RDP (cross-check): PLD/RDP epsilon min" in text
+
+
+@pytest.mark.parametrize(("rounds", "at_budget"), [(2, False), (3, True)])
+def test_at_budget_is_judged_by_the_budget_checks_accountant(
+    tmp_path: Path, rounds: int, at_budget: bool
+) -> None:
+    # Prepare: a budget that 3 releases fit by PLD but 4 do not (RDP would refuse the 3rd)
+    budget = PrivacyBudget(
+        (pld_epsilon([RELEASE] * 3, DELTA) + pld_epsilon([RELEASE] * 4, DELTA)) / 2, DELTA
+    )
+    assert rdp_epsilon([RELEASE] * 3, DELTA) > budget.epsilon
+    ledger = PrivacyLedger(tmp_path / "ledger.jsonl")
+    for number in range(1, rounds + 1):
+        ledger.record_release("n", RELEASE, delta=DELTA, budget=budget, round=number, **FIELDS)
+    # Execute
+    party = audit_ledgers([ledger.path]).parties[0]
+    # Assert
+    assert party.at_budget() is at_budget
+    assert party.next_epsilon == pytest.approx(pld_epsilon([RELEASE] * (rounds + 1), DELTA))
+    assert would_exceed(budget, party.releases(), RELEASE) is at_budget
