@@ -32,8 +32,8 @@ from common.privacy.receipts import add_receipt_arguments, check_receipts
 from common.privacy.run_audit import audit_path
 
 PASSED = (
-    "PASSED: every chain holds, no recorded epsilon is below RDP or PLD, every delta fits "
-    "the population, no budget is exceeded."
+    "PASSED: every chain holds, no recorded epsilon is below its accountant's recomputation, "
+    "every delta fits the population, no budget is exceeded."
 )
 NOT_CERTIFIED = "NOT PRIVATE: this run used insecure reproducible noise; not certified."
 
