@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 # measured (README, "Privacy audit") at a tenth of the cost of the library default 1e-4.
 PLD_DISCRETIZATION = 1e-3
 ACCOUNTANT = "pld"  # calibrates noise, checks budgets, records epsilons in the ledger
-SHARED_PLD_CACHE = 32  # distinct releases and composed histories kept by pld_epsilon
+SHARED_PLD_CACHE = 64  # releases and histories pld_epsilon keeps (~0.3 MB each)
 
 RdpState = list[tuple[float, float, int]]
 
