@@ -6,7 +6,7 @@ The Beauty user-level DP model stays far below the non-private one (docs/results
 - ``transitions``: the next-item statistic that needs no training at all. Every user
   releases its item transitions (pairs up to 3 steps apart, weight 1 / distance) as one
   vector scaled to L2 norm 1, the sum over ALL users gets Gaussian noise once (one
-  Gaussian mechanism, noise multiplier from the same RDP accountant for sampling rate 1
+  Gaussian mechanism, noise multiplier from the same PLD accountant for sampling rate 1
   and one step), and candidates are scored by the noisy row of the user's last
   item plus the noisy column sums (popularity). Only the ``vocab`` most popular items
   are kept, chosen from the true counts for free (not private): an optimistic ceiling.
@@ -17,7 +17,7 @@ The Beauty user-level DP model stays far below the non-private one (docs/results
   ``iterations`` releases is ``sum_u clip(M_u Q) + Gaussian noise`` over ALL users (the
   clip is ``sqrt(rank / items)``, what ``M_u Q`` has for an orthonormal ``Q`` spread over
   the catalogue; no data-dependent choice), followed by ``Q = orth(release)``; the
-  releases compose under the same RDP accountant. A candidate scores
+  releases compose under the same PLD accountant. A candidate scores
   ``sum_k (1 / k) Y[i_k] . Q_prev[j]`` over the user's last 3 items ``i_k``. Whole
   catalogue, nothing chosen for free.
 - ``fedavg``: the ``beauty-dp-model`` mechanism (Poisson-sampled users, one SGD step each,

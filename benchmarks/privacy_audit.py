@@ -30,7 +30,7 @@ ROUNDS = 30
 
 
 def write_party(ledger: PrivacyLedger, who: str, rounds: list[int], release: Release) -> None:
-    """Append one party's releases with honest cumulative RDP epsilons."""
+    """Append one party's releases with honest cumulative (PLD) epsilons."""
     mechanism = "dp-fedavg" if who == "server" else "dp-sgd"
     for count, number in enumerate(rounds):
         ledger.record_release(

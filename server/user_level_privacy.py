@@ -235,7 +235,7 @@ class UserLevelPrivacy:
                 else None
             ),
             "budget_epsilon": self.budget.epsilon if self.budget else None,
-            "accountant": "rdp (opacus)",
+            "accountant": "pld (dp_accounting)",
             "ledger": str(self.ledger.path),
         }
 

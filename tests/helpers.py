@@ -413,7 +413,7 @@ def forge_noise_consistently(run: Path, factor: float = 2.0, signer: Any = None)
     again with ``signer`` (the server's own ledger key, a :class:`Signer`), and the
     ledger heads of ``summary.json`` and of every checkpoint rewritten to match.
     """
-    from common.privacy.accounting import rdp_epsilon
+    from common.privacy.accounting import composed_epsilon
     from common.privacy.ledger import GENESIS, LedgerEntry, line_hash
     from common.privacy.ledger_heads import ledger_heads
     from common.privacy.signing import ledger_signing, signatures_path
@@ -421,10 +421,10 @@ def forge_noise_consistently(run: Path, factor: float = 2.0, signer: Any = None)
     path = run / "ledger" / "server.jsonl"
     releases, lines, previous = [], [], GENESIS
     for text in path.read_text().splitlines():
-        record = {**json.loads(text), "prev_hash": previous}
+        record = {"accountant": "rdp", **json.loads(text), "prev_hash": previous}
         record["noise_multiplier"] *= factor
         releases.append(LedgerEntry(**record).release())
-        record["epsilon"] = rdp_epsilon(releases, record["delta"])
+        record["epsilon"] = composed_epsilon(releases, record["delta"], record["accountant"])
         lines.append(LedgerEntry(**record).to_json())
         previous = line_hash(lines[-1].encode())
     path.write_text("\n".join(lines) + "\n")

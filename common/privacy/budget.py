@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from common.privacy.accounting import Release, number_or_nan, rdp_epsilon
+from common.privacy.accounting import ACCOUNTANT, Release, composed_epsilon, number_or_nan
 
 BUDGET_EXHAUSTED = 4001  # Flower error code of a refusal: this client's budget is spent
 
@@ -34,8 +34,9 @@ class PrivacyBudget:
 
 
 def epsilon_after(history: Sequence[Release], next_release: Release, delta: float) -> float:
-    """Cumulative RDP epsilon if ``next_release`` followed ``history``."""
-    return rdp_epsilon([*history, next_release], delta)
+    """Cumulative epsilon if ``next_release`` followed ``history``, by :data:`ACCOUNTANT`
+    (PLD: the accountant that calibrated the noise, so calibrated noise always fits)."""
+    return composed_epsilon([*history, next_release], delta, ACCOUNTANT)
 
 
 def check_budget(
@@ -50,7 +51,7 @@ def check_budget(
         raise ValueError(f"delta {delta:g} differs from the budget's delta {budget.delta:g}")
     epsilon = epsilon_after(history, next_release, delta)
     if budget is not None and epsilon > budget.epsilon:
-        spent = rdp_epsilon(history, delta)
+        spent = composed_epsilon(history, delta, ACCOUNTANT)
         raise BudgetExceededError(
             f"{who} has spent epsilon {spent:.4g} of {budget.epsilon:g} (delta {budget.delta:g}); "
             f"this release would bring it to {epsilon:.4g}"

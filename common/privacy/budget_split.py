@@ -62,7 +62,7 @@ def statistics_noise(config: Any, delta: float) -> dict[str, float]:
     except EpsilonTooLowError as error:
         raise ValueError(
             f"target-epsilon {target:g} is too low: its statistics-share {share:g} "
-            f"({share * target:g}) is below {error.floor:g}, the smallest epsilon the RDP "
+            f"({share * target:g}) is below {error.floor:g}, the smallest epsilon the PLD "
             f"accountant certifies at delta {short_number(delta)}; set target-epsilon >= "
             f"{round_up(error.floor / share):g}"
         ) from None

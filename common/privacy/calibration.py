@@ -5,19 +5,33 @@ delta and noise multiplier from here, so the rules cannot drift apart:
 
 - delta never exceeds ``1 / (10 n)`` for ``n`` users protected (the federation's user
   count, public): at ``1 / n`` one user's whole history may leak with probability delta;
-- the noise multiplier is either given or the smallest one whose RDP epsilon over every
-  planned release stays within the target epsilon.
+- the noise multiplier is either given or the smallest one (to a relative
+  :data:`NOISE_TOLERANCE`) whose PLD epsilon (:data:`~common.privacy.accounting.ACCOUNTANT`,
+  the accountant budgets and the ledger use too) over every planned release stays within
+  the target epsilon.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from common.privacy.accounting import Release, number_or_nan, rdp_epsilon
+from common.privacy.accounting import (
+    ACCOUNTANT,
+    PldComposer,
+    Release,
+    composed_epsilon,
+    number_or_nan,
+)
 
 DELTA_FACTOR = 10  # delta <= 1 / (DELTA_FACTOR x users protected)
+NOISE_TOLERANCE = 1e-3  # relative: calibrated noise is at most this much above the smallest
+# Calibration aims this far (relative) below the target: the ledger composes a run's
+# releases one round at a time while calibration composes them as one release; the two
+# PLD orders differ by up to ~2e-8 (measured), so the last planned round still fits.
+EPSILON_MARGIN = 1e-6
+MAX_SIGMA = 1e6  # the largest noise multiplier searched (Opacus's MAX_SIGMA)
 
 
 class DeltaError(ValueError):
@@ -79,15 +93,19 @@ class EpsilonTooLowError(ValueError):
 
 
 def epsilon_floor(delta: float, sampling_rate: float = 1.0, steps: int = 1) -> float:
-    """The smallest epsilon the RDP accountant certifies at ``delta``, rounded up.
+    """The smallest epsilon the PLD accountant certifies at ``delta``, rounded up.
 
-    The epsilon at half Opacus's ``MAX_SIGMA``: its search doubles the noise up to one
-    value in (MAX_SIGMA / 2, MAX_SIGMA], so every target at or above this is met. It
-    hardly depends on the sampling rate and steps (the noise makes their part vanish).
+    The epsilon at ``MAX_SIGMA / 2``, the largest noise the search tries, so every target
+    at or above this is met. With PLD it is the discretisation's residue (0 to ~1e-3),
+    where RDP's floor was ~0.1.
     """
-    from opacus.accountants.utils import MAX_SIGMA
+    return _epsilon_floor(delta, sampling_rate, steps)
 
-    return round_up(rdp_epsilon([Release(MAX_SIGMA / 2, sampling_rate, steps)], delta))
+
+@functools.lru_cache(maxsize=256)
+def _epsilon_floor(delta: float, sampling_rate: float, steps: int) -> float:
+    epsilon = composed_epsilon([Release(MAX_SIGMA / 2, sampling_rate, steps)], delta)
+    return round_up(epsilon) if epsilon > 0 else 0.0
 
 
 def round_up(value: float) -> float:
@@ -107,7 +125,8 @@ def check_reachable(
     floor = epsilon_floor(delta, sampling_rate, steps)
     if target_epsilon < floor:
         raise EpsilonTooLowError(
-            f"{name} {target_epsilon:g} is too low: at delta {short_number(delta)} the RDP "
+            f"{name} {target_epsilon:g} is too low: at delta {short_number(delta)} the "
+            f"{ACCOUNTANT.upper()} "
             f"accountant certifies no epsilon below {floor:g}, however large the noise; "
             f"set {name} >= {floor:g}",
             floor,
@@ -121,30 +140,61 @@ def noise_for_target_epsilon(
     steps: int,
     name: str = "target-epsilon",
 ) -> float:
-    """Smallest noise multiplier (within 1% of epsilon) whose RDP epsilon is <= target.
+    """Smallest noise multiplier (within :data:`NOISE_TOLERANCE`) whose PLD epsilon over
+    ``steps`` releases at ``sampling_rate`` is <= target.
 
-    ``name`` is the setting an unreachable target is reported as.
+    ``name`` is the setting an unreachable target is reported as. Cached: a run
+    calibrates once, but its nodes and tests ask again with the same arguments.
     """
-    from opacus.accountants.utils import get_noise_multiplier
-
     if not math.isfinite(number_or_nan(target_epsilon)) or target_epsilon <= 0:
         raise ValueError(f"target_epsilon must be a positive number, got {target_epsilon}")
     if not 0.0 < number_or_nan(delta) < 1.0:
         raise ValueError(f"delta must be in (0, 1), got {delta}")
     Release(1.0, sampling_rate, steps)  # validates sampling_rate and steps
     check_reachable(target_epsilon, delta, sampling_rate, steps, name)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return float(
-            get_noise_multiplier(
-                target_epsilon=target_epsilon,
-                target_delta=delta,
-                sample_rate=sampling_rate,
-                steps=steps,
-                accountant="rdp",
-                epsilon_tolerance=0.01 * target_epsilon,
-            )
+    return _calibrated(float(target_epsilon), float(delta), float(sampling_rate), steps)
+
+
+@functools.lru_cache(maxsize=256)
+def _calibrated(target_epsilon: float, delta: float, sampling_rate: float, steps: int) -> float:
+    composer = PldComposer()  # a private one: the candidates are never needed again
+
+    def epsilon(noise: float) -> float:
+        return composer.epsilon(
+            composer.extend(composer.empty(), Release(noise, sampling_rate, steps)), delta
         )
+
+    return smallest_noise(epsilon, target_epsilon)
+
+
+def smallest_noise(epsilon: Callable[[float], float], target_epsilon: float) -> float:
+    """Bisection for the smallest noise whose ``epsilon(noise)`` is <= target.
+
+    Doubles from 1 (up to ``MAX_SIGMA / 2``) until the target is met, then halves the
+    bracket until it is within :data:`NOISE_TOLERANCE`; always returns a noise that met
+    ``target_epsilon x (1 - EPSILON_MARGIN)``, never one that missed it. An
+    :class:`EpsilonTooLowError` when not even ``MAX_SIGMA / 2`` meets it.
+    """
+    goal = target_epsilon * (1 - EPSILON_MARGIN)
+    least = epsilon(MAX_SIGMA / 2)
+    if least > goal:
+        floor = round_up(least)
+        raise EpsilonTooLowError(
+            f"target-epsilon {target_epsilon:g} is too low: the {ACCOUNTANT.upper()} "
+            f"accountant certifies no epsilon below {floor:g} for these releases, however "
+            f"large the noise; set target-epsilon >= {floor:g}",
+            floor,
+        )
+    low, high = 0.0, 1.0
+    while epsilon(high) > goal:
+        low, high = high, min(high * 2, MAX_SIGMA / 2)
+    while high - low > NOISE_TOLERANCE * high:
+        middle = (low + high) / 2
+        if epsilon(middle) > goal:
+            low = middle
+        else:
+            high = middle
+    return high
 
 
 def calibrate_noise(
@@ -174,32 +224,39 @@ def noise_after_prior(
     sampling_rate: float,
     steps: int,
 ) -> float:
-    """Smallest noise multiplier (within 1% of epsilon) for ``steps`` more releases at
-    ``sampling_rate`` whose composition with ``prior`` stays within ``target_epsilon``.
+    """Smallest noise multiplier (within :data:`NOISE_TOLERANCE`) for ``steps`` more
+    releases at ``sampling_rate`` whose composition with ``prior`` stays within
+    ``target_epsilon``.
 
-    A bisection over the same RDP accountant the ledger records with; a ValueError when
+    A bisection over the same PLD accountant the ledger records with; a ValueError when
     ``prior`` alone already spends the target.
     """
     Release(1.0, sampling_rate, steps)  # validates sampling_rate and steps
-    spent = rdp_epsilon(list(prior), delta) if prior else 0.0
+    spent = composed_epsilon(list(prior), delta) if prior else 0.0
     if spent >= target_epsilon:
         raise ValueError(
             f"target-epsilon {target_epsilon:g}: the earlier releases already spend "
             f"epsilon {spent:.4g} of it, nothing is left for {steps} more"
         )
+    return _after_prior(
+        tuple(prior), float(target_epsilon), float(delta), float(sampling_rate), steps
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _after_prior(
+    prior: tuple[Release, ...],
+    target_epsilon: float,
+    delta: float,
+    sampling_rate: float,
+    steps: int,
+) -> float:
+    composer = PldComposer()
+    start = composer.empty()
+    for release in prior:
+        start = composer.extend(start, release)
 
     def epsilon(noise: float) -> float:
-        return rdp_epsilon([*prior, Release(noise, sampling_rate, steps)], delta)
+        return composer.epsilon(composer.extend(start, Release(noise, sampling_rate, steps)), delta)
 
-    low, high = 0.0, 1.0
-    while epsilon(high) > target_epsilon:
-        low, high = high, high * 2
-        if high > 1e6:
-            raise ValueError(f"target-epsilon {target_epsilon:g}: no noise multiplier fits it")
-    while epsilon(high) < target_epsilon * 0.99 and high - low > 1e-4 * high:
-        middle = (low + high) / 2
-        if epsilon(middle) > target_epsilon:
-            low = middle
-        else:
-            high = middle
-    return high
+    return smallest_noise(epsilon, target_epsilon)

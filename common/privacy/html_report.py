@@ -144,7 +144,7 @@ def _charts(report: AuditReport) -> str:
         '<p class="legend">Cumulative epsilon of each party after each of its releases:'
         f'<span class="key" style="border-color:{RECORDED_COLOUR}"></span>recorded in the '
         f'ledger (one dot per entry)<span class="key dashed" style="border-color:'
-        f'{RECOMPUTED_COLOUR}"></span>recomputed (RDP)<span class="key dashed" '
+        f'{RECOMPUTED_COLOUR}"></span>recomputed (its accountant)<span class="key dashed" '
         f'style="border-color:{FAIL_COLOUR}"></span>budget; a red dot is an entry that a '
         "failed check names</p>",
         '<div class="charts">',
@@ -178,7 +178,7 @@ def epsilon_svg(party: PartyAudit, named: Collection[str] = ()) -> str:
     entry's line), recomputed epsilon, the budget."""
     rounds = [item.entry.round for item in party.checked]
     recorded = [item.entry.epsilon for item in party.checked]
-    recomputed = [item.rdp_epsilon for item in party.checked]
+    recomputed = [item.recomputed for item in party.checked]
     budget = party.last.entry.budget_epsilon
     finite = [v for v in [*recorded, *recomputed, budget or 0.0] if math.isfinite(v)]
     y_top = _nice_top(max(finite, default=0.0))
@@ -291,7 +291,7 @@ def _timeline(report: AuditReport) -> str:
     named = _named_sources(report)
     header = (
         "Time (UTC)", "Where", "Party", "Round", "Mechanism", "Noise multiplier",
-        "Sampling rate", "Steps", "Delta", "Epsilon recorded", "Epsilon recomputed RDP / PLD",
+        "Sampling rate", "Steps", "Delta", "Epsilon recorded (by)", "Epsilon recomputed RDP / PLD",
         "Budget", "Check",
     )  # fmt: skip
     rows = [_timeline_row(item, item.source in named) for item in items[:MAX_ROWS]]
@@ -316,7 +316,8 @@ def _timeline_row(item: CheckedEntry, flagged: bool) -> str:
     check = '<span class="no">problem</span>' if flagged else '<span class="ok">ok</span>'
     cells = [
         when, f"{Path(file).name}:{line}", entry.who, entry.round, entry.mechanism,
-        entry.noise_multiplier, entry.sampling_rate, entry.steps, entry.delta, entry.epsilon,
+        entry.noise_multiplier, entry.sampling_rate, entry.steps, entry.delta,
+        f"{_number(entry.epsilon)} ({entry.accountant.upper()})",
         f"{_number(item.rdp_epsilon)} / {_number(item.pld_epsilon)}", entry.budget_epsilon,
     ]  # fmt: skip
     row = "".join(_cell(value) for value in cells) + f"<td>{check}</td>"

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.privacy.accounting import Release, number_or_nan
+from common.privacy.accounting import ACCOUNTANT, Release, number_or_nan
 from common.privacy.budget import (
     BudgetExceededError,
     PrivacyBudget,
@@ -57,7 +57,8 @@ UNITS = ("user", "window")
 MECHANISMS = ("dp-sgd", "dp-fedavg", "dp-statistics")
 # mechanisms one party may mix: the server's user-level releases compose into one guarantee
 COMPOSABLE_MECHANISMS = (frozenset({"dp-fedavg", "dp-statistics"}),)
-ACCOUNTANTS = ("rdp",)
+ACCOUNTANTS = ("rdp", "pld")
+LEGACY_ACCOUNTANT = "rdp"  # what an entry written before the field existed was computed with
 OS_ENTROPY = "os-entropy"
 INSECURE_REPRODUCIBLE = "insecure-reproducible"
 RANDOMNESS = (OS_ENTROPY, INSECURE_REPRODUCIBLE)
@@ -79,9 +80,12 @@ def _is_hash(value: object) -> bool:
 class LedgerEntry:
     """One release by one party (``who``: "server" or a node id) in one round.
 
-    ``population`` is the number of users protected (delta must stay at most
-    ``1 / (10 x population)``); ``randomness`` says where the mechanism's noise and
-    sampling came from; ``prev_hash`` links the entry to the line before it.
+    ``epsilon`` is the party's cumulative epsilon over all its releases so far, by
+    ``accountant`` ("pld" for new entries; "rdp" for entries written before PLD, a line
+    without the field included); ``population`` is the number of users protected (delta
+    must stay at most ``1 / (10 x population)``); ``randomness`` says where the
+    mechanism's noise and sampling came from; ``prev_hash`` links the entry to the line
+    before it.
     """
 
     run_id: str
@@ -150,10 +154,14 @@ FIELDS = tuple(field.name for field in dataclasses.fields(LedgerEntry))
 
 
 def entry_from_json(text: str) -> LedgerEntry:
-    """Parse one ledger line; a ValueError names the offending field."""
+    """Parse one ledger line; a ValueError names the offending field.
+
+    A line without ``accountant`` predates the field: its epsilon is RDP's.
+    """
     record = json.loads(text)
     if not isinstance(record, dict):
         raise ValueError("a ledger line must be a JSON object")
+    record.setdefault("accountant", LEGACY_ACCOUNTANT)
     missing = [name for name in FIELDS if name not in record]
     if missing:
         raise ValueError(f"field '{missing[0]}' is missing")
@@ -314,7 +322,7 @@ class PrivacyLedger:
             steps=release.steps,
             delta=delta,
             epsilon=epsilon,
-            accountant="rdp",
+            accountant=ACCOUNTANT,
             budget_epsilon=budget.epsilon if budget else None,
             time=time.time(),
             population=population,

@@ -32,8 +32,8 @@ from common.privacy.receipts import add_receipt_arguments, check_receipts
 from common.privacy.run_audit import audit_path
 
 PASSED = (
-    "PASSED: every chain holds, no recorded epsilon is below RDP or PLD, every delta fits "
-    "the population, no budget is exceeded."
+    "PASSED: every chain holds, no recorded epsilon is below its accountant's recomputation, "
+    "every delta fits the population, no budget is exceeded."
 )
 NOT_CERTIFIED = "NOT PRIVATE: this run used insecure reproducible noise; not certified."
 
@@ -115,20 +115,21 @@ def distribution_lines(report: AuditReport) -> list[str]:
     lines = []
     clients = client_distribution(report)
     if clients["count"]:
-        eps, pld = clients["epsilon"], clients["pld_epsilon"]
+        eps, pld, rdp = clients["epsilon"], clients["pld_epsilon"], clients["rdp_epsilon"]
         lines.append(
             f"Clients: {clients['count']}; final epsilon min {_eps(eps['min'])} / median "
             f"{_eps(eps['median'])} / max {_eps(eps['max'])} (PLD: {_eps(pld['min'])} / "
-            f"{_eps(pld['median'])} / {_eps(pld['max'])}); {clients['with_budget']} with a "
+            f"{_eps(pld['median'])} / {_eps(pld['max'])}; RDP: {_eps(rdp['min'])} / "
+            f"{_eps(rdp['median'])} / {_eps(rdp['max'])}); {clients['with_budget']} with a "
             f"budget, {clients['at_budget']} at their budget (one more release like their "
             f"last would exceed it)"
         )
     ratios = agreement(report)
     if ratios:
         lines.append(
-            f"RDP vs PLD (independent accountant): PLD/RDP epsilon min {ratios['min']:.3f} / "
+            f"PLD vs RDP (cross-check): PLD/RDP epsilon min {ratios['min']:.3f} / "
             f"median {ratios['median']:.3f} / max {ratios['max']:.3f} over all entries "
-            f"(PLD is the tighter bound, so <= 1 expected)"
+            f"(PLD is the tighter bound, so <= 1 expected; new entries record PLD)"
         )
     return lines
 
@@ -155,6 +156,7 @@ def report_dict(report: AuditReport) -> dict[str, Any]:
             "delta": party.last.entry.delta,
             "epsilon": party.last.spent,
             "recorded_epsilon": party.last.entry.epsilon,
+            "accountant": party.last.entry.accountant,
             "rdp_epsilon": party.last.rdp_epsilon,
             "pld_epsilon": party.last.pld_epsilon,
             "budget_epsilon": party.last.entry.budget_epsilon,

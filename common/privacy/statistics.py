@@ -4,11 +4,12 @@ Each statistic is one Gaussian mechanism over ALL users (no sampling): every use
 contribution is one vector of L2 norm at most 1 (:data:`CONTRIBUTION_BOUND`), the vectors
 are summed and Gaussian noise of standard deviation ``noise_multiplier`` is added to every
 cell, dense (cells nobody touched get noise too, so the support leaks nothing). The
-statistics compose as :class:`~common.privacy.accounting.Release` ``(z_i, 1.0, 1)``
-under the RDP accountant. A budget share ``f_i`` (shares sum to 1) gives
-``z_i = z / sqrt(f_i)`` where ``z`` is the noise of ONE release at the target epsilon:
-the Gaussian RDP ``alpha / (2 z_i^2)`` then adds up to exactly that of the single release,
-and :func:`release_statistics` checks the composed epsilon against the target.
+statistics compose as :class:`~common.privacy.accounting.Release` ``(z_i, 1.0, 1)``.
+A budget share ``f_i`` (shares sum to 1) gives ``z_i = z / sqrt(f_i)`` where ``z`` is
+the noise of ONE release at the target epsilon (PLD-calibrated): together they are
+exactly one Gaussian mechanism of noise ``(sum 1 / z_i^2)^-1/2 = z``
+(:func:`joint_noise_multiplier`, what the ledger records), and :func:`noise_multipliers`
+checks that joint release's PLD epsilon against the target.
 
 - ``popularity``: a user's distinct training items, each weighted ``1 / sqrt(n)``.
 - ``attribute_transitions``: the user's last ``transitions_per_user`` transitions
@@ -35,7 +36,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from common.privacy.accounting import Release, rdp_epsilon
+from common.privacy.accounting import Release, pld_epsilon
 from common.privacy.calibration import noise_for_target_epsilon
 from common.privacy.mechanism import GaussianMechanism
 from common.privacy.randomness import PrivacyRandomness
@@ -110,10 +111,12 @@ class DPStatistics:
         return np.concatenate([reachable_by_nobody.astype(np.float32), witness])
 
     def epsilon(self, delta: float) -> float:
-        """Epsilon of all statistics composed (infinite if any is exact)."""
+        """Epsilon of all statistics composed (infinite if any is exact): the PLD epsilon
+        of their joint Gaussian mechanism, the release the ledger records."""
         if any(self.noise_multipliers[name] == 0.0 for name in STATISTICS):
             return math.inf
-        return rdp_epsilon(self.releases(), delta)
+        joint = joint_noise_multiplier(self.noise_multipliers)
+        return pld_epsilon([Release(joint, 1.0, 1)], delta)
 
 
 def _scaled(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -226,7 +229,7 @@ def noise_multipliers(
         return {name: 0.0 for name in STATISTICS}
     single = noise_for_target_epsilon(epsilon, delta, 1.0, 1)
     multipliers = {name: single / math.sqrt(shares[name]) for name in STATISTICS}
-    composed = rdp_epsilon([Release(z, 1.0, 1) for z in multipliers.values()], delta)
+    composed = pld_epsilon([Release(joint_noise_multiplier(multipliers), 1.0, 1)], delta)
     if composed > epsilon * (1 + 1e-6):
         raise RuntimeError(f"composed epsilon {composed} exceeds the target {epsilon}")
     return multipliers

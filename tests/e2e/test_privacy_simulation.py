@@ -9,7 +9,7 @@ import pytest
 
 from common.data.features import training_windows
 from common.data.partitioning import load_partition
-from common.privacy.accounting import Release, rdp_epsilon
+from common.privacy.accounting import Release, pld_epsilon
 from common.privacy.ledger import read_ledger
 from common.training.dp_sgd import sampling_rate
 from tests.helpers import BASE
@@ -23,7 +23,7 @@ def test_user_level_dp_records_each_round_and_stops_before_the_budget(
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
     delta = 1 / (10 * 20)
     round_release = Release(1.0, 0.5, 1)
-    budget = (rdp_epsilon([round_release] * 2, delta) + rdp_epsilon([round_release] * 3, delta)) / 2
+    budget = (pld_epsilon([round_release] * 2, delta) + pld_epsilon([round_release] * 3, delta)) / 2
     settings = {"dataset": str(cycle_log), **BASE, "partition-mode": "cohort",
                 "users-per-client": 10, "fraction-train": 0.5, "dp": "user",
                 "target-epsilon": budget}  # fmt: skip
@@ -37,7 +37,7 @@ def test_user_level_dp_records_each_round_and_stops_before_the_budget(
     assert [e.round for e in entries] == [1, 2]
     assert {(e.who, e.unit, e.mechanism) for e in entries} == {("server", "user", "dp-fedavg")}
     assert [e.epsilon for e in entries] == pytest.approx(
-        [rdp_epsilon([round_release] * k, delta) for k in (1, 2)]
+        [pld_epsilon([round_release] * k, delta) for k in (1, 2)]
     )
     assert summary["privacy"]["epsilon"] == pytest.approx(entries[-1].epsilon)
     assert entries[-1].epsilon <= budget
@@ -56,7 +56,7 @@ def test_local_dp_composes_across_rounds_and_clients_refuse_past_their_budget(
     rate = sampling_rate(windows, 4)
     steps = int(round(1 / rate))
     one = Release(1.0, rate, steps)
-    budget = (rdp_epsilon([one] * 2, delta) + rdp_epsilon([one] * 3, delta)) / 2
+    budget = (pld_epsilon([one] * 2, delta) + pld_epsilon([one] * 3, delta)) / 2
     settings = {"dataset": str(cycle_log), **BASE, "partition-mode": "cross-silo",
                 "users-per-client": 10, "fraction-train": 1.0, "dp": "local",
                 "budget-epsilon": budget}  # fmt: skip

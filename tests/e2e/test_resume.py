@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.privacy.accounting import Release, rdp_epsilon
+from common.privacy.accounting import Release, pld_epsilon
 from common.privacy.ledger import read_ledger
 from server.resume.state import load_server_state
 from server.resume.stops import UNRECORDED
@@ -132,7 +132,7 @@ def test_a_resumed_user_dp_run_spends_the_uninterrupted_epsilon_once_per_round(
     privacy = summary["privacy"]
     assert isinstance(privacy, dict)
     release = Release(privacy["noise_multiplier"], privacy["sampling_rate"], 1)
-    uninterrupted = rdp_epsilon([release] * ROUNDS, privacy["delta"])
+    uninterrupted = pld_epsilon([release] * ROUNDS, privacy["delta"])
     assert entries[-1].epsilon == pytest.approx(uninterrupted, rel=1e-12)
     assert privacy["epsilon"] == pytest.approx(uninterrupted, rel=1e-12)
     assert privacy["releases_accounted"] == ROUNDS

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from common.federation.config import FederatedConfig
-from common.privacy.accounting import Release, rdp_epsilon
+from common.privacy.accounting import Release, pld_epsilon
 from common.privacy.calibration import (
     DeltaError,
     EpsilonTooLowError,
@@ -53,25 +53,29 @@ def test_noise_is_given_or_fits_every_planned_step_in_the_target() -> None:
     assert calibrate_noise(1.3, 0.0, delta=1e-5, sampling_rate=0.1, planned_steps=10,
                            mode="user") == 1.3  # fmt: skip
     noise = calibrate_noise(0.0, 2.0, delta=1e-5, sampling_rate=0.1, planned_steps=10, mode="user")
-    assert 0.98 * 2.0 <= rdp_epsilon([Release(noise, 0.1, 10)], 1e-5) <= 2.0
+    assert 0.99 * 2.0 <= pld_epsilon([Release(noise, 0.1, 10)], 1e-5) <= 2.0
     with pytest.raises(ValueError, match="dp = 'local' needs noise-multiplier > 0 or target"):
         calibrate_noise(0.0, 0.0, delta=1e-5, sampling_rate=0.1, planned_steps=10, mode="local")
 
 
 @pytest.mark.parametrize(("rate", "steps"), [(1.0, 1), (0.1, 100), (0.01, 5000)])
-def test_the_epsilon_floor_is_met_and_anything_below_is_refused_naming_the_key(
+def test_the_pld_floor_is_met_and_a_target_below_it_is_refused_naming_the_key(
     rate: float, steps: int
 ) -> None:
     floor = epsilon_floor(1e-5, rate, steps)
+    target = max(floor, 0.01)
 
-    noise = noise_for_target_epsilon(floor, 1e-5, rate, steps)
-    with pytest.raises(EpsilonTooLowError) as caught:
-        noise_for_target_epsilon(floor * 0.99, 1e-5, rate, steps)
+    noise = noise_for_target_epsilon(target, 1e-5, rate, steps)
 
-    assert floor == 0.103  # at delta 1e-5, whatever the rate and steps
-    assert rdp_epsilon([Release(noise, rate, steps)], 1e-5) <= floor
-    assert caught.value.floor == floor
-    assert str(caught.value) == (
-        f"target-epsilon {floor * 0.99:g} is too low: at delta 1e-5 the RDP accountant "
-        "certifies no epsilon below 0.103, however large the noise; set target-epsilon >= 0.103"
-    )
+    # PLD's floor is its discretisation's residue: far below RDP's 0.103 at delta 1e-5
+    assert 0.0 <= floor < 0.001
+    assert pld_epsilon([Release(noise, rate, steps)], 1e-5) <= target
+    if floor > 0:
+        with pytest.raises(EpsilonTooLowError) as caught:
+            noise_for_target_epsilon(floor * 0.99, 1e-5, rate, steps)
+        assert caught.value.floor == floor
+        assert str(caught.value) == (
+            f"target-epsilon {floor * 0.99:g} is too low: at delta 1e-5 the PLD accountant "
+            f"certifies no epsilon below {floor:g}, however large the noise; set "
+            f"target-epsilon >= {floor:g}"
+        )

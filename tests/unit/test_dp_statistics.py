@@ -10,13 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.privacy.accounting import Release, rdp_epsilon
+from common.privacy.accounting import Release, pld_epsilon, rdp_epsilon
 from common.privacy.calibration import noise_for_target_epsilon
 from common.privacy.randomness import PrivacyRandomness
 from common.privacy.statistics import (
     STATISTICS,
     DPStatistics,
     exact_statistics,
+    joint_noise_multiplier,
     noise_multipliers,
     noisy_release,
     popularity_contribution,
@@ -81,9 +82,14 @@ def test_budget_shares_compose_to_the_target_epsilon() -> None:
         single = noise_for_target_epsilon(epsilon, delta, 1.0, 1)
 
         assert multipliers["popularity"] == pytest.approx(single / math.sqrt(0.2))
-        composed = rdp_epsilon([Release(z, 1.0, 1) for z in multipliers.values()], delta)
-        assert 0.97 * epsilon <= composed <= epsilon * (1 + 1e-6)
-        assert composed == pytest.approx(rdp_epsilon([Release(single, 1.0, 1)], delta), rel=1e-6)
+        # together the statistics are one Gaussian mechanism of noise `single` (RDP adds
+        # up to exactly it); the ledger records that joint release, calibrated by PLD
+        separate = rdp_epsilon([Release(z, 1.0, 1) for z in multipliers.values()], delta)
+        assert separate == pytest.approx(rdp_epsilon([Release(single, 1.0, 1)], delta), rel=1e-6)
+        joint = joint_noise_multiplier(multipliers)
+        assert joint == pytest.approx(single, rel=1e-12)
+        composed = pld_epsilon([Release(joint, 1.0, 1)], delta)
+        assert 0.99 * epsilon <= composed <= epsilon
 
 
 def test_no_dp_releases_exact_sums_and_says_epsilon_is_infinite() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from common.privacy.accounting import Release, rdp_epsilon
+from common.privacy.accounting import Release, pld_epsilon
 from common.privacy.ledger import read_ledger
 from common.privacy.report import main
 from server.user_level_privacy import PrivacyBudgetSpent
@@ -30,7 +30,7 @@ def test_a_continued_run_accounts_every_run_of_the_model(
     ]
     assert entries[:4] == read_ledger(first / "ledger" / "server.jsonl")  # copied verbatim
     delta = entries[-1].delta
-    assert entries[-1].epsilon == pytest.approx(rdp_epsilon([Release(1.0, 0.5, 1)] * 6, delta))
+    assert entries[-1].epsilon == pytest.approx(pld_epsilon([Release(1.0, 0.5, 1)] * 6, delta))
     summary = json.loads((second / "summary.json").read_text())
     assert summary["privacy"]["epsilon"] == entries[-1].epsilon
     assert summary["started_from"]["ledger"]["entries"] == 4
@@ -42,7 +42,7 @@ def test_a_continued_run_accounts_every_run_of_the_model(
 def test_the_budget_covers_the_earlier_runs_too(tmp_path: Path) -> None:
     # Prepare: a budget that 4 rounds fit but 6 do not
     log = write_cycle_log(tmp_path / "cycle.csv")
-    budget = rdp_epsilon([Release(1.0, 0.5, 1)] * 5, 1 / 200) * 0.999
+    budget = pld_epsilon([Release(1.0, 0.5, 1)] * 5, 1 / 200) * 0.999
     first = user_dp_run(tmp_path / "run-a", log, 4)
     # Execute / Assert: the continued run stops at its first round past the total
     with pytest.raises(PrivacyBudgetSpent, match="round 5 would exceed the privacy budget"):

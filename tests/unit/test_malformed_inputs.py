@@ -157,32 +157,28 @@ def test_run_config_is_refused_in_one_line(overrides: dict[str, Any], pattern: s
     assert_one_line(str(caught.value), pattern)
 
 
-PRIVACY_PLAN_CASES = [
-    ("user", {**COHORT, "dp": "user"}, r"at delta 1e-3 the RDP accountant certifies no "
-     r"epsilon below (0\.\d+), however large the noise; set target-epsilon >= (0\.\d+)$"),
-    ("local", {"dp": "local"}, r"at delta 1e-3 .* set target-epsilon >= (0\.\d+)$"),
-    ("statistics", {**STATS_DP, "statistics-share": 0.5}, r"its statistics-share 0\.5 "
-     r"\(5e-10\) is below 0\.\d+, the smallest epsilon the RDP accountant certifies at delta "
-     r"1e-3; set target-epsilon >= (0\.\d+)$"),
-]  # fmt: skip
-
-
-@pytest.mark.parametrize(
-    ("mode", "pattern"),
-    [case[1:] for case in PRIVACY_PLAN_CASES],
-    ids=[case[0] for case in PRIVACY_PLAN_CASES],
-)
-def test_unreachable_target_epsilon_names_the_key_and_what_works(
-    mode: dict[str, Any], pattern: str
-) -> None:
-    config = FederatedConfig.from_run_config({**mode, "target-epsilon": 1e-9})
+def test_an_unreachable_target_epsilon_names_the_key_and_the_floor() -> None:
+    # with statistics, the rounds compose after them: at delta 1e-3 no noise brings the
+    # composition below the PLD discretisation's residue
+    config = FederatedConfig.from_run_config(
+        {**STATS_DP, "statistics-share": 0.5, "target-epsilon": 1e-9}
+    )
 
     with pytest.raises(ValueError) as caught:
         check_privacy_plan(config, 100)
-    least = float(re.findall(r">= ([0-9.]+)$", str(caught.value))[0])
-    check_privacy_plan(FederatedConfig.from_run_config({**mode, "target-epsilon": least}), 100)
 
-    assert_one_line(str(caught.value), r"^target-epsilon 1e-09 is too low: " + pattern)
+    assert_one_line(
+        str(caught.value),
+        r"^target-epsilon 1e-09 is too low: the PLD accountant certifies no epsilon below "
+        r"\S+ for these releases, however large the noise; set target-epsilon >= \S+$",
+    )
+
+
+@pytest.mark.parametrize("mode", [{**COHORT, "dp": "user"}, {"dp": "local"}], ids=["user", "local"])
+def test_a_tiny_target_epsilon_is_met_under_pld(mode: dict[str, Any]) -> None:
+    # RDP refused targets below ~0.1 at any noise; PLD certifies (0, delta) for one
+    # Gaussian release once its total variation is below delta, so any target > 0 is met
+    check_privacy_plan(FederatedConfig.from_run_config({**mode, "target-epsilon": 1e-9}), 100)
 
 
 # --- the simulation launcher: presets, --set, and files the config names -------------
@@ -211,11 +207,6 @@ LAUNCH_CASES: list[tuple[str, str, list[str], str]] = [
     ("population mismatch", "", ["population=943"], r"population 943 differs from the 20 users"),
     ("delta above 1/10n", "", ["dp='user'", "partition-mode='cohort'", "noise-multiplier=1.0",
                                "delta=0.01"], r"delta 1e-2 above 1 / \(10 x 20\)"),
-    ("target epsilon unreachable", "", ["dp='user'", "partition-mode='cohort'",
-                                        "target-epsilon=1e-9"],
-     r"target-epsilon 1e-09 is too low: at delta 5e-3 .* set target-epsilon >= 0\.0\d+$"),
-    ("local target epsilon unreachable", "", ["dp='local'", "target-epsilon=1e-9"],
-     r"target-epsilon 1e-09 is too low: at delta 5e-3 .* set target-epsilon >= 0\.0\d+$"),
     ("checkpoint nan", "", ["initial-checkpoint='{tmp}/nan.pt'"],
      r"nan\.pt: tensor 'items\.weight' holds 1 NaN or infinite value\(s\) out of"),
     ("attributes missing", "", ["item-attributes='/nowhere/attrs.json'"],

@@ -25,7 +25,7 @@ from common.federation.checkpoints import dataset_item_ids, load_checkpoint
 from common.federation.config import FederatedConfig
 from common.federation.messages import model_to_arrays
 from common.models import build_model
-from common.privacy.accounting import rdp_epsilon
+from common.privacy.accounting import composed_epsilon
 from common.privacy.ledger import GENESIS, LedgerEntry, line_hash, read_ledger
 from common.privacy.ledger_heads import ledger_heads
 from common.privacy.noise_evidence import FALSE_ALARM_RATE, measure_noise
@@ -104,7 +104,8 @@ def forge(run: Path, factor: float, mechanism: str) -> None:
         if entry.mechanism == mechanism:
             record["noise_multiplier"] *= factor
         releases.append(LedgerEntry(**record).release())
-        record.update(epsilon=rdp_epsilon(releases, record["delta"]), prev_hash=previous)
+        epsilon = composed_epsilon(releases, record["delta"], record["accountant"])
+        record.update(epsilon=epsilon, prev_hash=previous)
         line = LedgerEntry(**record).to_json()
         previous = line_hash(line.encode())
         lines.append(line)

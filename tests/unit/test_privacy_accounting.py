@@ -160,5 +160,5 @@ def test_noise_for_target_epsilon_lands_within_one_percent_below_target(
     target: float, rate: float, count: int
 ) -> None:
     noise = noise_for_target_epsilon(target, DELTA, rate, count)
-    epsilon = rdp_epsilon([Release(noise, rate, count)], DELTA)
+    epsilon = pld_epsilon([Release(noise, rate, count)], DELTA)
     assert 0.99 * target <= epsilon <= target

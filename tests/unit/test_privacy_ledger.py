@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.privacy.accounting import Release, rdp_epsilon
+from common.privacy.accounting import PldComposer, Release, pld_epsilon, rdp_epsilon
 from common.privacy.ledger import (
     GENESIS,
     BudgetExceededError,
@@ -36,6 +36,16 @@ from common.privacy.ledger_audit import chain_failures
 from tests.helpers import PROJECT_ROOT
 
 DELTA = 1e-5
+
+
+def independent_pld(releases: list[Release], delta: float) -> float:
+    """PLD epsilon by a fresh composer, independent of the ledger's shared caches."""
+    composer = PldComposer()
+    state = composer.empty()
+    for release in releases:
+        state = composer.extend(state, release)
+    return composer.epsilon(state, delta)
+
 
 # A child process that appends entries numbered 0, 1, ... (forever when count < 0).
 WRITER = """
@@ -205,7 +215,7 @@ def test_record_release_refuses_over_budget_and_writes_nothing(tmp_path: Path) -
     # Prepare
     ledger = PrivacyLedger(tmp_path / "ledger.jsonl")
     budget = PrivacyBudget(epsilon=2.0, delta=DELTA)
-    release = Release(2.0, 0.05, 20)  # epsilon 0.60 after one round, 1.81 after 11
+    release = Release(2.0, 0.05, 20)  # PLD epsilon 0.51 after one round, 1.996 after 16
     fields: dict[str, Any] = {
         "run_id": "r",
         "unit": "user",
@@ -223,10 +233,12 @@ def test_record_release_refuses_over_budget_and_writes_nothing(tmp_path: Path) -
                 )
             )
     # Assert
-    assert len(recorded) == 13
+    assert len(recorded) == 16  # RDP, which recorded before PLD, allowed 13
     assert ledger.entries() == recorded
-    assert recorded[-1].epsilon == pytest.approx(rdp_epsilon([release] * len(recorded), DELTA))
-    assert rdp_epsilon([release] * (len(recorded) + 1), DELTA) > 2.0
+    assert all(entry.accountant == "pld" for entry in recorded)
+    assert recorded[-1].epsilon == pytest.approx(independent_pld([release] * 16, DELTA))
+    assert independent_pld([release] * 17, DELTA) > 2.0
+    assert rdp_epsilon([release] * 16, DELTA) > 2.0  # what PLD calibration gains
 
 
 @pytest.mark.parametrize(
@@ -245,7 +257,7 @@ def test_privacy_budget_is_validated(epsilon: float, delta: float, message: str)
 def test_epsilon_after_adds_the_next_release() -> None:
     history = [Release(1.0, 0.1, 10)]
     assert epsilon_after(history, Release(1.0, 0.1, 5), DELTA) == pytest.approx(
-        rdp_epsilon([Release(1.0, 0.1, 15)], DELTA)
+        pld_epsilon([Release(1.0, 0.1, 15)], DELTA), rel=1e-6
     )
 
 
@@ -276,7 +288,7 @@ def test_a_budgeted_client_never_exceeds_and_trains_whenever_it_can(
             release = Release(*ask)
             if would_exceed(budget, ledger.releases("c"), release):
                 # Refused: checked independently of the policy, training would exceed.
-                assert rdp_epsilon([*trained, release], DELTA) > budget.epsilon
+                assert independent_pld([*trained, release], DELTA) > budget.epsilon
                 continue
             ledger.record_release("c", release, delta=DELTA, budget=budget, round=number, **fields)
             trained.append(release)
@@ -284,4 +296,4 @@ def test_a_budgeted_client_never_exceeds_and_trains_whenever_it_can(
     assert [entry.release() for entry in entries] == trained
     assert all(entry.epsilon <= budget.epsilon for entry in entries)
     for count, entry in enumerate(entries, start=1):
-        assert entry.epsilon == pytest.approx(rdp_epsilon(trained[:count], DELTA), rel=1e-12)
+        assert entry.epsilon == pytest.approx(independent_pld(trained[:count], DELTA), rel=1e-12)

@@ -20,7 +20,7 @@ from common.federation.messages import (
     TRANSITION_VALUES,
     USERS,
 )
-from common.privacy.accounting import Release, rdp_epsilon
+from common.privacy.accounting import Release, pld_epsilon, rdp_epsilon
 from common.privacy.budget_split import user_level_noise
 from common.privacy.calibration import noise_after_prior
 from common.privacy.ledger import PrivacyLedger
@@ -55,14 +55,14 @@ def test_the_joint_release_is_one_gaussian_with_the_statistics_combined_noise() 
     joint = joint_noise_multiplier(multipliers)
     separate = rdp_epsilon([Release(z, 1.0, 1) for z in multipliers.values()], 1e-5)
     assert rdp_epsilon([Release(joint, 1.0, 1)], 1e-5) == pytest.approx(separate)
-    assert separate == pytest.approx(4.0, rel=0.02)
+    assert pld_epsilon([Release(joint, 1.0, 1)], 1e-5) == pytest.approx(4.0, rel=0.01)
     assert joint_noise_multiplier({"a": 1.0, "b": 0.0}) == 0.0  # an exact statistic
 
 
 def test_training_noise_after_the_statistics_keeps_the_composition_within_the_target() -> None:
     prior = [Release(2.0, 1.0, 1)]
     noise = noise_after_prior(prior, 8.0, 1e-5, 0.1, 50)
-    total = rdp_epsilon([*prior, Release(noise, 0.1, 50)], 1e-5)
+    total = pld_epsilon([*prior, Release(noise, 0.1, 50)], 1e-5)
     assert 8.0 * 0.99 <= total <= 8.0
     with pytest.raises(ValueError, match="already spend epsilon .* nothing is left for 50 more"):
         noise_after_prior([Release(0.3, 1.0, 1)], 8.0, 1e-5, 0.1, 50)
@@ -76,13 +76,13 @@ def test_a_run_config_splits_its_budget_between_statistics_and_rounds(tmp_path: 
                                              "statistics-share": 0.25})  # fmt: skip
     noise, statistics = user_level_noise(split, 1e-5)
     joint = joint_noise_multiplier(statistics)
-    assert rdp_epsilon([Release(joint, 1.0, 1)], 1e-5) == pytest.approx(2.0, rel=0.02)
-    total = rdp_epsilon([Release(joint, 1.0, 1), Release(noise, 0.1, 20)], 1e-5)
-    assert 8.0 * 0.99 <= total <= 8.0
+    assert pld_epsilon([Release(joint, 1.0, 1)], 1e-5) == pytest.approx(2.0, rel=0.01)
+    total = pld_epsilon([Release(joint, 1.0, 1), *[Release(noise, 0.1, 1)] * 20], 1e-5)
+    assert 8.0 * 0.99 <= total <= 8.0  # as the ledger composes it: round by round
     only = FederatedConfig.from_run_config({**base, "num-server-rounds": 0})
     noise, statistics = user_level_noise(only, 1e-5)
     assert noise == 0.0
-    total = rdp_epsilon([Release(joint_noise_multiplier(statistics), 1.0, 1)], 1e-5)
+    total = pld_epsilon([Release(joint_noise_multiplier(statistics), 1.0, 1)], 1e-5)
     assert 8.0 * 0.99 <= total <= 8.0
 
 
