@@ -112,3 +112,9 @@ def test_every_run_config_key_is_in_the_reference(field: str) -> None:
     reference = (PROJECT_ROOT / "docs" / "reference.md").read_text()
 
     assert f"`{field.replace('_', '-')}`" in reference
+
+
+def test_test_modules_have_unique_names() -> None:
+    # tests/ has no __init__.py: two test files of one name cannot both be collected
+    names = [path.name for path in (PROJECT_ROOT / "tests").rglob("test_*.py")]
+    assert sorted({name for name in names if names.count(name) > 1}) == []

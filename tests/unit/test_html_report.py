@@ -86,7 +86,7 @@ def test_a_passing_run_says_passed_in_a_green_banner(
     # Assert
     assert code == 0
     assert '<header class="banner pass">\n<h1>PASSED</h1>' in page
-    assert PASSED in page
+    assert escape(PASSED) in page  # the sentence as HTML text
     assert "(epsilon, delta)-differentially private" in page
     assert "None: every check passed." in page
     assert page.count("<td>mean update noise std</td>") == ROUNDS  # each witnessed round
