@@ -25,9 +25,9 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile
 
-# unit tests only (no simulation or deployment): the edit loop
+# unit tests only (no simulation or deployment), on both cores: the edit loop
 test-fast: $(STAMP)
-	$(PY) -m pytest tests/unit
+	$(PY) -m pytest -n 2 tests/unit
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
