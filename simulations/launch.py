@@ -166,7 +166,6 @@ def run_simulation(
         f"num-supernodes={num_supernodes} client-resources-num-cpus=1 "
         'client-resources-num-gpus=0.0 init-args-logging-level="WARNING"'
     )
-
     command = [
         str(Path(sys.executable).with_name("flwr")),
         "run",

@@ -252,9 +252,7 @@ def _after_prior(
     steps: int,
 ) -> float:
     composer = PldComposer()
-    start = composer.empty()
-    for release in prior:
-        start = composer.extend(start, release)
+    start = composer.compose(prior)
 
     def epsilon(noise: float) -> float:
         return composer.epsilon(composer.extend(start, Release(noise, sampling_rate, steps)), delta)

@@ -64,10 +64,6 @@ class DPStatistics:
     noise_multipliers: dict[str, float] = field(default_factory=dict)
     noise_witness: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
 
-    def releases(self) -> list[Release]:
-        """One ``Release(z_i, 1.0, 1)`` per statistic, for the ledger and the accountant."""
-        return [Release(self.noise_multipliers[name], 1.0, 1) for name in STATISTICS]
-
     def save(self, path: Path) -> None:
         """Write the release (arrays, noise multipliers, witnesses) atomically as one ``.npz``."""
         arrays: dict[str, Any] = {
