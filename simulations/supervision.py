@@ -63,22 +63,25 @@ def marked_processes(
     return found
 
 
-def stop_marked(marker: str, exclude: tuple[int, ...] = (), timeout: float = 10.0) -> list[str]:
-    """SIGTERM every process of the launch, SIGKILL what is left after ``timeout`` seconds
-    (and again, for children a dying parent started); the command lines it stopped."""
-    alive = marked_processes(marker, exclude)
+def stop_marked(
+    marker: str, exclude: tuple[int, ...] = (), timeout: float = 10.0, variable: str = RUN_MARKER
+) -> list[str]:
+    """SIGTERM every process marked ``variable=marker`` (by default: of the launch), SIGKILL
+    what is left after ``timeout`` seconds (and again, for children a dying parent
+    started); the command lines it stopped."""
+    alive = marked_processes(marker, exclude, variable)
     stopped = list(alive.values())
     _signal(alive, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while alive and time.monotonic() < deadline:
         time.sleep(0.1)
-        alive = marked_processes(marker, exclude)
+        alive = marked_processes(marker, exclude, variable)
     kill_deadline = time.monotonic() + timeout
     while alive and time.monotonic() < kill_deadline:
         stopped += [command for command in alive.values() if command not in stopped]
         _signal(alive, signal.SIGKILL)
         time.sleep(0.1)
-        alive = marked_processes(marker, exclude)
+        alive = marked_processes(marker, exclude, variable)
     return stopped
 
 

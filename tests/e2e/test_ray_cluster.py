@@ -13,20 +13,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 
-from simulations.supervision import marked_processes
+from simulations.supervision import marked_processes, stop_marked
 from tests.helpers import free_port, launch_run, metrics_rows, still_running
 
 RAY = str(Path(sys.executable).with_name("ray"))  # this interpreter's Ray
@@ -65,13 +64,11 @@ def start_node(tag: str, node: str, temp_dir: str, arguments: list[str]) -> None
 
 
 def stop_nodes(tag: str) -> None:
-    """SIGTERM every process of both nodes, SIGKILL what is left, wait until all exited."""
-    alive = {pid for node in NODES for pid in marked_processes(f"{tag}-{node}", (), NODE_VARIABLE)}
-    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 30.0)):
-        for pid in alive:
-            with suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        alive = set(still_running(sorted(alive), within=grace))
+    """Stop both nodes' processes (SIGTERM, then SIGKILL) and wait until all have exited."""
+    pids = [pid for node in NODES for pid in marked_processes(f"{tag}-{node}", (), NODE_VARIABLE)]
+    for node in NODES:
+        stop_marked(f"{tag}-{node}", timeout=10.0, variable=NODE_VARIABLE)
+    alive = still_running(pids, within=30.0)
     assert not alive, f"Ray processes survive SIGKILL: {sorted(alive)}"
 
 
