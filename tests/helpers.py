@@ -34,6 +34,7 @@ from server.user_level_privacy import UserLevelPrivacy
 from simulations.launch import main as launch_main
 from simulations.process_tree import process_table
 from simulations.superlink import free_port
+from simulations.supervision import marked_processes
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -129,8 +130,7 @@ def live_processes() -> dict[int, tuple[list[bytes], str]]:
 
 def simulation_processes(marker: str) -> dict[int, str]:
     """Live processes whose environment carries ``MARKER=marker``: their command lines."""
-    wanted = f"{MARKER}={marker}".encode()
-    return {pid: command for pid, (env, command) in live_processes().items() if wanted in env}
+    return marked_processes(marker, variable=MARKER)
 
 
 def processes_naming(*needles: str) -> dict[int, str]:

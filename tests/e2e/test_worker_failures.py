@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from simulations import supervision
 from simulations.launch import PROJECT_ROOT
 from simulations.superlink import flower_env
-from tests.helpers import BASE, free_port, launch_run, live_processes, metrics_rows, write_preset
+from tests.helpers import BASE, free_port, launch_run, metrics_rows, write_preset
 
 MARKER = "FEDSEQREC_WORKER_TEST"
 RUN = {**BASE, "partition-mode": "cross-device", "fraction-train": 1.0, "dp": "none",
@@ -32,8 +33,7 @@ WAIT_SECONDS = 240.0
 
 def marked_processes(marker: str) -> dict[int, str]:
     """Live processes whose environment carries ``MARKER=marker``: their command lines."""
-    wanted = f"{MARKER}={marker}".encode()
-    return {pid: command for pid, (env, command) in live_processes().items() if wanted in env}
+    return supervision.marked_processes(marker, variable=MARKER)
 
 
 def kill_all(process: subprocess.Popen[bytes], marker: str) -> None:
