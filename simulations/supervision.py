@@ -29,6 +29,7 @@ from simulations.process_tree import process_table
 RUN_MARKER = "FEDSEQREC_RUN"  # environment variable every process of one launch carries
 SERVERAPP_COMMAND = "flwr-simulation"  # the process that runs the ServerApp and drives Ray
 POLL_SECONDS = 0.5
+SETTLE_SECONDS = 1.5  # how long a stopped launch must show no process before it counts as gone
 
 
 @dataclass(frozen=True)
@@ -64,25 +65,40 @@ def marked_processes(
 
 
 def stop_marked(
-    marker: str, exclude: tuple[int, ...] = (), timeout: float = 10.0, variable: str = RUN_MARKER
+    marker: str,
+    exclude: tuple[int, ...] = (),
+    timeout: float = 10.0,
+    variable: str = RUN_MARKER,
+    settle: float = SETTLE_SECONDS,
 ) -> list[str]:
     """SIGTERM every process marked ``variable=marker`` (by default: of the launch), SIGKILL
-    what is left after ``timeout`` seconds (and again, for children a dying parent
-    started); the command lines it stopped."""
-    alive = marked_processes(marker, exclude, variable)
-    stopped = list(alive.values())
-    _signal(alive, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.1)
+    what is left after ``timeout`` seconds; the command lines it stopped.
+
+    It returns only once no marked process has been seen for ``settle`` seconds (or
+    ``timeout`` more seconds have passed after the SIGKILL): a part that was starting up
+    as the stop began (Ray starts its agents a moment after its raylet) appears after the
+    first scan, and is signalled like the rest instead of outliving the run.
+    """
+    stopped: dict[int, str] = {}
+    started = time.monotonic()
+    quiet_since: float | None = None
+    while True:
         alive = marked_processes(marker, exclude, variable)
-    kill_deadline = time.monotonic() + timeout
-    while alive and time.monotonic() < kill_deadline:
-        stopped += [command for command in alive.values() if command not in stopped]
-        _signal(alive, signal.SIGKILL)
+        now = time.monotonic()
+        if not alive:
+            quiet_since = now if quiet_since is None else quiet_since
+            if now - quiet_since >= settle:
+                break
+        else:
+            quiet_since = None
+            if now - started >= 2 * timeout:
+                break
+            _signal({pid: c for pid, c in alive.items() if pid not in stopped}, signal.SIGTERM)
+            stopped.update({pid: c for pid, c in alive.items() if pid not in stopped})
+            if now - started >= timeout:
+                _signal(alive, signal.SIGKILL)
         time.sleep(0.1)
-        alive = marked_processes(marker, exclude, variable)
-    return stopped
+    return list(dict.fromkeys(stopped.values()))
 
 
 def _signal(pids: dict[int, str], number: int) -> None:
