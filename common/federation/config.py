@@ -46,6 +46,7 @@ class FederatedConfig:
     n_gap_buckets: int = _MODEL.n_gap_buckets
     ffn_multiplier: int = _MODEL.ffn_multiplier
     norm: str = _MODEL.norm
+    positions: str = _MODEL.positions
     item_embedding: str = _MODEL.item_embedding
     num_server_rounds: int = 10
     fraction_train: float = 1.0

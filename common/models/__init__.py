@@ -8,7 +8,7 @@ import numpy as np
 from torch import Tensor
 
 from common.config.field_types import check_field_types
-from common.models.attention import NORM_PLACEMENTS, AttentionRecommender
+from common.models.attention import NORM_PLACEMENTS, POSITIONS, AttentionRecommender
 from common.models.attribute_embedding import AttributeItemEmbedding
 from common.models.base import SequenceRecommender, next_item_loss
 from common.models.lstm import LSTMRecommender
@@ -41,6 +41,7 @@ class ModelConfig:
     n_gap_buckets: int = 0
     ffn_multiplier: int = 1  # attention: feed-forward width / dim
     norm: str = "sasrec"  # attention: layer-norm placement, one of NORM_PLACEMENTS
+    positions: str = "absolute"  # attention: one of POSITIONS (rotary: relative to each query)
     item_embedding: str = "free"  # one of ITEM_EMBEDDINGS (common/models/attribute_embedding.py)
 
     def __post_init__(self) -> None:
@@ -58,6 +59,14 @@ class ModelConfig:
             )
         if self.norm not in NORM_PLACEMENTS:
             raise ValueError(f"norm must be one of {', '.join(NORM_PLACEMENTS)}, got {self.norm!r}")
+        if self.positions not in POSITIONS:
+            raise ValueError(
+                f"positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}"
+            )
+        if self.name == "attention" and self.positions == "rotary" and (self.dim // self.heads) % 2:
+            raise ValueError(
+                f"rotary positions need an even dim / heads, got {self.dim} / {self.heads}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.n_gap_buckets < 0:
@@ -111,4 +120,5 @@ def _architecture(config: ModelConfig, n_items: int) -> SequenceRecommender:
         config.max_len,
         config.ffn_multiplier,
         config.norm,
+        config.positions,
     )

@@ -3,6 +3,14 @@
 Attention is built from ``nn.Linear`` projections and the parameter-free
 ``scaled_dot_product_attention``, so Opacus computes exact per-sample gradients with
 its Linear hooks while plain training keeps PyTorch's fused attention kernel.
+
+Positions are either ``absolute`` (SASRec's learned embedding, counted back from the most
+recent item) or ``rotary`` (RoPE: queries and keys rotated by their index, so attention
+depends only on how far back a key lies from its query). With rotary positions a
+position's output is the same whether it ends its window or not, so one causal pass
+over a sequence trains every prefix exactly as evaluation reads it, which absolute
+positions need one window per target for (``windows = "prefix"``). RoPE has no
+parameters: Opacus needs nothing new.
 """
 
 from __future__ import annotations
@@ -14,6 +22,20 @@ from torch import Tensor, nn
 from common.models.base import SequenceRecommender
 
 NORM_PLACEMENTS = ("sasrec", "pre", "post")
+POSITIONS = ("absolute", "rotary")
+ROTARY_BASE = 10_000.0
+
+
+def rotary(x: Tensor) -> Tensor:
+    """RoPE on (B, heads, L, head_dim): each pair of coordinates of position ``i`` turned by
+    ``i`` times its own frequency, so a query-key product depends on their distance."""
+    length, width = x.shape[-2], x.shape[-1]
+    half = width // 2
+    frequencies = ROTARY_BASE ** (-torch.arange(half, device=x.device, dtype=x.dtype) / half)
+    angles = torch.arange(length, device=x.device, dtype=x.dtype)[:, None] * frequencies
+    cos, sin = angles.cos(), angles.sin()
+    first, second = x[..., :half], x[..., half:]
+    return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
 
 
 def causal_padding_mask(items: Tensor) -> Tensor:
@@ -31,11 +53,14 @@ def causal_padding_mask(items: Tensor) -> Tensor:
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with Opacus-supported projections."""
 
-    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+    def __init__(self, dim: int, heads: int, dropout: float, rotate: bool = False) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} must be divisible by heads {heads}")
+        if rotate and (dim // heads) % 2:
+            raise ValueError(f"rotary positions need an even head width, got {dim // heads}")
         self.heads = heads
+        self.rotate = rotate
         self.query = nn.Linear(dim, dim)
         self.key = nn.Linear(dim, dim)
         self.value = nn.Linear(dim, dim)
@@ -47,9 +72,12 @@ class CausalSelfAttention(nn.Module):
         def split(x: Tensor) -> Tensor:
             return x.view(batch, length, self.heads, dim // self.heads).transpose(1, 2)
 
+        query, key = split(self.query(queries)), split(self.key(keys))
+        if self.rotate:
+            query, key = rotary(query), rotary(key)
         attended = F.scaled_dot_product_attention(
-            split(self.query(queries)),
-            split(self.key(keys)),
+            query,
+            key,
             split(self.value(keys)),
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
@@ -70,14 +98,20 @@ class AttentionBlock(nn.Module):
     """
 
     def __init__(
-        self, dim: int, heads: int, dropout: float, ffn_multiplier: int = 1, norm: str = "sasrec"
+        self,
+        dim: int,
+        heads: int,
+        dropout: float,
+        ffn_multiplier: int = 1,
+        norm: str = "sasrec",
+        rotate: bool = False,
     ) -> None:
         super().__init__()
         if norm not in NORM_PLACEMENTS:
             raise ValueError(f"norm must be one of {', '.join(NORM_PLACEMENTS)}, got {norm!r}")
         self.norm = norm
         self.attention_norm = nn.LayerNorm(dim)
-        self.attention = CausalSelfAttention(dim, heads, dropout)
+        self.attention = CausalSelfAttention(dim, heads, dropout, rotate)
         self.feed_forward_norm = nn.LayerNorm(dim)
         self.feed_forward = nn.Sequential(
             nn.Linear(dim, ffn_multiplier * dim),
@@ -100,9 +134,10 @@ class AttentionBlock(nn.Module):
 
 
 class AttentionRecommender(SequenceRecommender):
-    """SASRec: item + learned position embeddings, causal attention blocks, final norm.
+    """SASRec: item + position embeddings, causal attention blocks, final norm.
 
-    With ``norm="post"`` the embeddings are normed instead of the output (BERT layout).
+    With ``norm="post"`` the embeddings are normed instead of the output (BERT layout);
+    with ``positions="rotary"`` there is no position embedding, attention rotates instead.
     """
 
     def __init__(
@@ -115,13 +150,17 @@ class AttentionRecommender(SequenceRecommender):
         max_len: int = 50,
         ffn_multiplier: int = 1,
         norm: str = "sasrec",
+        positions: str = "absolute",
     ) -> None:
         super().__init__(n_items, dim)
+        if positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
         self.max_len = max_len
-        self.positions = nn.Embedding(max_len, dim)
+        rotate = positions == "rotary"
+        self.positions: nn.Embedding | None = None if rotate else nn.Embedding(max_len, dim)
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            AttentionBlock(dim, heads, dropout, ffn_multiplier, norm) for _ in range(layers)
+            AttentionBlock(dim, heads, dropout, ffn_multiplier, norm, rotate) for _ in range(layers)
         )
         post = norm == "post"
         self.embedding_norm: nn.Module = nn.LayerNorm(dim) if post else nn.Identity()
@@ -131,11 +170,13 @@ class AttentionRecommender(SequenceRecommender):
         length = items.shape[1]
         if length > self.max_len:
             raise ValueError(f"sequence length {length} exceeds max_len {self.max_len}")
-        # Positions count back from the most recent item, so trimming padding is exact.
-        positions = torch.arange(self.max_len - length, self.max_len, device=items.device)
         real = (items > 0).unsqueeze(-1)
         x = self.items(items) * self.items.dim**0.5
-        x = self.embedding_norm(x + self.positions(positions.expand_as(items)))
+        if self.positions is not None:
+            # Counted back from the most recent item, so trimming padding is exact.
+            index = torch.arange(self.max_len - length, self.max_len, device=items.device)
+            x = x + self.positions(index.expand_as(items))
+        x = self.embedding_norm(x)
         x = self.dropout(x) * real
         mask = causal_padding_mask(items)
         for block in self.blocks:

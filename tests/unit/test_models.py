@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from opacus import PrivacyEngine
@@ -115,6 +117,26 @@ def test_attention_is_causal(norm: str) -> None:
     assert not torch.allclose(before[:, -1], after[:, -1])
 
 
+def test_rotary_attention_predicts_each_prefix_as_its_own_window() -> None:
+    """With rotary positions, position t of a sequence equals the last position of the
+    window that ends at t: one causal pass trains every prefix as evaluation reads it."""
+    torch.manual_seed(0)
+    config = ModelConfig(name="attention", dim=8, heads=2, max_len=6, dropout=0.0)
+    rotary = build_model(replace(config, positions="rotary"), N_ITEMS).eval()
+    absolute = build_model(config, N_ITEMS).eval()
+    sequence = torch.tensor([[0, 3, 1, 4, 1, 5]])
+    for end in range(1, 6):
+        window = torch.zeros_like(sequence)
+        window[0, 5 - end :] = sequence[0, : end + 1]
+        assert torch.allclose(rotary(sequence)[0, end], rotary(window)[0, -1], atol=1e-5)
+        if end < 5:  # absolute positions change with where the prefix ends
+            assert not torch.allclose(absolute(sequence)[0, end], absolute(window)[0, -1])
+    assert "positions.weight" not in rotary.state_dict()
+    assert check_per_sample_gradients_are_correct(
+        tiny_batch(), ItemLogits(rotary.train()), batch_first=True, atol=1e-5, rtol=1e-4
+    )
+
+
 def test_multiscale_fusion_weights_are_a_distribution() -> None:
     model = build_model(ModelConfig(name="multiscale", dim=8), N_ITEMS)
     weights = model.fusion_weights()
@@ -163,6 +185,10 @@ def test_invalid_config_is_rejected() -> None:
         ModelConfig(ffn_multiplier=0)
     with pytest.raises(ValueError, match="dropout"):
         ModelConfig(dropout=1.5)
+    with pytest.raises(ValueError, match="positions must be one of absolute, rotary, got 'x'"):
+        ModelConfig(positions="x")
+    with pytest.raises(ValueError, match="rotary positions need an even dim / heads, got 9 / 3"):
+        ModelConfig(dim=9, heads=3, positions="rotary")
 
 
 @pytest.mark.parametrize(("kernel", "dilation"), [(3, 1), (5, 4)])
