@@ -47,6 +47,7 @@ class FederatedConfig:
     ffn_multiplier: int = _MODEL.ffn_multiplier
     norm: str = _MODEL.norm
     positions: str = _MODEL.positions
+    item_skip: bool = _MODEL.item_skip
     item_embedding: str = _MODEL.item_embedding
     num_server_rounds: int = 10
     fraction_train: float = 1.0

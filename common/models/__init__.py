@@ -42,6 +42,7 @@ class ModelConfig:
     ffn_multiplier: int = 1  # attention: feed-forward width / dim
     norm: str = "sasrec"  # attention: layer-norm placement, one of NORM_PLACEMENTS
     positions: str = "absolute"  # attention: one of POSITIONS (rotary: relative to each query)
+    item_skip: bool = False  # lstm: the output adds the current item's embedding
     item_embedding: str = "free"  # one of ITEM_EMBEDDINGS (common/models/attribute_embedding.py)
 
     def __post_init__(self) -> None:
@@ -106,7 +107,7 @@ def build_model(
 def _architecture(config: ModelConfig, n_items: int) -> SequenceRecommender:
     """The configured architecture with a free item table."""
     if config.name == "lstm":
-        return LSTMRecommender(n_items, config.dim, config.layers, config.dropout)
+        return LSTMRecommender(n_items, config.dim, config.layers, config.dropout, config.item_skip)
     if config.name == "multiscale":
         return MultiScaleRecommender(
             n_items, config.dim, config.dropout, n_gap_buckets=config.n_gap_buckets

@@ -85,9 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fields = [*dataclasses.fields(ModelConfig), *dataclasses.fields(TrainConfig)]
     for field in sorted(fields, key=lambda f: f.name):
-        if field.name in {*MODEL_KEYS, *TRAIN_KEYS}:
-            kind = {"float": float, "int": int}.get(str(field.type), str)
-            parser.add_argument("--" + field.name.replace("_", "-"), type=kind)
+        if field.name not in {*MODEL_KEYS, *TRAIN_KEYS}:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        if str(field.type) == "bool":  # --item-skip / --no-item-skip
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            parser.add_argument(flag, type={"float": float, "int": int}.get(str(field.type), str))
     return parser
 
 

@@ -51,7 +51,7 @@ def test_every_model_option_is_a_run_config_key_with_the_model_default(
     key = "model" if field.name == "name" else field.name
     changed = {"name": "lstm", "norm": "pre", "dropout": 0.5, "heads": 4,
                "item_embedding": "attributes",
-               "positions": "rotary"}.get(field.name, 3)  # fmt: skip
+               "positions": "rotary", "item_skip": True}.get(field.name, 3)  # fmt: skip
     needs = {"item-attributes": "attributes.csv"} if field.name == "item_embedding" else {}
 
     assert getattr(FederatedConfig(), key) == field.default

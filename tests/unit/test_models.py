@@ -137,6 +137,19 @@ def test_rotary_attention_predicts_each_prefix_as_its_own_window() -> None:
     )
 
 
+def test_lstm_item_skip_adds_the_current_items_embedding_and_no_parameter() -> None:
+    torch.manual_seed(0)
+    config = ModelConfig(name="lstm", dim=8, max_len=6, dropout=0.0)
+    plain = build_model(config, N_ITEMS).eval()
+    skip = build_model(replace(config, item_skip=True), N_ITEMS).eval()
+    skip.load_state_dict(plain.state_dict())  # same parameters: the skip adds none
+    items = tiny_batch()
+    torch.testing.assert_close(skip(items), plain(items) + plain.items(items))
+    assert check_per_sample_gradients_are_correct(
+        items, ItemLogits(skip.train()), batch_first=True, atol=1e-5, rtol=1e-4
+    )
+
+
 def test_multiscale_fusion_weights_are_a_distribution() -> None:
     model = build_model(ModelConfig(name="multiscale", dim=8), N_ITEMS)
     weights = model.fusion_weights()

@@ -31,15 +31,20 @@ def batch(gap_buckets: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | 
     return torch.as_tensor(windows.inputs), torch.as_tensor(windows.targets), gaps, windows.owners
 
 
+VARIANTS = {"lstm+skip": {"item_skip": True}, "attention+rotary": {"positions": "rotary"}}
+
+
 def model_for(name: str, gap_buckets: int) -> SequenceRecommender:
+    """A tiny model; ``lstm+skip`` and ``attention+rotary`` name options beside the model."""
     torch.manual_seed(0)
-    config = ModelConfig(name=name, dim=8, layers=1, dropout=0.0, max_len=6,
-                         n_gap_buckets=gap_buckets)  # fmt: skip
+    config = ModelConfig(name=name.split("+")[0], dim=8, layers=1, dropout=0.0, max_len=6,
+                         n_gap_buckets=gap_buckets, **VARIANTS.get(name, {}))  # fmt: skip
     return build_model(config, N_ITEMS)
 
 
 @pytest.mark.parametrize(
-    ("name", "gap_buckets"), [("attention", 0), ("lstm", 0), ("multiscale", 4)]
+    ("name", "gap_buckets"),
+    [("attention", 0), ("attention+rotary", 0), ("lstm", 0), ("lstm+skip", 0), ("multiscale", 4)],
 )
 @pytest.mark.parametrize(("per_row", "dense_fraction"), [(False, 0.75), (True, 0.0), (True, 2.0)])
 def test_clipped_sum_equals_per_unit_backward(

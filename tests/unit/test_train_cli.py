@@ -113,6 +113,24 @@ def test_tuning_flags_reach_the_model_and_the_run_folder(tmp_path: Path) -> None
     assert tuple(state["blocks.0.feed_forward.0.weight"].shape) == (16, 8)
 
 
+@pytest.mark.parametrize(("flag", "value"), [("--item-skip", True), ("--no-item-skip", False)])
+def test_boolean_model_options_are_switches(flag: str, value: bool) -> None:
+    settings = resolve_settings(build_parser().parse_args(["--model", "lstm", flag]))
+    assert configs_from(settings)[0].item_skip is value
+    unset = resolve_settings(build_parser().parse_args(["--model", "lstm"]))
+    assert configs_from(unset)[0].item_skip is False
+
+
+def test_rotary_positions_train_from_the_command_line(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    args = ["--dataset", str(tiny_log(tmp_path)), "--positions", "rotary", "--epochs", "1",
+            "--dim", "8", "--max-len", "6", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    (run_dir,) = out.iterdir()
+    assert json.loads((run_dir / "config.json").read_text())["positions"] == "rotary"
+    assert "positions.weight" not in torch.load(run_dir / "checkpoint.pt")["state_dict"]
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
