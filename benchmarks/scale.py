@@ -164,17 +164,25 @@ def run_figures(run_dir: Path) -> dict[str, Any]:
     }
 
 
+def write_population(n_users: int, folder: Path) -> tuple[Path, int]:
+    """Resample Beauty to ``n_users`` users in ``folder``; the log's path and interactions.
+
+    Its own function so that the resampled frame is freed before the launch is measured.
+    """
+    frame = resample_users(load_dataset("beauty").frame, n_users, np.random.default_rng(SEED))
+    return write_resampled_log(frame, builtin_attributes_path("beauty"), folder), len(frame)
+
+
 def population(n_users: int, data: Path, keep: bool) -> dict[str, Any]:
     """Resample, launch and measure one population."""
     folder = data / f"users-{n_users}"
-    frame = resample_users(load_dataset("beauty").frame, n_users, np.random.default_rng(SEED))
-    dataset = write_resampled_log(frame, builtin_attributes_path("beauty"), folder)
+    dataset, interactions = write_population(n_users, folder)
     preset = folder / f"scale-{n_users}.toml"
     preset.write_text(tomli_w.dumps(scale_preset(dataset, n_users)))
     results = folder / "runs"
     measured = run_launcher(preset, results)
     run_dir = next(results.iterdir())
-    row: dict[str, Any] = {"users": n_users, "interactions": len(frame), **measured}
+    row: dict[str, Any] = {"users": n_users, "interactions": interactions, **measured}
     try:
         row.update(run_figures(run_dir))
     except (OSError, RuntimeError, KeyError) as error:
