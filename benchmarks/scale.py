@@ -139,8 +139,9 @@ def run_figures(run_dir: Path) -> dict[str, Any]:
     """Seconds of the release, the training round and the evaluation passes of one run.
 
     ``summary.json`` must say completed (``flwr run`` exits 0 even when a run failed).
-    Validation runs after rounds 0 and 1 (``metrics.csv`` eval_seconds); the final pass
-    (validation and test of the released round) is the rest of the server's time.
+    ``metrics.csv`` has the server's seconds after each round (validation when computed,
+    the checkpoint); the final figures of the released round (test) are the rest of the
+    server's time. Round 0's seconds hold Ray's start and the release.
     """
     summary = json.loads((run_dir / "summary.json").read_text())
     if summary.get("status") != "completed":
@@ -180,13 +181,14 @@ def population(n_users: int, data: Path, keep: bool) -> dict[str, Any]:
     preset = folder / f"scale-{n_users}.toml"
     preset.write_text(tomli_w.dumps(scale_preset(dataset, n_users)))
     results = folder / "runs"
+    results.mkdir()
     measured = run_launcher(preset, results)
-    run_dir = next(results.iterdir())
+    run_dir = next(results.iterdir(), results)  # none: the launcher refused the config
     row: dict[str, Any] = {"users": n_users, "interactions": interactions, **measured}
     try:
         row.update(run_figures(run_dir))
     except (OSError, RuntimeError, KeyError) as error:
-        row["error"] = str(error)
+        row["error"] = f"launcher exit {measured['exit_code']}: {error}"
     evaluation = sum(row.get("validation_seconds", [])) + row.get("final_eval_seconds", 0)
     row["evaluation_seconds"] = round(evaluation, 1)
     row["evaluation_share_of_wall"] = round(evaluation / row["wall_seconds"], 3)
