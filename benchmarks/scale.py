@@ -182,9 +182,11 @@ def population(n_users: int, data: Path, keep: bool) -> dict[str, Any]:
     preset.write_text(tomli_w.dumps(scale_preset(dataset, n_users)))
     results = folder / "runs"
     results.mkdir()
+    load_before = os.getloadavg()[0]
     measured = run_launcher(preset, results)
     run_dir = next(results.iterdir(), results)  # none: the launcher refused the config
     row: dict[str, Any] = {"users": n_users, "interactions": interactions, **measured}
+    row["load_average_before"] = round(load_before, 2)  # other work on the machine
     try:
         row.update(run_figures(run_dir))
     except (OSError, RuntimeError, KeyError) as error:
