@@ -128,16 +128,28 @@ class RunRecorder:
         self._round_started = self._started
         # per stage, set when the run released statistics (server/statistics_release.py)
         self.on_device: dict[str, OnDeviceScorer] = {}
+        # per stage, the scorer's figures when they do not depend on the model
+        self._model_free: dict[str, dict[str, float]] = {}
         # user-level DP: each numbered round's noise witness, saved with every checkpoint
         self.noise_witness: dict[int, np.ndarray] = {}
 
     def metrics(self, split: LeaveOneOutSplit, stage: str) -> dict[str, float]:
-        """The figures users get: the on-device scorer's when there is one, else the model's."""
+        """The figures users get: the on-device scorer's when there is one, else the model's.
+
+        A scorer that gives the model no weight scores the same in every round: its
+        figures are computed once per stage (a full-ranking pass over every user, the
+        longest part of a run with a million users) and reused.
+        """
+        if stage in self._model_free:
+            return dict(self._model_free[stage])
         if stage in self.on_device:
-            return evaluate_on_device(
-                self.on_device[stage], self.model, split, stage, self.config.max_len,
-                self.config.n_gap_buckets,
-            )  # fmt: skip
+            scorer = self.on_device[stage]
+            figures = evaluate_on_device(
+                scorer, self.model, split, stage, self.config.max_len, self.config.n_gap_buckets
+            )
+            if not scorer.settings.model_weight:
+                self._model_free[stage] = dict(figures)
+            return figures
         return evaluate_model(
             self.model, split, stage, self.config.max_len, self.config.n_gap_buckets
         )

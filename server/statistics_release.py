@@ -19,6 +19,7 @@ ledger recorded; a recorded release whose file is missing is refused, never draw
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +76,7 @@ def release_statistics_round(
     the same scale (a simulation-only diagnostic: it never leaves the harness, which
     reads every user's data anyway, so it is not ledgered).
     """
+    started = time.perf_counter()
     folder = Path(config.results_dir)
     attributes = load_item_attributes(config.item_attributes, item_ids, config.dataset)
     if attributes is None:
@@ -90,11 +92,15 @@ def release_statistics_round(
         publish_statistics(folder, stats, privacy, round_offset)
     settings = scorer_settings(config)
     write_scorer_settings(folder, settings, config.item_attributes, config.dataset)
-    logger.info("statistics released: %s", _describe(stats))
+    logger.info("statistics released in %.1fs: %s", time.perf_counter() - started, _describe(stats))
     scorers = {TEST_STAGE: OnDeviceScorer.from_release(stats, lists, settings)}
     if simulated:
+        started = time.perf_counter()
         harness = noisy_release(*query.sums(VALID_STAGE), multipliers, PrivacyRandomness())
         scorers[VALID_STAGE] = OnDeviceScorer.from_release(harness, lists, settings)
+        logger.info(
+            "validation statistics (simulation only) in %.1fs", time.perf_counter() - started
+        )
     return scorers
 
 

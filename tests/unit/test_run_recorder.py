@@ -5,17 +5,21 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from flwr.app import MetricRecord, RecordDict
 
 from common.data.partitioning import load_split
+from common.evaluation.on_device import OnDeviceScorer, ScorerSettings
 from common.federation.checkpoints import dataset_item_ids, load_checkpoint
 from common.federation.compression import UPDATE_BYTES_KEY
 from common.federation.config import FederatedConfig
 from common.federation.messages import model_to_arrays
 from common.models import build_model
+from server import run_recorder
 from server.node_errors import NodeError
 from server.run_recorder import BEST_CHECKPOINT, CHECKPOINT, RunRecorder, record_failure
 
@@ -167,3 +171,42 @@ def test_a_dp_run_releases_its_last_round_not_a_best_one(cycle_log: Path, tmp_pa
     assert summary["released_checkpoint"] == CHECKPOINT
     assert not (tmp_path / BEST_CHECKPOINT).exists()
     assert "not privatized" in summary["simulation_only_diagnostics"]
+
+
+def scorer_for(n_items: int, model_weight: float) -> OnDeviceScorer:
+    """A scorer whose item i has attribute i % 3 and random released statistics."""
+    rng = np.random.default_rng(0)
+    attributes = [np.array([], dtype=np.int64)] + [np.array([i % 3]) for i in range(n_items)]
+    return OnDeviceScorer(
+        attributes, 3, rng.random(n_items + 1), rng.random((3, n_items + 1)),
+        ScorerSettings(model_weight=model_weight),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(("model_weight", "passes"), [(0.0, 1), (0.5, 3)])
+def test_a_scorer_without_the_model_is_evaluated_once_per_stage(
+    cycle_log: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_weight: float,
+    passes: int,
+) -> None:  # fmt: skip
+    recorder = recorder_for(cycle_log, tmp_path)
+    recorder.on_device = {"valid": scorer_for(recorder.split.n_items, model_weight)}
+    calls: list[str] = []
+    evaluate = run_recorder.evaluate_on_device
+
+    def counted(*args: Any) -> dict[str, float]:
+        calls.append(args[3])  # the stage
+        return evaluate(*args)
+
+    monkeypatch.setattr(run_recorder, "evaluate_on_device", counted)
+
+    figures = [recorder.metrics(recorder.split, "valid")]
+    for _ in range(2):
+        with torch.no_grad():
+            for parameter in recorder.model.parameters():
+                parameter.add_(1.0)  # another round's model
+        figures.append(recorder.metrics(recorder.split, "valid"))
+
+    assert calls == ["valid"] * passes
+    assert figures[0]["count"] == recorder.split.n_users
+    if model_weight == 0.0:
+        assert figures[0] == figures[1] == figures[2]
