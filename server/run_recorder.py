@@ -128,8 +128,8 @@ class RunRecorder:
         self._round_started = self._started
         # per stage, set when the run released statistics (server/statistics_release.py)
         self.on_device: dict[str, OnDeviceScorer] = {}
-        # per stage, the scorer's figures when they do not depend on the model
-        self._model_free: dict[str, dict[str, float]] = {}
+        # per stage, a scorer whose figures do not depend on the model, and its figures
+        self._model_free: dict[str, tuple[OnDeviceScorer, dict[str, float]]] = {}
         # user-level DP: each numbered round's noise witness, saved with every checkpoint
         self.noise_witness: dict[int, np.ndarray] = {}
 
@@ -140,15 +140,16 @@ class RunRecorder:
         figures are computed once per stage (a full-ranking pass over every user, the
         longest part of a run with a million users) and reused.
         """
-        if stage in self._model_free:
-            return dict(self._model_free[stage])
         if stage in self.on_device:
             scorer = self.on_device[stage]
+            cached = self._model_free.get(stage)
+            if cached is not None and cached[0] is scorer:  # the same release, no model
+                return dict(cached[1])
             figures = evaluate_on_device(
                 scorer, self.model, split, stage, self.config.max_len, self.config.n_gap_buckets
             )
             if not scorer.settings.model_weight:
-                self._model_free[stage] = dict(figures)
+                self._model_free[stage] = (scorer, dict(figures))
             return figures
         return evaluate_model(
             self.model, split, stage, self.config.max_len, self.config.n_gap_buckets
