@@ -210,3 +210,22 @@ def test_a_scorer_without_the_model_is_evaluated_once_per_stage(
     assert figures[0]["count"] == recorder.split.n_users
     if model_weight == 0.0:
         assert figures[0] == figures[1] == figures[2]
+
+
+def test_a_stage_given_a_new_release_is_scored_again(
+    cycle_log: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder = recorder_for(cycle_log, tmp_path)
+    calls: list[str] = []
+    evaluate = run_recorder.evaluate_on_device
+
+    def counted(*args: Any) -> dict[str, float]:
+        calls.append(args[3])
+        return evaluate(*args)
+
+    monkeypatch.setattr(run_recorder, "evaluate_on_device", counted)
+    for _ in range(2):  # e.g. a resumed run that releases the stage's statistics again
+        recorder.on_device = {"valid": scorer_for(recorder.split.n_items, 0.0)}
+        recorder.metrics(recorder.split, "valid")
+        recorder.metrics(recorder.split, "valid")
+    assert calls == ["valid", "valid"]
