@@ -22,6 +22,7 @@ import torch
 from flwr.app import MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
+from common.data.catalogue import ItemCatalogue
 from common.data.partitioning import load_split
 from common.federation.config import FederatedConfig
 from common.federation.messages import model_to_arrays
@@ -31,6 +32,7 @@ from server.cohort_aggregation import CohortAggregation
 from server.resume.keeper import RoundStateKeeper
 from server.run_recorder import RunRecorder
 from server.user_level_privacy import UserLevelPrivacy
+from simulations.launch import app_defaults
 from simulations.launch import main as launch_main
 from simulations.process_tree import process_table
 from simulations.superlink import free_port
@@ -454,3 +456,15 @@ def node_logs(cycle_log: Path, folder: Path) -> list[Path]:
         path.write_text("\n".join([header, *(r for r in rows if keep(int(r.split(",")[0][1:])))]))
         paths.append(path)
     return paths
+
+
+def deployment_run_config(
+    cycle_log: Path, folder: Path, settings: dict[str, Any]
+) -> dict[str, Any]:
+    """A deployment's run config: the app's defaults and ``settings``, with the server
+    holding public files only: the item catalogue (written from ``cycle_log`` into
+    ``folder``), no click log of its own."""
+    catalogue = folder / "catalogue.txt"
+    ItemCatalogue.from_dataset(str(cycle_log)).write(catalogue)
+    return {**app_defaults(), **settings, "dataset": str(folder / "no-user-data.csv"),
+            "catalogue": str(catalogue)}  # fmt: skip

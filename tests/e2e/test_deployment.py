@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from common.data.catalogue import ItemCatalogue
 from common.federation.config import FederatedConfig
 from common.privacy.ledger import read_ledger
 from deploy.local import CONNECTION, LocalDeployment
 from deploy.run import submit_run
-from simulations.launch import app_defaults
 from simulations.superlink import flower_env
+from tests.helpers import deployment_run_config
 
 TINY_RUN = {"model": "lstm", "dim": 8, "layers": 1, "partition-mode": "cross-device",
             "max-len": 10, "dropout": 0.0, "num-server-rounds": 2,
@@ -54,11 +53,7 @@ def test_tls_deployment_with_node_auth_trains_and_names_the_broken_node(
 ) -> None:
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
     node_logs = write_node_logs(cycle_log, tmp_path / "nodes")
-    catalogue = tmp_path / "catalogue.txt"  # the shop's public item list
-    ItemCatalogue.from_dataset(str(cycle_log)).write(catalogue)
-    no_user_data = str(tmp_path / "the-server-has-no-click-log.csv")
-    config = {**app_defaults(), **TINY_RUN, "dataset": no_user_data,
-              "catalogue": str(catalogue)}  # fmt: skip
+    config = deployment_run_config(cycle_log, tmp_path, TINY_RUN)  # the shop's item list only
     FederatedConfig.from_run_config(config)
     results = tmp_path / "results"
     results.mkdir()

@@ -18,15 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from common.data.catalogue import ItemCatalogue
 from common.federation.config import FederatedConfig
 from common.privacy.ledger import read_ledger
 from deploy.local import CONNECTION, LocalDeployment
 from deploy.run import submit_run
 from server.resume.state import STATE_FOLDER, STATE_SUMMARY
-from simulations.launch import LaunchError, app_defaults
+from simulations.launch import LaunchError
 from simulations.superlink import flower_env
-from tests.helpers import node_logs, processes_naming, running
+from tests.helpers import deployment_run_config, node_logs, processes_naming, running
 
 ROUNDS = 5
 RUN = {"model": "lstm", "dim": 8, "layers": 1, "max-len": 10, "dropout": 0.0,
@@ -53,9 +52,7 @@ def test_a_killed_superlink_and_serverapp_resume_the_run_in_its_folder(
 ) -> None:
     # Prepare: the deployment with a SuperLink database, and the run submitted
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
-    ItemCatalogue.from_dataset(str(cycle_log)).write(tmp_path / "catalogue.txt")
-    config = {**app_defaults(), **RUN, "dataset": str(tmp_path / "no-user-data.csv"),
-              "catalogue": str(tmp_path / "catalogue.txt")}  # fmt: skip
+    config = deployment_run_config(cycle_log, tmp_path, RUN)
     FederatedConfig.from_run_config(config)
     results = tmp_path / "results"
     results.mkdir()

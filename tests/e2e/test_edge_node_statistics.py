@@ -21,16 +21,14 @@ import numpy as np
 import pytest
 
 from client.recommend import main as recommend_main
-from common.data.catalogue import ItemCatalogue
 from common.federation.config import FederatedConfig
 from common.privacy.ledger import read_ledger
 from common.privacy.report import main as audit
 from common.privacy.statistics import STATISTICS_FILE
 from deploy.local import CONNECTION, LocalDeployment
 from deploy.run import submit_run
-from simulations.launch import app_defaults
 from simulations.superlink import flower_env
-from tests.helpers import node_logs, write_cycle_attributes
+from tests.helpers import deployment_run_config, node_logs, write_cycle_attributes
 
 MODEL_WEIGHT = 2.0
 RUN = {"model": "lstm", "dim": 8, "layers": 1, "max-len": 10, "dropout": 0.0,
@@ -60,11 +58,8 @@ def test_edge_nodes_release_statistics_train_and_a_node_ranks_with_both(
 ) -> None:  # fmt: skip
     # Prepare: the server's public files, the nodes' logs, the run config
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
-    ItemCatalogue.from_dataset(str(cycle_log)).write(tmp_path / "catalogue.txt")
     attributes = write_cycle_attributes(cycle_log, tmp_path / "attributes.csv")
-    config = {**app_defaults(), **RUN, "dataset": str(tmp_path / "no-user-data.csv"),
-              "catalogue": str(tmp_path / "catalogue.txt"),
-              "item-attributes": str(attributes)}  # fmt: skip
+    config = deployment_run_config(cycle_log, tmp_path, {**RUN, "item-attributes": str(attributes)})
     results = tmp_path / "results"
     results.mkdir()
     logs = node_logs(cycle_log, tmp_path / "nodes")

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from common.data.catalogue import ItemCatalogue
 from common.federation.config import FederatedConfig
 from common.privacy.node_receipts import RECEIPTS_FILE, read_receipts
 from common.privacy.receipts import released_model_sha256
@@ -24,9 +23,8 @@ from common.privacy.report import main as audit
 from common.privacy.signing import Signer
 from deploy.local import CONNECTION, LocalDeployment
 from deploy.run import submit_run
-from simulations.launch import app_defaults
 from simulations.superlink import flower_env
-from tests.helpers import forge_noise_consistently, node_logs
+from tests.helpers import deployment_run_config, forge_noise_consistently, node_logs
 
 ROUNDS = 3
 RUN = {"model": "lstm", "dim": 8, "layers": 1, "max-len": 10, "dropout": 0.0,
@@ -43,9 +41,7 @@ def test_receipts_pass_an_honest_run_and_name_a_consistent_forgery(
 ) -> None:  # fmt: skip
     # Prepare: the deployment, its keys, and the run config with the ledger key
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
-    ItemCatalogue.from_dataset(str(cycle_log)).write(tmp_path / "catalogue.txt")
-    config = {**app_defaults(), **RUN, "dataset": str(tmp_path / "no-user-data.csv"),
-              "catalogue": str(tmp_path / "catalogue.txt")}  # fmt: skip
+    config = deployment_run_config(cycle_log, tmp_path, RUN)
     results = tmp_path / "results"
     results.mkdir()
     nodes = [path.parent for path in node_logs(cycle_log, tmp_path / "nodes")]
