@@ -93,8 +93,9 @@ def stop_marked(
             quiet_since = None
             if now - started >= 2 * timeout:
                 break
-            _signal({pid: c for pid, c in alive.items() if pid not in stopped}, signal.SIGTERM)
-            stopped.update({pid: c for pid, c in alive.items() if pid not in stopped})
+            newcomers = {pid: c for pid, c in alive.items() if pid not in stopped}
+            _signal(newcomers, signal.SIGTERM)
+            stopped.update(newcomers)
             if now - started >= timeout:
                 _signal(alive, signal.SIGKILL)
         time.sleep(0.1)
