@@ -34,6 +34,7 @@ from common.privacy.ledger_heads import LEDGER_FOLDER, ledger_heads, read_starte
 from common.storage.run_folder import MetricsCSV, write_json
 from common.training.centralized import SELECTION_METRIC
 from server.node_errors import NodeError
+from server.side_by_side import side_by_side_of
 
 logger = logging.getLogger("fedseqrec.server")
 
@@ -343,6 +344,7 @@ class RunRecorder:
         }
         simulated = self.split is not None
         return {
+            **side_by_side_of(self.on_device, self.model, self.split, figures, self.config),
             "released_round": int(checkpoint["round"]),
             "released_checkpoint": released.name,
             "release_selection": "best validation NDCG@10" if self.selects_best else "last round",

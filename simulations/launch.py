@@ -340,6 +340,10 @@ def launch_in(
         summary["test"]["ndcg@10"],
         results_dir,
     )
+    from server.side_by_side import side_by_side_lines  # torch: only once a run is done
+
+    for line in side_by_side_lines(summary):
+        print(line)
     return summary
 
 

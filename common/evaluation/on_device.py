@@ -20,6 +20,7 @@ user. The same code scores a batch of users in evaluation and one user on a devi
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -157,6 +158,13 @@ class OnDeviceScorer:
         return cls(
             item_attributes, n_attributes, stats.popularity, stats.attribute_transitions, settings
         )
+
+    def with_settings(self, settings: ScorerSettings) -> OnDeviceScorer:
+        """The same release and catalogue under other settings (arrays shared, not copied):
+        nothing the constructor precomputes depends on the settings."""
+        other = copy.copy(self)
+        other.settings = settings
+        return other
 
     def profiles(self, histories: Sequence[npt.NDArray[np.int64]]) -> sp.csr_matrix:
         """Each user's recency-weighted attribute profile, rows summing to 1 (or all 0)."""

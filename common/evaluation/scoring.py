@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -150,11 +150,18 @@ def baseline_scorer(baseline: PopularityBaseline | MarkovChain) -> Scorer:
     return score
 
 
-def evaluate_baselines(split: LeaveOneOutSplit, stage: str) -> dict[str, dict[str, float]]:
-    """Popularity and first-order Markov chain, fitted on the stage's input sequences."""
+def evaluate_baselines(
+    split: LeaveOneOutSplit, stage: str, names: Sequence[str] = ("popularity", "markov")
+) -> dict[str, dict[str, float]]:
+    """Popularity and first-order Markov chain (or those in ``names``), fitted on the
+    stage's input sequences."""
     inputs = split.inputs(stage)
     results = {}
-    for name, baseline in (("popularity", PopularityBaseline()), ("markov", MarkovChain())):
+    kinds: dict[str, type[PopularityBaseline] | type[MarkovChain]] = {
+        "popularity": PopularityBaseline, "markov": MarkovChain,
+    }  # fmt: skip
+    for name in names:
+        baseline = kinds[name]()
         baseline.fit(inputs, split.n_items)
         results[name] = flatten_metrics(*evaluate_scorer(baseline_scorer(baseline), split, stage))
     return results

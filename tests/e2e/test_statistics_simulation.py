@@ -32,11 +32,15 @@ def settings(log: Path, attributes: Path, **extra: object) -> dict[str, object]:
 
 @pytest.mark.simulation
 def test_statistics_and_training_rounds_share_one_audited_budget(
-    cycle_log: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cycle_log: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
     attributes = write_cycle_attributes(cycle_log, tmp_path / "attributes.csv")
-    run = settings(cycle_log, attributes, **{"num-server-rounds": 2, "statistics-share": 0.5})
+    run = settings(cycle_log, attributes, **{"num-server-rounds": 2, "statistics-share": 0.5,
+                                             "scorer-model-weight": 0.5})  # fmt: skip
 
     folder = launch_run(tmp_path, "stats", run)
 
@@ -62,7 +66,19 @@ def test_statistics_and_training_rounds_share_one_audited_budget(
     # the test figures are the released statistics' scorer on the test inputs
     scorer_json = json.loads((folder / "scorer.json").read_text())
     assert scorer_json["settings"]["similarity_weight"] == 1.0
+    assert scorer_json["settings"]["model_weight"] == 0.5
     assert 0.0 <= summary["test"]["hr@10"] <= 1.0
+
+    # the trained model's part, side by side with the scorer alone and popularity
+    figures = summary["side_by_side"]
+    assert sorted(figures) == ["blended", "model alone", "popularity", "scorer alone"]
+    assert figures["blended"] == summary["test"]
+    assert all(figures[row]["count"] == summary["test"]["count"] for row in figures)
+    printed = capsys.readouterr().out
+    assert "test figures on the same release (model weight 0.5 in the blend)" in printed
+    rows = {line.split()[0]: line.split()[1:] for line in printed.splitlines() if line.strip()}
+    assert rows["blended"] == [f"{summary['test'][m]:.4f}" for m in ("hr@10", "ndcg@10")]
+    assert rows["popularity"] == [f"{figures['popularity'][m]:.4f}" for m in ("hr@10", "ndcg@10")]
 
 
 @pytest.mark.simulation

@@ -14,6 +14,7 @@ from flwr.app import MetricRecord, RecordDict
 
 from common.data.partitioning import load_split
 from common.evaluation.on_device import OnDeviceScorer, ScorerSettings
+from common.evaluation.scoring import evaluate_model, evaluate_on_device
 from common.federation.checkpoints import dataset_item_ids, load_checkpoint
 from common.federation.compression import UPDATE_BYTES_KEY
 from common.federation.config import FederatedConfig
@@ -22,6 +23,7 @@ from common.models import build_model
 from server import run_recorder
 from server.node_errors import NodeError
 from server.run_recorder import BEST_CHECKPOINT, CHECKPOINT, RunRecorder, record_failure
+from server.side_by_side import SIDE_BY_SIDE, side_by_side_lines
 
 
 def recorder_for(
@@ -229,3 +231,35 @@ def test_a_stage_given_a_new_release_is_scored_again(
         recorder.metrics(recorder.split, "valid")
         recorder.metrics(recorder.split, "valid")
     assert calls == ["valid", "valid"]
+
+
+@pytest.mark.parametrize("model_weight", [0.0, 0.5])
+def test_a_blended_release_is_tested_beside_its_parts(
+    cycle_log: Path, tmp_path: Path, model_weight: float
+) -> None:
+    recorder = recorder_for(cycle_log, tmp_path, dp="user")
+    scorer = scorer_for(recorder.split.n_items, model_weight)
+    recorder.on_device = {"valid": scorer, "test": scorer}
+    recorder.evaluate(0, model_to_arrays(recorder.model))
+    recorder.aggregate_train([reply(2.0, 10)], "num-examples")
+    recorder.evaluate(1, model_to_arrays(recorder.model))
+
+    summary = recorder.finish()
+
+    if not model_weight:  # the model plays no part in what devices rank with
+        assert SIDE_BY_SIDE not in summary and side_by_side_lines(summary) == []
+        return
+    figures = summary[SIDE_BY_SIDE]
+    assert list(figures) == ["popularity", "scorer alone", "model alone", "blended"]
+    assert figures["blended"] == summary["test"]
+    alone = scorer.with_settings(ScorerSettings(model_weight=0.0))
+    split, length = recorder.split, recorder.config.max_len
+    assert figures["scorer alone"] == evaluate_on_device(
+        alone, recorder.model, split, "test", length
+    )
+    assert figures["model alone"] == evaluate_model(recorder.model, split, "test", length)
+    assert figures["scorer alone"] != figures["blended"]
+    lines = side_by_side_lines(summary)
+    assert lines[0].startswith("test figures on the same release")
+    assert lines[-1].split() == ["blended", f"{summary['test']['hr@10']:.4f}",
+                                 f"{summary['test']['ndcg@10']:.4f}"]  # fmt: skip
