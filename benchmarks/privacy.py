@@ -54,6 +54,7 @@ from simulations.launch import build_parser, launch, unwind_on_sigterm
 
 RESULTS = ROOT / "results" / "privacy.json"
 RUNS = ROOT / "runs"
+MODEL_SHARE = ROOT / "results" / "model_share.json"  # benchmarks/model_share.py
 EPSILONS = (1.0, 2.0, 4.0, 8.0)
 THROUGHPUT_REPEATS = 7  # one epoch takes well under a second: medians of several
 PRESETS = {"beauty": "beauty-dp", "toys": "toys-dp", "sports": "sports-dp",
@@ -148,11 +149,13 @@ def throughput() -> dict[str, Any]:
 
 
 def plot(results: dict[str, Any]) -> None:
-    """Test HR@10 (mean, spread) against user-level epsilon per data set, with the baselines."""
+    """Test HR@10 (mean, spread) against user-level epsilon per data set, with the baselines
+    and, where ``model_share.json`` has them, the blend and the DP model alone at epsilon 8."""
     utility = {name: data for name, data in results.get("utility", {}).items()
                if isinstance(data, dict) and "points" in data}  # fmt: skip
     if not utility:
         return
+    shares = json.loads(MODEL_SHARE.read_text()) if MODEL_SHARE.is_file() else {}
     figure, axes = plt.subplots(1, len(utility), figsize=(4.2 * len(utility), 3.6), squeeze=False)
     for axis, (dataset, data) in zip(axes[0], utility.items(), strict=True):
         private = [p for p in data["points"] if p["target_epsilon"]]
@@ -160,6 +163,14 @@ def plot(results: dict[str, Any]) -> None:
         axis.errorbar(xs, [p["hr@10_mean"] for p in private],
                       yerr=[p["hr@10_std"] for p in private], marker="o", capsize=3,
                       label=f"{data['preset']} (mean, sd)")  # fmt: skip
+        blended = shares.get(dataset)
+        for row, marker in (("blended", "s"), ("model alone", "^")):
+            if blended:  # the model_share.py ablation: one budget, epsilon 8
+                figures = blended["rows"][row]["hr@10"]
+                axis.errorbar(
+                    [8.0], [figures["mean"]], yerr=[figures["std"]], marker=marker,
+                    linestyle="none", capsize=3, label=f"{blended['preset']}: {row}",
+                )  # fmt: skip
         exact = [p for p in data["points"] if not p["target_epsilon"]]
         if exact:
             axis.axhline(exact[0]["hr@10_mean"], color="C2", linestyle="-.", label="no DP")

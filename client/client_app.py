@@ -151,7 +151,9 @@ def _train_plain(
 ) -> Message:
     """Local epochs on this node's windows; reply the new arrays, loss and example count."""
     proximal_mu = float(_settings(msg).get(PROXIMAL_MU, 0.0))  # type: ignore[arg-type]
-    windows = partition.training_windows(config.max_len, config.n_gap_buckets)
+    windows = partition.training_windows(
+        config.max_len, config.n_gap_buckets, config.train_through_validation
+    )
     seed = round_seed(config.seed, server_round, _seed_identity(config, partition))
     loss, examples = train_local(model, windows, config, seed, proximal_mu)
     sent = encode_update(
@@ -179,7 +181,9 @@ def _train_private(
     server_round: int,
 ) -> Message:
     """DP-SGD with this client's accountant history; refuse when the budget is spent."""
-    windows = partition.training_windows(config.max_len, config.n_gap_buckets)
+    windows = partition.training_windows(
+        config.max_len, config.n_gap_buckets, config.train_through_validation
+    )
     population = _settings(msg).get(POPULATION_KEY)  # users protected, for the delta rule
     privacy = ClientPrivacy.from_context(config, context, partition.partition_id, population)
     plan = plan_round(config, windows, privacy)

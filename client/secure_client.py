@@ -51,7 +51,9 @@ class SequenceClient(NumPyClient):
         partition = client_partition(federated, self.run_context.node_config)
         model = run_model(federated, partition.split.n_items)
         load_arrays(model, arrays_from_ndarrays(model, parameters))
-        windows = partition.training_windows(federated.max_len, federated.n_gap_buckets)
+        windows = partition.training_windows(
+            federated.max_len, federated.n_gap_buckets, federated.train_through_validation
+        )
         seed = round_seed(federated.seed, int(config[SERVER_ROUND]), partition.partition_id)
         proximal_mu = float(config.get(PROXIMAL_MU, 0.0))
         loss, examples = train_local(model, windows, federated, seed, proximal_mu)

@@ -117,7 +117,9 @@ class RunRecorder:
         # Picking a best round by validation on users' data is a release: DP runs release
         # the last round instead (DESIGN.md, "Every release is accounted or withheld").
         # A deployment's server has no validation data: it releases the last round too.
-        self.selects_best = config.dp == "none" and split is not None
+        # A model trained on the validation items has no validation figures to select by.
+        self.validates = split is not None and not config.train_through_validation
+        self.selects_best = config.dp == "none" and self.validates
         self.untrained: dict[str, float] = {}
         self.round_seconds: list[float] = []
         self._train: dict[str, float] | None = None
@@ -214,7 +216,7 @@ class RunRecorder:
         started = time.perf_counter()
         valid: dict[str, float] = {}
         last = server_round == self.config.num_server_rounds
-        if self.split is not None and (server_round % self.config.eval_every == 0 or last):
+        if self.validates and (server_round % self.config.eval_every == 0 or last):
             valid = self.metrics(self.split, "valid")
         numbered = self.last_round = self.round_offset + server_round
         self._save(CHECKPOINT, numbered, valid)
@@ -338,7 +340,7 @@ class RunRecorder:
         checkpoint = torch.load(released, weights_only=True)
         self.model.load_state_dict(checkpoint["state_dict"])
         figures = federated or {
-            stage: self.metrics(self.split, stage)
+            stage: self.metrics(self.split, stage) if stage == "test" or self.validates else {}
             for stage in ("valid", "test")
             if self.split is not None
         }

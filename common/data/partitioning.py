@@ -105,9 +105,22 @@ class ClientPartition:
     users: np.ndarray
     split: LeaveOneOutSplit
 
-    def training_windows(self, max_len: int, n_gap_buckets: int = 0) -> TrainingWindows:
-        """Training windows built from this client's users' training sequences only."""
-        return training_windows(self.split.train, max_len, self.split.times, n_gap_buckets)
+    def training_sequences(
+        self, through_validation: bool = False
+    ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        """This client's users' training sequences and their times (None without times);
+        ``through_validation`` appends each user's validation item: the inputs the test
+        stage (and the statistics release devices use) sees, never the test item."""
+        if through_validation:
+            return self.split.inputs("test"), self.split.input_times("test")
+        return self.split.train, self.split.times
+
+    def training_windows(
+        self, max_len: int, n_gap_buckets: int = 0, through_validation: bool = False
+    ) -> TrainingWindows:
+        """Training windows built from :meth:`training_sequences` only."""
+        sequences, times = self.training_sequences(through_validation)
+        return training_windows(sequences, max_len, times, n_gap_buckets)
 
 
 def load_partition(

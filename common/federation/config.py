@@ -113,6 +113,8 @@ class FederatedConfig:
     scorer_similarity_weight: float = 2.0
     scorer_popularity_weight: float = 0.05
     scorer_model_weight: float = 0.0  # weight of the global model's scores (0 = unused)
+    # train on each user's validation item too (the test stage's inputs); no valid figures
+    train_through_validation: bool = False
 
     def __post_init__(self) -> None:
         check_field_types(self, _kebab)
@@ -197,6 +199,11 @@ class FederatedConfig:
             raise ValueError(
                 "secure-aggregation runs on the legacy FedAvg path: it needs partition-mode "
                 "cross-device or cross-silo and dp = 'none'"
+            )
+        if self.train_through_validation and self.deployment_nodes:
+            raise ValueError(
+                "train-through-validation is for simulations: a deployment's nodes report "
+                "validation figures, which training on the validation items would void"
             )
 
     def _check_privacy(self) -> None:

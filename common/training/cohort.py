@@ -244,8 +244,8 @@ def train_cohort(
     (seed, round, global user index), as it would be on the user's own device.
     """
     chosen = cohort_sample(partition, config, server_round, n_users)
-    sequences = [partition.split.train[index] for index in chosen]
-    times = partition.split.times
+    all_sequences, times = partition.training_sequences(config.train_through_validation)
+    sequences = [all_sequences[index] for index in chosen]
     windows = training_windows(
         sequences,
         config.max_len,

@@ -12,6 +12,7 @@ from common.data.features import TrainingWindows, training_windows
 from common.data.partitioning import load_partition, load_split
 from common.federation.config import FederatedConfig
 from common.models import ModelConfig, SequenceRecommender, build_model
+from common.training import cohort
 from common.training.cohort import (
     clipped_sgd_update,
     looped_update,
@@ -152,3 +153,36 @@ def test_cohorts_partition_the_users_of_one_round(cycle_log: Path) -> None:
 
     assert users == int(mask.sum()) > 0
     assert round_seed(1, 2, 3) != round_seed(1, 2, 4)
+
+
+@pytest.mark.parametrize("through", [False, True])
+def test_a_cohort_trains_through_the_validation_items_only_when_asked(
+    cycle_log: Path, monkeypatch: pytest.MonkeyPatch, through: bool
+) -> None:
+    config = FederatedConfig.from_run_config(
+        {
+            **CONFIG,
+            "dataset": str(cycle_log),
+            "partition-mode": "cohort",
+            "users-per-client": 20,
+            "fraction-train": 1.0,
+            "train-through-validation": through,
+        }  # fmt: skip
+    )
+    split = load_split(config.dataset)
+    partition = load_partition(config.dataset, 1, 0, config.seed)
+    seen: list[list[np.ndarray]] = []
+    windows = cohort.training_windows
+
+    def recorded(sequences: list[np.ndarray], *args: object) -> TrainingWindows:
+        seen.append(sequences)
+        return windows(sequences, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cohort, "training_windows", recorded)
+    train_cohort(tiny_model(split.n_items), partition, config, 1, split.n_users)
+
+    (sequences,) = seen
+    source = partition.split.inputs("test") if through else partition.split.train
+    assert [s.tolist() for s in sequences] == [source[i].tolist() for i in range(len(source))]
+    lengths = [len(s) - len(t) for s, t in zip(sequences, partition.split.train, strict=True)]
+    assert set(lengths) == ({1} if through else {0})  # the validation item, never the test item

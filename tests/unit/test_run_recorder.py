@@ -263,3 +263,26 @@ def test_a_blended_release_is_tested_beside_its_parts(
     assert lines[0].startswith("test figures on the same release")
     assert lines[-1].split() == ["blended", f"{summary['test']['hr@10']:.4f}",
                                  f"{summary['test']['ndcg@10']:.4f}"]  # fmt: skip
+
+
+def test_a_model_trained_through_validation_has_no_validation_figures(
+    cycle_log: Path, tmp_path: Path
+) -> None:
+    config = FederatedConfig(dataset=str(cycle_log), model="lstm", dim=8, max_len=6,
+                             num_server_rounds=3, train_through_validation=True)  # fmt: skip
+    split = load_split(config.dataset)
+    model = build_model(config.model_config(), split.n_items)
+    recorder = RunRecorder(tmp_path, model, split, config, 4)  # no DP: would select a best round
+    arrays = model_to_arrays(model)
+
+    recorder.evaluate(0, arrays)
+    for server_round in (1, 2, 3):
+        recorder.aggregate_train([reply(2.0, 10)], "num-examples")
+        recorder.evaluate(server_round, arrays)
+    summary = recorder.finish()
+
+    assert summary["valid"] == {} and summary["test"]["count"] == split.n_users
+    assert summary["release_selection"] == "last round" and summary["released_round"] == 3
+    assert not (tmp_path / BEST_CHECKPOINT).exists()
+    with (tmp_path / "metrics.csv").open(newline="") as handle:
+        assert all(row["valid_hr@10"] == "" for row in csv.DictReader(handle))
