@@ -142,7 +142,7 @@ def test_hanging_clients_on_two_workers_are_asked_again_without_stalling_later_r
     # holds one of the two Ray workers into the next round; every reply is needed, so a
     # round short of replies asks its failed clients again (injected faults are transient)
     timeout = 30.0
-    settings = {"dataset": str(cycle_log), **RUN, "num-server-rounds": 3, "fault-rate": 0.05,
+    settings = {"dataset": str(cycle_log), **RUN, "num-server-rounds": 2, "fault-rate": 0.05,
                 "fault-kind": "hang", "round-timeout": timeout, "min-replies": 20,
                 "round-retries": 2}  # fmt: skip
 
@@ -152,11 +152,11 @@ def test_hanging_clients_on_two_workers_are_asked_again_without_stalling_later_r
     # Assert: every round ended with all 20 replies after its retries, none stalled for good
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["status"] == "completed"
-    assert summary["degraded_rounds"] == 0 and summary["client_failures"] >= 3
+    assert summary["degraded_rounds"] == 0 and summary["client_failures"] >= 2
     rows = metrics_rows(folder)[1:]
-    assert [row["clients"] for row in rows] == ["20.0"] * 3
+    assert [row["clients"] for row in rows] == ["20.0"] * 2
     assert all(int(row["failed"]) >= 1 for row in rows)  # each round's own hung client
     assert all(float(row["round_seconds"]) < 3 * timeout + 10 for row in rows)
     failures = (folder / "rejections.csv").read_text().splitlines()[1:]
-    assert {line.split(",")[0] for line in failures} == {"1", "2", "3"}
+    assert {line.split(",")[0] for line in failures} == {"1", "2"}
     assert all(line.endswith("no reply within the round timeout") for line in failures)
