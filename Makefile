@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m simulations.launch --preset beauty-dp
+	$(PY) -m simulations.launch --preset beauty-dp-blend
 
 # two pytest workers (pytest-xdist): the end-to-end simulations spend much of their time
 # starting Flower and Ray, which overlaps well on 2 cores; a worker that runs out of tests

@@ -216,7 +216,8 @@ class RunRecorder:
         started = time.perf_counter()
         valid: dict[str, float] = {}
         last = server_round == self.config.num_server_rounds
-        if self.validates and (server_round % self.config.eval_every == 0 or last):
+        due = server_round % self.config.eval_every == 0 or last
+        if self.split is not None and self.validates and due:
             valid = self.metrics(self.split, "valid")
         numbered = self.last_round = self.round_offset + server_round
         self._save(CHECKPOINT, numbered, valid)
