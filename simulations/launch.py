@@ -55,7 +55,7 @@ from simulations.superlink import (
     ensure_connection,
     simulation_env,
 )
-from simulations.supervision import RUN_MARKER, PartDeath, RunSupervisor, stop_marked
+from simulations.supervision import RUN_MARKER, PartDeath, RunSupervisor
 
 logger = logging.getLogger("fedseqrec.launch")
 
@@ -70,7 +70,6 @@ class LaunchConfigError(LaunchError):
 
 
 CONFIG_ERROR = 2  # exit status of a refused config; a failed run exits 1
-AFTER_DEATH_SETTLE_SECONDS = 5.0  # a part died: how long the run must show no process
 
 
 def app_defaults(app_dir: Path = PROJECT_ROOT) -> dict[str, Any]:
@@ -187,10 +186,7 @@ def run_simulation(
             )
         finally:
             supervisor.stop()
-        death = supervisor.death or supervisor.check()
-    if death is not None:  # once more, slowly: a killed driver's Ray agents may come late
-        stop_marked(env[RUN_MARKER], timeout=5.0, settle=AFTER_DEATH_SETTLE_SECONDS)
-    return code, death
+        return code, supervisor.death or supervisor.check()
 
 
 def privacy_report(results_dir: Path) -> None:
