@@ -31,13 +31,13 @@ sys.path.insert(0, str(ROOT.parent))
 
 import numpy as np
 
+from server.side_by_side import ROWS, SIDE_BY_SIDE
 from simulations.launch import build_parser, launch, unwind_on_sigterm
 
 RESULTS = ROOT / "results" / "model_share.json"
 PRIVACY = ROOT / "results" / "privacy.json"
 RUNS = ROOT / "runs"
 DATASETS = ("beauty", "toys", "sports")
-ROWS = ("popularity", "scorer alone", "model alone", "blended")
 METRICS = ("hr@10", "ndcg@10")
 
 
@@ -53,8 +53,8 @@ def blended_run(dataset: str, port: int) -> dict[str, Any]:
         "run": folder.name,
         "epsilon": (summary.get("privacy") or {}).get("epsilon"),
         "audit_passed": json.loads((folder / "audit.json").read_text())["passed"],
-        "side_by_side": {
-            row: {key: summary["side_by_side"][row][key] for key in METRICS} for row in ROWS
+        SIDE_BY_SIDE: {
+            row: {key: summary[SIDE_BY_SIDE][row][key] for key in METRICS} for row in ROWS
         },
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
@@ -88,7 +88,7 @@ def measure(dataset: str, repeats: int, port: int) -> dict[str, Any]:
     """``repeats`` blended runs of one data set, summarised beside the statistics-only point."""
     runs = [blended_run(dataset, port) for _ in range(repeats)]
     rows = {
-        row: {m: spread([run["side_by_side"][row][m] for run in runs]) for m in METRICS}
+        row: {m: spread([run[SIDE_BY_SIDE][row][m] for run in runs]) for m in METRICS}
         for row in ROWS
     }
     full = statistics_only(dataset)

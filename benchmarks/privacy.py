@@ -163,14 +163,13 @@ def plot(results: dict[str, Any]) -> None:
         axis.errorbar(xs, [p["hr@10_mean"] for p in private],
                       yerr=[p["hr@10_std"] for p in private], marker="o", capsize=3,
                       label=f"{data['preset']} (mean, sd)")  # fmt: skip
-        blended = shares.get(dataset)
-        for row, marker in (("blended", "s"), ("model alone", "^")):
-            if blended:  # the model_share.py ablation: one budget, epsilon 8
-                figures = blended["rows"][row]["hr@10"]
-                axis.errorbar(
-                    [8.0], [figures["mean"]], yerr=[figures["std"]], marker=marker,
-                    linestyle="none", capsize=3, label=f"{blended['preset']}: {row}",
-                )  # fmt: skip
+        blended = shares.get(dataset, {})  # the model_share.py ablation: one budget, epsilon 8
+        for row, marker in (("blended", "s"), ("model alone", "^")) if blended else ():
+            figures = blended["rows"][row]["hr@10"]
+            axis.errorbar(
+                [8.0], [figures["mean"]], yerr=[figures["std"]], marker=marker,
+                linestyle="none", capsize=3, label=f"{blended['preset']}: {row}",
+            )  # fmt: skip
         exact = [p for p in data["points"] if not p["target_epsilon"]]
         if exact:
             axis.axhline(exact[0]["hr@10_mean"], color="C2", linestyle="-.", label="no DP")
