@@ -63,8 +63,18 @@ def simulation_env(ray_address: str = "") -> dict[str, str]:
     ``RAY_ADDRESS`` (flwr 1.41 has no setting for a cluster; the simulation's
     ``ray.init()`` reads it): the cluster's address, else ``local``, a Ray of this launch's
     own. Left unset, ``ray.init()`` would join whatever cluster ``ray start`` last started
-    on this machine (``/tmp/ray/ray_current_cluster``), or fail if that one is gone."""
-    return {**flower_env(), RUN_MARKER: uuid.uuid4().hex, "RAY_ADDRESS": ray_address or "local"}
+    on this machine (``/tmp/ray/ray_current_cluster``), or fail if that one is gone.
+
+    ``SPT_NOENV=1`` keeps the marker readable: Ray titles its agents with setproctitle,
+    which otherwise writes the title over the process's environment block, so
+    ``/proc/PID/environ`` of ``ray::DashboardAgent`` and ``ray::RuntimeEnvAgent`` lost the
+    marker and those two outlived every stop of the launch."""
+    return {
+        **flower_env(),
+        RUN_MARKER: uuid.uuid4().hex,
+        "RAY_ADDRESS": ray_address or "local",
+        "SPT_NOENV": "1",
+    }
 
 
 def cluster_address(text: str) -> str:

@@ -37,20 +37,6 @@ WAIT_SECONDS = 240.0  # a launch takes about 20 s on 2 idle cores, 60 s on busy 
 GONE_SECONDS = 30.0  # every process of the run stopped within this after the kill (busy cores)
 
 
-# KNOWN LEAK (CI, 2026-12-07, twice in three runs): Ray's agents of a killed run can
-# outlive the launcher's stop. The launcher finds its processes by RUN_MARKER in their
-# environment and did not see these two; the cause is not found yet (a guess: the agents'
-# process titles overwrite part of their environment block). Until it is fixed this
-# test checks every other process and kill_simulation removes the agents.
-RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
-
-
-def run_processes(marker: str) -> dict[int, str]:
-    """The launch's live processes but Ray's agents (see KNOWN LEAK above)."""
-    return {pid: command for pid, command in simulation_processes(marker).items()
-            if command not in RAY_AGENTS}  # fmt: skip
-
-
 def saved_round(results: Path) -> int:
     """The round of the run's last saved state (-1 before one was saved)."""
     states = list(results.glob("*/state/server_state.json"))
@@ -82,12 +68,12 @@ def test_a_part_killed_alone_stops_the_run_which_then_resumes(
         os.kill(target, signal.SIGKILL)
         killed_at = time.monotonic()
         launch.process.wait(timeout=WAIT_SECONDS)
-        while run_processes(launch.marker) and time.monotonic() < killed_at + 60:
+        while simulation_processes(launch.marker) and time.monotonic() < killed_at + 60:
             time.sleep(0.1)
         gone_after = time.monotonic() - killed_at
-        survivors = run_processes(launch.marker)
+        survivors = simulation_processes(launch.marker)
     finally:
-        kill_simulation(launch)  # the agents too
+        kill_simulation(launch)
 
     # Assert: everything stopped within seconds; one line says which part and what to do
     assert survivors == {} and gone_after < GONE_SECONDS, (gone_after, survivors)

@@ -1,4 +1,5 @@
-"""stop_marked: a launch's processes are stopped, including one that appears late."""
+"""stop_marked: a launch's processes are stopped, including one that appears late or
+retitles itself."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import sys
 import pytest
 
 from simulations import supervision
-from simulations.supervision import stop_marked
+from simulations.superlink import simulation_env
+from simulations.supervision import RUN_MARKER, marked_processes, stop_marked
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
 
@@ -61,3 +63,32 @@ def test_a_process_that_ignores_sigterm_is_killed_after_the_timeout(
     finally:
         stubborn.kill()
         stubborn.wait()
+
+
+TITLED = [
+    sys.executable,
+    "-c",
+    "import sys, time; from ray._raylet import setproctitle; "
+    "setproctitle('ray::DashboardAgent' + ' ' * 400); print('ready', flush=True); "
+    "time.sleep(120)",
+]
+
+
+@pytest.mark.parametrize("readable", [True, False])
+def test_a_process_that_retitles_itself_as_ray_does_keeps_its_marker(readable: bool) -> None:
+    """Ray titles its agents with setproctitle, which overwrites the environment block that
+    ``marked_processes`` reads unless ``SPT_NOENV`` is set; the launch's environment sets it
+    (without it, the case ``readable=False``, the agent is invisible to the launcher)."""
+    env = simulation_env()
+    if not readable:
+        del env["SPT_NOENV"]
+    titled = subprocess.Popen(TITLED, env=env, stdout=subprocess.PIPE)
+    try:
+        assert titled.stdout is not None and titled.stdout.readline() == b"ready\n"
+        found = marked_processes(env[RUN_MARKER])
+        assert (titled.pid in found) is readable, found
+        if readable:
+            assert found[titled.pid].startswith("ray::DashboardAgent")
+    finally:
+        titled.kill()
+        titled.wait()
