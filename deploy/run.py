@@ -24,6 +24,7 @@ from common.federation.config import FederatedConfig
 from common.federation.preflight import check_deployment_inputs
 from common.storage.run_folder import write_json
 from server.resume.preflight import keep_earlier_logs
+from simulations.app_files import staged_app
 from simulations.flower_log import KILLED, stream_flwr_run
 from simulations.launch import (
     CONFIG_ERROR,
@@ -77,12 +78,13 @@ def submit_run(
     write_json(results_dir / "config.json", {"connection": connection, "run_config": config})
     run_config_path = results_dir / "run_config.toml"
     run_config_path.write_text(tomli_w.dumps(config))
-    command = [
-        str(Path(sys.executable).with_name("flwr")), "run", str(PROJECT_ROOT), connection,
-        "--stream", "--run-config", str(run_config_path),
-    ]  # fmt: skip
     log_path = results_dir / "flwr.log"
-    code = stream_flwr_run(command, env, PROJECT_ROOT, log_path, timeout)
+    with staged_app(PROJECT_ROOT) as app:
+        command = [
+            str(Path(sys.executable).with_name("flwr")), "run", str(app), connection,
+            "--stream", "--run-config", str(run_config_path),
+        ]  # fmt: skip
+        code = stream_flwr_run(command, env, PROJECT_ROOT, log_path, timeout)
     if code == KILLED and timeout:
         raise LaunchError(f"run did not finish within {timeout:.0f}s (see {log_path})")
     if code != 0:

@@ -38,6 +38,7 @@ from common.storage.run_folder import new_run_dir, write_json
 from common.storage.run_lock import EXIT_GRACE, LAUNCHER_LOCK, RunFolderBusy, RunFolderLock
 from server.resume.preflight import keep_earlier_logs, resumed_run
 from server.resume.stops import record_stop
+from simulations.app_files import staged_app
 from simulations.flower_log import stream_flwr_run
 from simulations.outcome import (
     LaunchError,
@@ -166,19 +167,15 @@ def run_simulation(
         f"num-supernodes={num_supernodes} client-resources-num-cpus=1 "
         'client-resources-num-gpus=0.0 init-args-logging-level="WARNING"'
     )
-    command = [
-        str(Path(sys.executable).with_name("flwr")),
-        "run",
-        str(PROJECT_ROOT),
-        CONNECTION,
-        "--stream",
-        "--run-config",
-        str(run_config_path),
-        "--federation-config",
-        federation,
-    ]
-    with LocalSuperLink(port, results_dir / "superlink.log", env, results_dir) as superlink:
+    with (
+        staged_app(PROJECT_ROOT) as app,
+        LocalSuperLink(port, results_dir / "superlink.log", env, results_dir) as superlink,
+    ):
         assert superlink.process is not None
+        command = [
+            str(Path(sys.executable).with_name("flwr")), "run", str(app), CONNECTION, "--stream",
+            "--run-config", str(run_config_path), "--federation-config", federation,
+        ]  # fmt: skip
         supervisor = RunSupervisor(superlink.process, env[RUN_MARKER], results_dir / "summary.json")
         try:
             code = stream_flwr_run(

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from opacus.grad_sample import register_grad_sampler
 from torch import Tensor, nn
 
 from common.models.item_embedding import item_table_grad_sample
@@ -151,7 +150,6 @@ def project_rows(grad: Tensor, index: Tensor, weights: Tensor, rows: int) -> Ten
     return out
 
 
-@register_grad_sampler(AttributeItemEmbedding)
 def attribute_embedding_grad_sample(
     layer: AttributeItemEmbedding, activations: list[Tensor], backprops: Tensor
 ) -> dict[nn.Parameter, Tensor]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from opacus.grad_sample import register_grad_sampler
 from torch import Tensor, nn
 
 
@@ -73,7 +72,6 @@ def item_table_grad_sample(n_items: int, dim: int, x: Tensor, backprops: Tensor)
     return grad
 
 
-@register_grad_sampler(ItemEmbedding)
 def item_embedding_grad_sample(
     layer: ItemEmbedding, activations: list[Tensor], backprops: Tensor
 ) -> dict[nn.Parameter, Tensor]:

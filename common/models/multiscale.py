@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from opacus.grad_sample import register_grad_sampler
 from torch import Tensor, nn
 
 from common.data.features import consecutive_cosine
@@ -29,7 +28,6 @@ class TapConv1d(nn.Conv1d):
     Opacus takes tap by tap (below) instead of through its generic unfold."""
 
 
-@register_grad_sampler(TapConv1d)
 def tap_conv_grad_sample(
     layer: TapConv1d, activations: list[Tensor], backprops: Tensor
 ) -> dict[Tensor, Tensor]:
@@ -71,7 +69,6 @@ class ScaleFusion(nn.Module):
         return (branches * torch.softmax(self.logits, dim=0)).sum(-1)
 
 
-@register_grad_sampler(ScaleFusion)
 def scale_fusion_grad_sample(
     layer: ScaleFusion, activations: list[Tensor], backprops: Tensor
 ) -> dict[nn.Parameter, Tensor]:

@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from opacus.grad_sample import register_grad_sampler
 from torch import Tensor, nn
 
 
@@ -159,7 +158,6 @@ class SequenceLSTM(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-@register_grad_sampler(SequenceLSTM)
 def sequence_lstm_grad_sample(
     module: SequenceLSTM, activations: list[Tensor], backprops: Tensor
 ) -> dict[nn.Parameter, Tensor]:

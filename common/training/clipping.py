@@ -34,14 +34,17 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from opacus import GradSampleModule
 from torch import Tensor
 
 from common.models import SequenceRecommender
 from common.models.chunked_loss import exp_scores, fast_bfloat16_available
 from common.training.table_maps import TablePieces, mapped_pieces
+
+if TYPE_CHECKING:
+    from opacus import GradSampleModule
 
 # The scores and the gradient sent back into the model may use bfloat16 products where
 # the CPU has native units, as plain training does: they only define the gradient.
@@ -316,7 +319,7 @@ def _unit_gradients(
     rows = torch.nonzero(scored)[:, 0]
     with _table_frozen(model) as lookups, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Opacus: full backward hooks on integer inputs
-        sampler = GradSampleModule(model, batch_first=True, loss_reduction="sum")
+        sampler = _grad_sample_module(model)
         try:
             hidden = sampler(items, gaps)
             h = hidden.reshape(-1, hidden.shape[-1]) if grid else hidden[mask]
@@ -352,6 +355,19 @@ def _unit_gradients(
     for grads in per_unit.values():
         squares = squares + grads.flatten(1).pow(2).sum(1)
     return _UnitGradients(tables, h, per_unit, squares, loss)
+
+
+def _grad_sample_module(model: SequenceRecommender) -> GradSampleModule:
+    """Opacus's ``GradSampleModule`` around ``model`` (per-sample gradients, summed loss).
+
+    Opacus and our layers' samplers load here, on first use: a process that never clips
+    does not pay their import (:mod:`common.models.grad_samplers`).
+    """
+    from opacus import GradSampleModule
+
+    import common.models.grad_samplers  # noqa: F401
+
+    return GradSampleModule(model, batch_first=True, loss_reduction="sum")
 
 
 def _squares(t: TablePieces, h: Tensor, n_units: int, grid_width: int, dim: int) -> Tensor:

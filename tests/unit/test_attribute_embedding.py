@@ -11,6 +11,7 @@ import torch
 from opacus.utils.per_sample_gradients_utils import check_per_sample_gradients_are_correct
 from torch import Tensor, nn
 
+import common.models.grad_samplers  # noqa: F401  (our layers' samplers, for Opacus)
 from client.recommend import recommend
 from common.data.attributes import load_item_attributes
 from common.data.features import TrainingWindows, training_windows

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import common.models.grad_samplers  # noqa: F401  (our layers' samplers, for Opacus)
 from common.data.features import training_windows
 from common.data.partitioning import load_split
 from common.models import ModelConfig, build_model

@@ -10,6 +10,7 @@ from opacus import PrivacyEngine
 from opacus.utils.per_sample_gradients_utils import check_per_sample_gradients_are_correct
 from torch import Tensor, nn
 
+import common.models.grad_samplers  # noqa: F401  (our layers' samplers, for Opacus)
 from common.models import (
     MODEL_NAMES,
     ModelConfig,

@@ -9,6 +9,7 @@ from opacus.layers import DPLSTM
 from opacus.utils.per_sample_gradients_utils import check_per_sample_gradients_are_correct
 from torch import Tensor, nn
 
+import common.models.grad_samplers  # noqa: F401  (our layers' samplers, for Opacus)
 from common.models import ModelConfig, build_model, recurrent
 from common.models.recurrent import SequenceLSTM
 
