@@ -289,7 +289,9 @@ def _table_sum(
     """The clipped sum of an item table's gradient (output part plus input part)."""
     out_factors = factors[pieces.out_units].unsqueeze(1)
     in_factors = factors[pieces.in_units].unsqueeze(1)
-    g = pieces.g.masked_fill(bad[pieces.out_units].unsqueeze(1), 0)
+    g = pieces.g  # (positions, items): copied only when a unit's gradient must be dropped
+    if bool(bad.any()):
+        g = g.masked_fill(bad[pieces.out_units].unsqueeze(1), 0)
     h = torch.where(out_factors > 0, hidden * out_factors, 0.0)
     e = torch.where(in_factors > 0, pieces.e * in_factors, 0.0)
     table_sum = torch.zeros_like(param)
