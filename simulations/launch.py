@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import tomllib
@@ -50,10 +51,13 @@ from simulations.outcome import (
 )
 from simulations.superlink import (
     CONNECTION,
+    RAY_CPUS_VARIABLE,
     LocalSuperLink,
     SuperLinkError,
     cluster_address,
     ensure_connection,
+    federation_config,
+    ray_cpus,
     simulation_env,
 )
 from simulations.supervision import RUN_MARKER, PartDeath, RunSupervisor
@@ -150,12 +154,18 @@ def resolve_dataset(dataset: str) -> str:
 
 
 def run_simulation(
-    config: dict[str, Any], results_dir: Path, num_supernodes: int, port: int, ray_address: str = ""
+    config: dict[str, Any],
+    results_dir: Path,
+    num_supernodes: int,
+    port: int,
+    ray_address: str = "",
+    ray_cpus: int = 0,
 ) -> tuple[int, PartDeath | None]:
     """Start a SuperLink, submit the app with ``flwr run --stream`` and stream its log.
 
     ``ray_address`` names a running Ray cluster (``ray start --head`` printed it) for the
     simulation's clients; empty, the simulation starts Ray on this machine alone.
+    ``ray_cpus`` > 0 caps the CPUs (hence client workers) of a Ray of its own.
     Returns ``flwr run``'s exit code and the part of the simulation that died on its own,
     if one did; every process of the launch is stopped on the way out, whatever happened.
     """
@@ -163,10 +173,7 @@ def run_simulation(
     run_config_path.write_text(tomli_w.dumps(config))
     env = simulation_env(ray_address)
     ensure_connection(Path(env["FLWR_HOME"]), port)
-    federation = (
-        f"num-supernodes={num_supernodes} client-resources-num-cpus=1 "
-        'client-resources-num-gpus=0.0 init-args-logging-level="WARNING"'
-    )
+    federation = federation_config(num_supernodes, ray_cpus, cluster=bool(ray_address))
     with (
         staged_app(PROJECT_ROOT) as app,
         LocalSuperLink(port, results_dir / "superlink.log", env, results_dir) as superlink,
@@ -217,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--ray-address", type=cluster_address, default=None, metavar="HOST:PORT",
         help="run the clients on this Ray cluster (docs/simulations.md, Ray cluster)",
     )  # fmt: skip
+    parser.add_argument(
+        "--ray-cpus", type=ray_cpus, default=os.environ.get(RAY_CPUS_VARIABLE), metavar="N",
+        help=f"CPUs (one client worker each) of this machine's Ray; default all, or "
+        f"${RAY_CPUS_VARIABLE}; ignored with --ray-address",
+    )  # fmt: skip
     return parser
 
 
@@ -242,7 +254,8 @@ def launch(args: argparse.Namespace) -> dict[str, Any]:
     n_users = check_inputs(config)
     folder = run_folder(args.results, label)
     with RunFolderLock(folder, LAUNCHER_LOCK, "launcher"):
-        return launch_in(folder, label, config, n_users, args.port, args.ray_address or "")
+        return launch_in(folder, label, config, n_users, args.port, args.ray_address or "",
+                         args.ray_cpus or 0)  # fmt: skip
 
 
 def run_folder(root: Path, label: str) -> Path:
@@ -276,7 +289,8 @@ def launch_resumed(args: argparse.Namespace) -> dict[str, Any]:
             raise LaunchConfigError(f"cannot resume: {error}") from None
         n_users = check_inputs(config)
         keep_earlier_logs(results_dir)
-        return launch_in(results_dir, label, config, n_users, args.port, args.ray_address or "")
+        return launch_in(results_dir, label, config, n_users, args.port,
+                         args.ray_address or "", args.ray_cpus or 0)  # fmt: skip
     finally:
         lock.release()
 
@@ -302,6 +316,7 @@ def launch_in(
     n_users: int,
     port: int,
     ray_address: str = "",
+    ray_cpus: int = 0,
 ) -> dict[str, Any]:
     """Run a resolved config in an existing run folder, check it, plot, audit its ledgers."""
     federated = FederatedConfig.from_run_config(config)
@@ -312,7 +327,7 @@ def launch_in(
         {"preset": label, "run_config": config, "num_supernodes": num_supernodes},
     )
     logger.info("run %s: %d users -> %d clients", results_dir, n_users, num_supernodes)
-    code, death = run_simulation(config, results_dir, num_supernodes, port, ray_address)
+    code, death = run_simulation(config, results_dir, num_supernodes, port, ray_address, ray_cpus)
     try:
         log = results_dir / "flwr.log"
         if death is not None:

@@ -13,6 +13,7 @@ deprecated).
 
 from __future__ import annotations
 
+import argparse
 import os
 import socket
 import subprocess
@@ -75,6 +76,29 @@ def simulation_env(ray_address: str = "") -> dict[str, str]:
         "RAY_ADDRESS": ray_address or "local",
         "SPT_NOENV": "1",
     }
+
+
+RAY_CPUS_VARIABLE = "FEDSEQREC_RAY_CPUS"  # the default of the launcher's --ray-cpus
+
+
+def ray_cpus(text: str) -> int:
+    """``--ray-cpus`` (or ``FEDSEQREC_RAY_CPUS``): a whole number of CPUs, at least 1."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of CPUs >= 1 (--ray-cpus or {RAY_CPUS_VARIABLE})"
+        )
+    return int(text)
+
+
+def federation_config(num_supernodes: int, ray_cpus: int = 0, cluster: bool = False) -> str:
+    """Flower's simulation settings for one launch: one CPU per client, so Ray runs one
+    client worker per CPU it has. ``ray_cpus`` > 0 gives this machine's own Ray that many
+    CPUs (hence workers) instead of all of them; a cluster (``cluster``) has its own."""
+    settings = (
+        f"num-supernodes={num_supernodes} client-resources-num-cpus=1 "
+        'client-resources-num-gpus=0.0 init-args-logging-level="WARNING"'
+    )
+    return settings if cluster or not ray_cpus else f"{settings} init-args-num-cpus={ray_cpus}"
 
 
 def cluster_address(text: str) -> str:

@@ -22,13 +22,19 @@ import pytest
 
 from simulations import supervision
 from simulations.launch import PROJECT_ROOT
-from simulations.superlink import flower_env
+from simulations.superlink import RAY_CPUS_VARIABLE, flower_env
 from tests.helpers import BASE, free_port, launch_run, metrics_rows, write_preset
 
 MARKER = "FEDSEQREC_WORKER_TEST"
 RUN = {**BASE, "partition-mode": "cross-device", "fraction-train": 1.0, "dp": "none",
        "noise-multiplier": 0.0, "num-server-rounds": 100_000}  # fmt: skip
 WAIT_SECONDS = 240.0
+
+
+@pytest.fixture(autouse=True)
+def every_cpu_a_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Faults on two workers need two: Ray's default, not the e2e suite's one."""
+    monkeypatch.delenv(RAY_CPUS_VARIABLE, raising=False)
 
 
 def marked_processes(marker: str) -> dict[int, str]:

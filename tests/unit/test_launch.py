@@ -26,7 +26,14 @@ from simulations.launch import (
     unwind_on_sigterm,
 )
 from simulations.process_tree import stop_process_group
-from simulations.superlink import CONNECTION, cluster_address, ensure_connection, simulation_env
+from simulations.superlink import (
+    CONNECTION,
+    RAY_CPUS_VARIABLE,
+    cluster_address,
+    ensure_connection,
+    federation_config,
+    simulation_env,
+)
 from tests.helpers import running, start_session_tree
 
 # Like the SuperLink: its child (SuperExec) starts a session of its own, and a grandchild
@@ -185,3 +192,24 @@ def test_ray_address_flag_reaches_ray_through_the_environment(
     for bad in ("6379", "host:", "host:port", "host:70000", ":6379"):
         with pytest.raises(ValueError, match="is not HOST:PORT"):
             cluster_address(bad)
+
+
+def test_ray_cpus_caps_the_workers_of_the_launchs_own_ray_only(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv(RAY_CPUS_VARIABLE, raising=False)
+    assert build_parser().parse_args(["--preset", "x"]).ray_cpus is None
+    assert build_parser().parse_args(["--preset", "x", "--ray-cpus", "1"]).ray_cpus == 1
+    monkeypatch.setenv(RAY_CPUS_VARIABLE, "3")  # the environment gives the default
+    assert build_parser().parse_args(["--preset", "x"]).ray_cpus == 3
+    assert build_parser().parse_args(["--preset", "x", "--ray-cpus", "2"]).ray_cpus == 2
+    for bad in ("0", "-1", "two", "1.5"):
+        with pytest.raises(SystemExit) as stopped:
+            build_parser().parse_args(["--preset", "x", "--ray-cpus", bad])
+        assert stopped.value.code == 2
+        assert f"{bad!r} is not a number of CPUs >= 1" in capsys.readouterr().err
+    plain = federation_config(4)
+    assert "num-supernodes=4 client-resources-num-cpus=1" in plain
+    assert "init-args-num-cpus" not in plain
+    assert federation_config(4, 1).endswith(" init-args-num-cpus=1")
+    assert federation_config(4, 1, cluster=True) == plain  # a cluster has its own CPUs
