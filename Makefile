@@ -20,12 +20,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m simulations.launch --preset beauty-dp-blend
 
-# two pytest workers (pytest-xdist): the end-to-end simulations spend much of their time
-# starting Flower and Ray, which overlaps well on 2 cores; a worker that runs out of tests
+# three pytest workers (pytest-xdist) on 2 cores: the end-to-end simulations also wait
+# (round timeouts, Flower's polling), which a third worker fills; a worker that runs out of tests
 # takes some of the other's (worksteal), so the suite does not end on one busy worker;
 # --durations lists the slowest tests
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist worksteal --durations=25
+	$(PY) -m pytest -n 3 --dist worksteal --durations=25
 
 # unit tests only (no simulation or deployment), on both cores: the edit loop
 test-fast: $(STAMP)
