@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from tempfile import TemporaryDirectory
+from typing import cast
 
 from flwr.cli.utils import build_pathspec, filter_paths_for_publish, load_gitignore_patterns
 from flwr.supercore.constant import APP_PUBLISH_EXCLUDE_PATTERNS
@@ -44,7 +45,7 @@ def app_files(root: Path) -> dict[str, Path]:
             path = Path(folder) / name
             if not path.is_symlink():
                 found[(relative / name).as_posix()] = path
-    return {key: Path(str(value)) for key, value in filter_paths_for_publish(found).items()}
+    return cast(dict[str, Path], filter_paths_for_publish(found))  # it keeps our Paths
 
 
 @contextmanager

@@ -68,7 +68,7 @@ def test_a_process_that_ignores_sigterm_is_killed_after_the_timeout(
 TITLED = [
     sys.executable,
     "-c",
-    "import sys, time; from ray._raylet import setproctitle; "
+    "import time; from ray._raylet import setproctitle; "
     "setproctitle('ray::DashboardAgent' + ' ' * 400); print('ready', flush=True); "
     "time.sleep(120)",
 ]
