@@ -135,6 +135,22 @@ def simulation_processes(marker: str) -> dict[int, str]:
     return marked_processes(marker, variable=MARKER)
 
 
+def part_of(launch: Launch, command: str) -> int:
+    """The pid of the launched simulation's part started as ``command`` (e.g.
+    ``flwr-simulation``, the ServerApp), not of a Python launcher of it."""
+    (pid,) = [pid for pid, line in simulation_processes(launch.marker).items()
+              if command in line and "python -m" not in line]  # fmt: skip
+    return pid
+
+
+def stop_serverapp(pid: int, run_folder: Path) -> None:
+    """SIGSTOP a ServerApp so that its run stands still, and check the run had not ended:
+    a test that kills a run mid-run must not race its last rounds (a tiny round takes
+    about 0.1 s; on busy cores the run had ended before the kill landed)."""
+    os.kill(pid, signal.SIGSTOP)
+    assert not (run_folder / "summary.json").exists(), "the run ended before it was stopped"
+
+
 def processes_naming(*needles: str) -> dict[int, str]:
     """Live processes whose command line contains one of ``needles``."""
     return {

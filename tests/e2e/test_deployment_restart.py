@@ -24,8 +24,15 @@ from deploy.local import CONNECTION, LocalDeployment
 from deploy.run import submit_run
 from server.resume.state import STATE_FOLDER, STATE_SUMMARY
 from simulations.launch import LaunchError
+from simulations.process_tree import descendants
 from simulations.superlink import flower_env
-from tests.helpers import deployment_run_config, node_logs, processes_naming, running
+from tests.helpers import (
+    deployment_run_config,
+    node_logs,
+    processes_naming,
+    running,
+    stop_serverapp,
+)
 
 ROUNDS = 5
 RUN = {"model": "lstm", "dim": 8, "layers": 1, "max-len": 10, "dropout": 0.0,
@@ -44,6 +51,16 @@ def saved_round(results: Path) -> int:
     """
     path = results / STATE_FOLDER / STATE_SUMMARY  # written atomically, after the .pt
     return int(json.loads(path.read_text())["round"]) if path.is_file() else 0
+
+
+def wait_for_saved_round(
+    results: Path, wanted: int, submitted: threading.Thread, deadline: float, poll: float = 0.1
+) -> None:
+    """Return once the run has saved the server state of round ``wanted``."""
+    while saved_round(results) < wanted:
+        assert submitted.is_alive(), "the run ended before the kill"
+        assert time.monotonic() < deadline, f"round {wanted}'s server state was never saved"
+        time.sleep(poll)
 
 
 @pytest.mark.simulation
@@ -70,13 +87,15 @@ def test_a_killed_superlink_and_serverapp_resume_the_run_in_its_folder(
         submitted = threading.Thread(target=submit)
         submitted.start()
         deadline = time.monotonic() + WAIT_SECONDS
-        while saved_round(results) < 2:
-            assert submitted.is_alive(), "the run ended before the kill"
-            assert time.monotonic() < deadline, "round 2's server state was never saved"
-            time.sleep(0.1)
+        wait_for_saved_round(results, 1, submitted, deadline)  # the ServerApp is up
+        assert deployment.superlink is not None
+        below = set(descendants(deployment.superlink.pid))  # not another test's ServerApp
+        serverapps = [pid for pid in processes_naming("flwr-serverapp") if pid in below]
+        wait_for_saved_round(results, 2, submitted, deadline, poll=0.01)
+        for pid in serverapps:  # the kill lands mid-run however busy the cores
+            stop_serverapp(pid, results)
 
         # Execute: SIGKILL the SuperLink and the ServerApp, restart, resubmit
-        serverapps = processes_naming("flwr-serverapp")
         killed = deployment.crash_superlink()
         submitted.join(timeout=120)
         assert not (results / "summary.json").exists(), "the run ended before the kill"

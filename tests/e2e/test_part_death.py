@@ -22,11 +22,14 @@ from simulations.launch import main
 from simulations.superlink import flower_env
 from tests.helpers import (
     BASE,
+    Launch,
     free_port,
     kill_simulation,
     metrics_rows,
+    part_of,
     simulation_processes,
     spawn_launch,
+    stop_serverapp,
     write_preset,
 )
 
@@ -43,6 +46,16 @@ def saved_round(results: Path) -> int:
     return int(json.loads(states[0].read_text())["round"]) if states else -1
 
 
+def wait_for_saved_round(
+    results: Path, wanted: int, launch: Launch, log: Path, deadline: float, poll: float = 0.1
+) -> None:
+    """Return once the run has saved the state of round ``wanted``; fail if it ends first."""
+    while saved_round(results) < wanted:
+        assert launch.process.poll() is None, log.read_text(errors="replace")[-2000:]
+        assert time.monotonic() < deadline, f"round {wanted} was never saved"
+        time.sleep(poll)
+
+
 @pytest.mark.simulation
 @pytest.mark.parametrize(("part", "command"), [("SuperLink", "flower-superlink"),
                                                ("ServerApp", "flwr-simulation")])  # fmt: skip
@@ -57,16 +70,17 @@ def test_a_part_killed_alone_stops_the_run_which_then_resumes(
                           flower_env())  # fmt: skip
     try:
         deadline = time.monotonic() + WAIT_SECONDS
-        while saved_round(results) < 2:
-            assert launch.process.poll() is None, log.read_text(errors="replace")[-2000:]
-            assert time.monotonic() < deadline, "two rounds never completed"
-            time.sleep(0.1)
-        (target,) = [pid for pid, line in simulation_processes(launch.marker).items()
-                     if command in line and "python -m" not in line]  # fmt: skip
+        wait_for_saved_round(results, 0, launch, log, deadline)  # the ServerApp is up
+        serverapp, target = part_of(launch, "flwr-simulation"), part_of(launch, command)
+        wait_for_saved_round(results, 2, launch, log, deadline, poll=0.01)
+        (folder,) = results.iterdir()
+        stop_serverapp(serverapp, folder)  # the kill lands mid-run however busy the cores
 
-        # Execute: SIGKILL that one process; nothing else is signalled
+        # Execute: SIGKILL that one process; the ServerApp, if it lives, goes on
         os.kill(target, signal.SIGKILL)
         killed_at = time.monotonic()
+        if target != serverapp:
+            os.kill(serverapp, signal.SIGCONT)
         launch.process.wait(timeout=WAIT_SECONDS)
         while simulation_processes(launch.marker) and time.monotonic() < killed_at + 60:
             time.sleep(0.1)
@@ -79,7 +93,6 @@ def test_a_part_killed_alone_stops_the_run_which_then_resumes(
     assert survivors == {} and gone_after < GONE_SECONDS, (gone_after, survivors)
     assert launch.process.returncode == 1
     last = log.read_text(errors="replace").strip().splitlines()[-1]
-    (folder,) = results.iterdir()
     assert last.startswith(f"error: the {part} (pid {target}) ")
     assert f"--resume {folder}" in last
     # a ServerApp that lost its SuperLink may have recorded the failure before it was stopped
