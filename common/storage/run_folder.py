@@ -13,12 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
 from common.storage.atomic import write_text_atomically
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 
 def new_run_dir(root: Path, label: str) -> Path:
@@ -71,7 +66,15 @@ def cut_csv_rows(path: Path, rows: int) -> int:
 def plot_series(
     path: Path, x: list[float], series: dict[str, list[float]], xlabel: str, title: str
 ) -> None:
-    """One PNG with one line per series (e.g. validation NDCG@10 per epoch)."""
+    """One PNG with one line per series (e.g. validation NDCG@10 per epoch).
+
+    Matplotlib is imported here, not with the module: the ServerApp, clients and command
+    lines that only write metrics and JSON would pay about 0.3 s of CPU each to load it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     figure, axis = plt.subplots(figsize=(6, 4))
     for label, values in series.items():
         axis.plot(x[: len(values)], values, marker="o", markersize=3, label=label)
