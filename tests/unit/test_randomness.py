@@ -21,10 +21,11 @@ from common.training.cohort import cohort_sample
 from tests.helpers import PROJECT_ROOT
 
 
-def test_gaussian_noise_has_the_asked_scale_shape_and_dtype() -> None:
-    noise = PrivacyRandomness().gaussian(3.0, (400, 500))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])  # float32 values: float32 draws
+def test_gaussian_noise_has_the_asked_scale_shape_and_dtype(dtype: type) -> None:
+    noise = PrivacyRandomness().gaussian(3.0, (400, 500), dtype)
 
-    assert noise.shape == (400, 500) and noise.dtype == np.float32
+    assert noise.shape == (400, 500) and noise.dtype == dtype
     assert abs(float(noise.mean())) < 0.03
     assert float(noise.std()) == pytest.approx(3.0, rel=0.01)
     kurtosis = float(((noise / noise.std()) ** 4).mean())
