@@ -137,9 +137,15 @@ def simulation_processes(marker: str) -> dict[int, str]:
 
 def part_of(launch: Launch, command: str) -> int:
     """The pid of the launched simulation's part started as ``command`` (e.g.
-    ``flwr-simulation``, the ServerApp), not of a Python launcher of it."""
-    (pid,) = [pid for pid, line in simulation_processes(launch.marker).items()
-              if command in line and "python -m" not in line]  # fmt: skip
+    ``flwr-simulation``, the ServerApp), not of a Python launcher of it.
+
+    A child the part has just forked shows the part's command line until it executes
+    its own program (Ray's services are started so, and on busy cores that lasts long
+    enough to be seen): the part is the match whose parent is not a match."""
+    matches = {pid for pid, line in simulation_processes(launch.marker).items()
+               if command in line and "python -m" not in line}  # fmt: skip
+    table = process_table()
+    (pid,) = [pid for pid in matches if table.get(pid, (0, 0, ""))[0] not in matches]
     return pid
 
 
