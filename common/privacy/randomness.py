@@ -45,13 +45,18 @@ class PrivacyRandomness:
         pays for every coordinate of the model; any other ``dtype`` draws in float64."""
         if std < 0:
             raise ValueError(f"noise standard deviation must be non-negative, got {std}")
-        draw = np.float32 if np.dtype(dtype) == np.float32 else np.float64
-        total = self._generator.standard_normal(shape, dtype=draw)
-        one = np.empty_like(total)
+        single = np.dtype(dtype) == np.float32
+        total = self._standard_normal(shape, single)
         for _ in range(3):
-            total += self._generator.standard_normal(dtype=draw, out=one)
-        total *= draw(std / 2.0)
+            total += self._standard_normal(shape, single)
+        total *= total.dtype.type(std / 2.0)
         return total.astype(dtype, copy=False)
+
+    def _standard_normal(self, shape: tuple[int, ...], single: bool) -> np.ndarray:
+        """Standard normal draws of ``shape``, in float32 if ``single`` else float64."""
+        if single:
+            return self._generator.standard_normal(shape, dtype=np.float32)
+        return self._generator.standard_normal(shape)
 
     def poisson_mask(self, rate: float, n: int) -> np.ndarray:
         """Poisson sampling: each of ``n`` members is in with probability ``rate``."""
