@@ -28,25 +28,35 @@ ROOT = Path(__file__).resolve().parent
 PROJECT = ROOT.parent
 RESULTS = ROOT / "results" / "e2e_under_load.json"
 LOAD = (  # the second test process: the unit suite on both cores, again and again
-    "while true; do {python} -m pytest -q -p no:cacheprovider -n 2 tests/unit"
+    "while true; do {python} -m pytest -p no:cacheprovider -n 2 tests/unit"
     " --basetemp={tmp}/load > {tmp}/load.log 2>&1; echo run >> {tmp}/load.runs; done"
 )
+
+
+def failures(output: str, limit: int = 6000) -> str:
+    """pytest's FAILURES section (tracebacks and assertion messages), cut to ``limit``."""
+    start = output.find("= FAILURES =")
+    if start < 0:
+        return ""
+    end = output.find("= warnings summary =", start)
+    return output[start : end if end > 0 else None][:limit]
 
 
 def run_e2e(tests: list[str], workers: int, tmp: Path, index: int) -> dict[str, Any]:
     """One pytest run of ``tests``: its outcome, seconds and failures."""
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", str(workers),
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", str(workers),
          "--dist", "worksteal", "--basetemp", str(tmp / f"e2e-{index}"), *tests],
         cwd=PROJECT, capture_output=True, text=True, check=False,
     )  # fmt: skip
-    lines = result.stdout.strip().splitlines()
+    outcome = re.findall(r"^=*\s*(\d+ (?:passed|failed).*?)\s*=*$", result.stdout, re.MULTILINE)
     return {
         "exit_status": result.returncode,
-        "summary": lines[-1] if lines else "",
+        "summary": outcome[-1] if outcome else result.stdout[-500:],
         "seconds": round(time.monotonic() - started, 1),
         "failed": re.findall(r"^FAILED (\S+)", result.stdout, flags=re.MULTILINE),
+        "failures": failures(result.stdout),
         "load_average": os.getloadavg()[0],
     }
 
