@@ -62,6 +62,7 @@ def next_item_loss(
     gaps: Tensor | None = None,
     per_sample: bool = False,
     label_smoothing: float = 0.0,
+    per_window: bool = False,
 ) -> Tensor:
     """Cross-entropy over all items at every non-padding position.
 
@@ -70,16 +71,25 @@ def next_item_loss(
     ``per_sample`` the scores keep the batch dimension, as Opacus's per-sample
     gradient hooks require, and the loss is the mean over positions of each sample,
     averaged over the batch. ``label_smoothing`` (plain training only) spreads that share
-    of each target's probability mass uniformly over all items.
+    of each target's probability mass uniformly over all items. ``per_window`` (plain
+    training) weighs every window alike, as ``per_sample`` does: the mean over each
+    window's positions, averaged over windows, instead of the mean over all positions,
+    which weighs a window by its length.
     """
     if per_sample and label_smoothing:
         raise ValueError("label smoothing is only supported without per_sample")
     hidden = model(items, gaps)
     mask = targets > 0
     if not per_sample:
+        weights = None
+        if per_window:
+            lengths = mask.sum(1)
+            windows = int((lengths > 0).sum())
+            weights = (1.0 / (lengths.clamp(min=1) * windows)).unsqueeze(1).expand_as(mask)[mask]
         return chunked_cross_entropy(
-            hidden[mask], model.items.weight[1:], targets[mask] - 1, label_smoothing=label_smoothing
-        )
+            hidden[mask], model.items.weight[1:], targets[mask] - 1,
+            label_smoothing=label_smoothing, row_weights=weights,
+        )  # fmt: skip
     return (row_cross_entropy(model, hidden, targets) / mask.sum(1).clamp(min=1)).mean()
 
 

@@ -52,7 +52,8 @@ def exp_scores(
 
 
 class ChunkedLinearCrossEntropy(Function):
-    """Mean cross-entropy of ``hidden @ weight.T`` against ``targets`` (column indices)."""
+    """Mean (or row-weighted) cross-entropy of ``hidden @ weight.T`` against ``targets``
+    (column indices)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -63,8 +64,14 @@ class ChunkedLinearCrossEntropy(Function):
         chunk_size: int,
         dtype: torch.dtype,
         smoothing: float,
+        row_weights: Tensor | None,
     ) -> Tensor:
         count, n_classes = hidden.shape[0], weight.shape[0]
+        shares = (  # each row's share of the loss: 1 / count, or the caller's weights
+            hidden.new_full((count,), 1.0 / count, dtype=torch.float32)
+            if row_weights is None
+            else row_weights.float()
+        )
         low_hidden, low_weight = hidden.to(dtype), weight.to(dtype)
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros_like(weight)
@@ -79,24 +86,25 @@ class ChunkedLinearCrossEntropy(Function):
             expected = (1.0 - smoothing) * picked
             if mean is not None:
                 expected = expected + smoothing * mean
-            total += log_normaliser.sub(expected).sum().double()
-            probabilities /= sums * count
+            share = shares[rows]
+            total += (log_normaliser.sub(expected) * share).sum().double()
+            probabilities *= share.unsqueeze(1) / sums
             if smoothing:
-                probabilities -= smoothing / (n_classes * count)
+                probabilities -= (smoothing / n_classes) * share.unsqueeze(1)
             rows_here = torch.arange(len(target), device=target.device)
-            probabilities[rows_here, target] -= (1.0 - smoothing) / count
+            probabilities[rows_here, target] -= (1.0 - smoothing) * share
             low_probabilities = probabilities.to(dtype)
             grad_hidden[rows] = low_probabilities @ low_weight
             grad_weight += low_probabilities.T @ chunk
         ctx.save_for_backward(grad_hidden, grad_weight)
-        return (total / count).to(hidden.dtype)
+        return total.to(hidden.dtype)
 
     @staticmethod
     def backward(  # type: ignore[override]
         ctx: Any, grad_output: Tensor
-    ) -> tuple[Tensor, Tensor, None, None, None, None]:
+    ) -> tuple[Tensor, Tensor, None, None, None, None, None]:
         grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_output, grad_weight * grad_output, None, None, None, None
+        return grad_hidden * grad_output, grad_weight * grad_output, None, None, None, None, None
 
 
 def chunked_cross_entropy(
@@ -106,11 +114,13 @@ def chunked_cross_entropy(
     chunk_size: int = DEFAULT_CHUNK,
     low_precision: bool | None = None,
     label_smoothing: float = 0.0,
+    row_weights: Tensor | None = None,
 ) -> Tensor:
     """Mean over rows of CE(hidden @ weight.T, targets), computed chunk by chunk.
 
     ``low_precision=None`` picks bfloat16 products where the device has them natively.
     ``label_smoothing`` in [0, 1) matches ``F.cross_entropy(..., label_smoothing=...)``.
+    ``row_weights`` (summing to 1) replace the mean by that weighted sum of row losses.
     """
     if hidden.shape[0] == 0:
         raise ValueError("no positions to score")
@@ -122,5 +132,5 @@ def chunked_cross_entropy(
         )
     dtype = torch.bfloat16 if low_precision else hidden.dtype
     return ChunkedLinearCrossEntropy.apply(  # type: ignore[no-any-return]
-        hidden, weight, targets, chunk_size, dtype, label_smoothing
+        hidden, weight, targets, chunk_size, dtype, label_smoothing, row_weights
     )

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 SELECTION_METRIC = "ndcg@10"
 OPTIMIZERS = ("adam", "adamw")
 WINDOWS = {"sequence": training_windows, "prefix": prefix_windows}
+LOSS_WEIGHTINGS = ("position", "window")
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,10 @@ class TrainConfig:
     trains (``cpu``, ``cuda``, ``cuda:1``); evaluation runs there too. ``windows`` says
     how sequences become examples: ``sequence`` (a target at every position of each
     window) or ``prefix`` (one window per target, predicted from the last position, as
-    at evaluation; :func:`common.data.features.prefix_windows`).
+    at evaluation; :func:`common.data.features.prefix_windows`). ``loss_weighting``:
+    ``position`` (every target position alike: a long window weighs more) or ``window``
+    (every window alike, the mean over its positions; a federated round of per-user
+    updates weighs its users so).
     """
 
     epochs: int = 200
@@ -51,6 +55,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     device: str = "cpu"
     windows: str = "sequence"
+    loss_weighting: str = "position"
 
     def __post_init__(self) -> None:
         check_field_types(self)
@@ -67,6 +72,11 @@ class TrainConfig:
             )
         if self.windows not in WINDOWS:
             raise ValueError(f"windows must be one of {', '.join(WINDOWS)}, got {self.windows!r}")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(
+                f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, "
+                f"got {self.loss_weighting!r}"
+            )
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         try:
@@ -130,6 +140,7 @@ def train_epoch(
     rng: np.random.Generator,
     progress: Callable[[int], None] | None = None,
     label_smoothing: float = 0.0,
+    per_window: bool = False,
 ) -> float:
     """One pass over all windows, on the model's device; returns the mean training loss."""
     model.train()
@@ -140,7 +151,9 @@ def train_epoch(
         items, targets = items.to(device), targets.to(device)
         gaps = gaps.to(device) if gaps is not None else None
         optimizer.zero_grad(set_to_none=True)
-        loss = next_item_loss(model, items, targets, gaps, label_smoothing=label_smoothing)
+        loss = next_item_loss(
+            model, items, targets, gaps, label_smoothing=label_smoothing, per_window=per_window
+        )
         loss.backward()
         optimizer.step()
         total += float(loss.detach())
@@ -210,9 +223,8 @@ def train_centralized(
     for epoch in range(1, config.epochs + 1):
         progress = progress_factory(epoch, len(windows)) if progress_factory else None
         started = time.perf_counter()
-        loss = train_epoch(
-            model, optimizer, windows, config.batch_size, rng, progress, config.label_smoothing
-        )
+        loss = train_epoch(model, optimizer, windows, config.batch_size, rng, progress,
+                           config.label_smoothing, config.loss_weighting == "window")  # fmt: skip
         lr = float(optimizer.param_groups[0]["lr"])
         record = EpochRecord(epoch, loss, time.perf_counter() - started, lr)
         if epoch % config.eval_every == 0 or epoch == config.epochs:

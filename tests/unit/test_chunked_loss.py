@@ -66,3 +66,29 @@ def test_empty_input_is_an_error() -> None:
         chunked_cross_entropy(
             torch.zeros(0, 4), torch.zeros(3, 4), torch.zeros(0, dtype=torch.long)
         )
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_row_weights_give_the_weighted_sum_in_value_and_gradients(label_smoothing: float) -> None:
+    torch.manual_seed(1)
+    hidden = torch.randn(37, 8, requires_grad=True)
+    weight = (0.3 * torch.randn(23, 8)).requires_grad_()
+    targets = torch.randint(0, 23, (37,))
+    shares = torch.rand(37)
+    shares /= shares.sum()
+    losses = F.cross_entropy(
+        hidden @ weight.T, targets, reduction="none", label_smoothing=label_smoothing
+    )
+    dense = (losses * shares).sum()
+    chunked = chunked_cross_entropy(
+        hidden, weight, targets, chunk_size=5, low_precision=False,
+        label_smoothing=label_smoothing, row_weights=shares,
+    )  # fmt: skip
+    assert float(chunked) == pytest.approx(float(dense), rel=1e-5)
+    assert float(chunked) != pytest.approx(float(losses.mean()), rel=1e-3)  # weights matter
+    for expected, actual in zip(
+        torch.autograd.grad(dense, [hidden, weight]),
+        torch.autograd.grad(chunked, [hidden, weight]),
+        strict=True,
+    ):
+        assert torch.allclose(expected, actual, atol=1e-6, rtol=1e-5)

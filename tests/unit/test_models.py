@@ -85,6 +85,23 @@ def test_dense_and_gathered_losses_agree(name: str, monkeypatch: pytest.MonkeyPa
     assert torch.allclose(gathered, dense, atol=1e-6)
 
 
+def test_per_window_weighting_equals_the_per_sample_loss(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: windows of different lengths, so the two weightings differ
+    monkeypatch.setattr(chunked_loss, "fast_bfloat16_available", lambda: False)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="lstm", dim=8, max_len=6, dropout=0.0), N_ITEMS)
+    items = tiny_batch()
+    targets = torch.roll(items, -1, dims=1) * (items > 0)
+    targets[:, -1] = 1
+    # Execute
+    per_window = next_item_loss(model, items, targets, per_window=True)
+    per_position = next_item_loss(model, items, targets)
+    per_sample = next_item_loss(model, items, targets, per_sample=True)
+    # Assert: every window weighs alike, its positions averaged
+    assert torch.allclose(per_window, per_sample, atol=1e-6)
+    assert not torch.allclose(per_window, per_position, atol=1e-4)
+
+
 @pytest.mark.parametrize("norm", ["pre", "post"])
 def test_attention_layouts_have_exact_per_sample_gradients(norm: str) -> None:
     torch.manual_seed(0)
