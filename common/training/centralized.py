@@ -66,17 +66,11 @@ class TrainConfig:
             raise ValueError("lr must be > 0, weight_decay >= 0 and patience >= 1")
         if self.lr_patience < 0 or not 0.0 < self.lr_factor < 1.0:
             raise ValueError("lr_patience must be >= 0 (0 = off) and lr_factor in (0, 1)")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(
-                f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
-            )
-        if self.windows not in WINDOWS:
-            raise ValueError(f"windows must be one of {', '.join(WINDOWS)}, got {self.windows!r}")
-        if self.loss_weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(
-                f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, "
-                f"got {self.loss_weighting!r}"
-            )
+        choices = {"optimizer": OPTIMIZERS, "windows": WINDOWS, "loss_weighting": LOSS_WEIGHTINGS}
+        for name, allowed in choices.items():  # as FederatedConfig checks its choices
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         try:
