@@ -58,7 +58,7 @@ from simulations.launch import (
     resolve_config,
     unwind_on_sigterm,
 )
-from simulations.superlink import SuperLinkError
+from simulations.superlink import SuperLinkError, add_ray_arguments
 
 logger = logging.getLogger("fedseqrec.canary_audit")
 
@@ -201,7 +201,9 @@ def run_audit(args: argparse.Namespace) -> CanaryAudit:
     n_users = check_inputs(config)
     if n_users != real.n_users + int(canaries.planted.sum()):
         raise LaunchError(f"{click_log}: {n_users} users, not the real ones plus the planted")
-    summary = launch_in(results_dir, label, config, n_users, args.port)
+    summary = launch_in(
+        results_dir, label, config, n_users, args.port, args.ray_address or "", args.ray_cpus or 0
+    )
     checkpoint = load_checkpoint(results_dir / FINAL_CHECKPOINT)
     losses = canary_losses(checkpoint, canaries.sequences)
     guarantee = run_guarantee(results_dir, federated.dp, n_users)
@@ -273,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="canaries and split (default: the run's seed)")
     parser.add_argument("--results", type=Path, default=PROJECT_ROOT / "results")
     parser.add_argument("--port", type=int, default=39291, help="local SuperLink HTTP port")
+    add_ray_arguments(parser)
     return parser
 
 

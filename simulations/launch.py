@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import tomllib
@@ -51,13 +50,11 @@ from simulations.outcome import (
 )
 from simulations.superlink import (
     CONNECTION,
-    RAY_CPUS_VARIABLE,
     LocalSuperLink,
     SuperLinkError,
-    cluster_address,
+    add_ray_arguments,
     ensure_connection,
     federation_config,
-    ray_cpus,
     simulation_env,
 )
 from simulations.supervision import RUN_MARKER, PartDeath, RunSupervisor
@@ -220,15 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--results", type=Path, default=PROJECT_ROOT / "results")
     parser.add_argument("--port", type=port_number, default=39291, help="local SuperLink port")
-    parser.add_argument(
-        "--ray-address", type=cluster_address, default=None, metavar="HOST:PORT",
-        help="run the clients on this Ray cluster (docs/simulations.md, Ray cluster)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--ray-cpus", type=ray_cpus, default=os.environ.get(RAY_CPUS_VARIABLE), metavar="N",
-        help=f"CPUs (one client worker each) of this machine's Ray; default all, or "
-        f"${RAY_CPUS_VARIABLE}; ignored with --ray-address",
-    )  # fmt: skip
+    add_ray_arguments(parser)
     return parser
 
 

@@ -115,6 +115,20 @@ def cluster_address(text: str) -> str:
     return text.strip()
 
 
+def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--ray-address`` and ``--ray-cpus``, the same for every command that launches a
+    simulation (``simulations.launch``, ``simulations.canary_audit``)."""
+    parser.add_argument(
+        "--ray-address", type=cluster_address, default=None, metavar="HOST:PORT",
+        help="run the clients on this Ray cluster (docs/simulations.md, Ray cluster)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--ray-cpus", type=ray_cpus, default=os.environ.get(RAY_CPUS_VARIABLE), metavar="N",
+        help=f"CPUs (one client worker each) of this machine's Ray; default all, or "
+        f"${RAY_CPUS_VARIABLE}; ignored with --ray-address",
+    )  # fmt: skip
+
+
 def write_connection(flwr_home: Path, name: str, settings: dict[str, Any]) -> Path:
     """Add (or update) the connection ``name`` in ``$FLWR_HOME/config.toml``.
 

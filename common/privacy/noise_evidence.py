@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy.stats import chi2
 
 FALSE_ALARM_RATE = 1e-6  # per release: the chance that an honest release fails
 
@@ -68,6 +67,8 @@ def measure_noise(
     samples = np.asarray(values, dtype=np.float64).ravel()
     if not len(samples) or not np.isfinite(samples).all():
         raise ValueError(f"{len(samples)} pure-noise values, not all finite: nothing to measure")
+    from scipy.stats import chi2  # here, not at import: 0.8 s every ServerApp start would pay
+
     squares = float(np.square(samples).sum())
     lower_quantile = float(chi2.ppf(alpha, len(samples)))
     return NoiseMeasurement(

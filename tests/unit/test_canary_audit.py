@@ -219,6 +219,29 @@ def test_bad_canary_settings_are_one_line_errors_before_any_run(
     assert not results.exists()
 
 
+def test_the_audit_launches_on_the_ray_it_is_given(
+    cycle_log: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    launched: list[tuple[object, ...]] = []
+
+    def no_launch(*args: object) -> None:
+        launched.append(args[5:])  # launch_in(folder, label, config, users, port, address, cpus)
+        raise canary_audit.LaunchError("not launched")
+
+    monkeypatch.setattr(canary_audit, "launch_in", no_launch)
+    monkeypatch.setenv("FEDSEQREC_RAY_CPUS", "1")
+    preset = tmp_path / "tiny.toml"
+    preset.write_text(f'dataset = "{cycle_log}"\npartition-mode = "cross-silo"\n')
+    common = ["--preset", str(preset), "--canaries", "4", "--results", str(tmp_path / "r")]
+
+    codes = [main(common), main([*common, "--ray-cpus", "2"]),
+             main([*common, "--ray-address", "head.local:6379"])]  # fmt: skip
+
+    assert codes == [2, 2, 2]
+    # the launcher's defaults: $FEDSEQREC_RAY_CPUS, else every CPU; a cluster's address
+    assert launched == [("", 1), ("", 2), ("head.local:6379", 1)]
+
+
 def test_a_bound_above_the_theoretical_epsilon_fails_the_audit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
