@@ -1,11 +1,11 @@
 """The end-to-end tests, run several times in a row while a second test process loads both cores.
 
-``python benchmarks/e2e_under_load.py [--runs 5] [--workers 3] [TESTS ...]`` starts the
-unit suite in a loop (``pytest -n 2 tests/unit``, a second test process on both cores),
-then runs the end-to-end tests (``pytest -n WORKERS --dist worksteal TESTS``, default
+``python benchmarks/e2e_under_load.py [--runs 5] [--workers 3] [--results JSON] [TESTS ...]``
+starts the unit suite in a loop (``pytest -n 2 tests/unit``, a second test process on both
+cores), then runs the end-to-end tests (``pytest -n WORKERS --dist worksteal TESTS``, default
 every test in ``tests/e2e``) ``--runs`` times in a row, each in a fresh temporary folder.
-A race that needs busy cores to show shows here. Writes
-``benchmarks/results/e2e_under_load.json``: each run's exit status, pytest's summary
+A race that needs busy cores to show shows here. Writes ``--results`` (default
+``benchmarks/results/e2e_under_load.json``): each run's exit status, pytest's summary
 line, seconds, the failed tests and the load average, and how many unit-suite runs
 completed meanwhile (the load was real).
 """
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__)  # fmt: skip
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--results", type=Path, default=RESULTS, help="JSON to write")
     parser.add_argument("tests", nargs="*", default=["tests/e2e"])
     args = parser.parse_args(argv)
     runs: list[dict[str, Any]] = []
@@ -95,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "all_passed": all(run["exit_status"] == 0 for run in runs),
     }
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{sum(r['exit_status'] == 0 for r in runs)}/{len(runs)} runs passed -> {RESULTS}")
+    args.results.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{sum(r['exit_status'] == 0 for r in runs)}/{len(runs)} runs passed -> {args.results}")
     return 0 if report["all_passed"] else 1
 
 
