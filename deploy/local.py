@@ -13,7 +13,9 @@ log (``--node-config data-path=...``, its private key, the CA; the same key sign
 node's receipts, node config ``receipt-key``) and, unless ``--cold``, a warm SuperExec per
 node (:mod:`deploy.warm_superexec`). It submits one run (:func:`deploy.run.submit_run`),
 whose server signs its ledger with the deployment's ``ledger-key``, and stops every
-process it started, also on errors.
+process it started, also on errors. If its owner dies without stopping them (SIGKILL
+included), a watchdog (:mod:`simulations.watchdog`) stops every process that carries the
+deployment's marker, as it does for a simulation whose launcher died.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -39,6 +42,8 @@ from deploy.run import deployment_config, submit_run
 from simulations.launch import PROJECT_ROOT, LaunchError
 from simulations.process_tree import kill_process_tree, stop_process_group
 from simulations.superlink import flower_env, free_port, write_connection
+from simulations.supervision import RUN_MARKER
+from simulations.watchdog import release_watchdog, start_watchdog
 
 logger = logging.getLogger("fedseqrec.deploy")
 
@@ -64,7 +69,11 @@ def _healthy(port: int, context: ssl.SSLContext) -> bool:
 
 @dataclass
 class LocalDeployment:
-    """SuperLink and SuperNodes on 127.0.0.1 for the ``with`` block (TLS + node auth)."""
+    """SuperLink and SuperNodes on 127.0.0.1 for the ``with`` block (TLS + node auth).
+
+    Every process it starts inherits a fresh :data:`RUN_MARKER` in ``env``, and a watchdog
+    holding a pipe from this process stops them all if this process dies first.
+    """
 
     work_dir: Path
     node_data: list[Path]
@@ -75,6 +84,7 @@ class LocalDeployment:
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     database: Path | None = None  # the SuperLink's state file (Flower's --database)
     superlink: subprocess.Popen[bytes] | None = None
+    watchdog: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> LocalDeployment:
         try:
@@ -100,7 +110,9 @@ class LocalDeployment:
         keys = create_credentials(self.work_dir / "keys", len(self.node_data))
         self.credentials = keys
         self.port = self.port or free_port()
-        self._start_superlink(keys)
+        self.env = {**self.env, RUN_MARKER: uuid.uuid4().hex}
+        superlink = self._start_superlink(keys)
+        self.watchdog = start_watchdog(superlink.pid, self.env)
         write_tls_connection(
             Path(self.env["FLWR_HOME"]), CONNECTION, f"127.0.0.1:{self.port}", keys.ca_certificate
         )
@@ -142,7 +154,7 @@ class LocalDeployment:
             raise LaunchError("the deployment was never started")
         self._start_superlink(self.credentials)
 
-    def _start_superlink(self, keys: DeploymentCredentials) -> None:
+    def _start_superlink(self, keys: DeploymentCredentials) -> subprocess.Popen[bytes]:
         database = ["--database", str(self.database)] if self.database else []
         process = self._spawn(
             [
@@ -175,6 +187,7 @@ class LocalDeployment:
             if time.monotonic() > deadline:
                 raise LaunchError(f"flower-superlink not ready after {STARTUP_SECONDS:.0f}s")
             time.sleep(0.2)
+        return process
 
     def _register(self, public_keys: list[Path]) -> None:
         """``flwr supernode register`` every key (in parallel): only these may connect."""
@@ -243,6 +256,9 @@ class LocalDeployment:
         for thread in stoppers:
             thread.join()
         self.processes.clear()
+        if self.watchdog is not None:
+            release_watchdog(self.watchdog)
+            self.watchdog = None
 
 
 def run_local(

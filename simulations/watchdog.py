@@ -1,5 +1,8 @@
 """Stops a launcher's SuperLink and simulation when the launcher dies, even by SIGKILL.
 
+The owner of a local deployment (:class:`deploy.local.LocalDeployment`) starts one too:
+its SuperLink, SuperNodes and their apps carry its marker.
+
 ``python -m simulations.watchdog SUPERLINK_PID [RUN_DIR]`` runs in a session of its own
 with its standard input a pipe from the launcher. The kernel closes that pipe when the launcher
 exits, however it exits, so reading it to the end is waiting for the launcher. A
