@@ -135,6 +135,15 @@ def simulation_processes(marker: str) -> dict[int, str]:
     return marked_processes(marker, variable=MARKER)
 
 
+def survivors(marker: str, within: float = 60.0) -> dict[int, str]:
+    """The processes still carrying ``MARKER=marker`` once none is left or ``within``
+    seconds have passed: what a stop (a watchdog's, a launcher's) left running."""
+    deadline = time.monotonic() + within
+    while simulation_processes(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return simulation_processes(marker)
+
+
 def part_of(launch: Launch, command: str) -> int:
     """The pid of the launched simulation's part started as ``command`` (e.g.
     ``flwr-simulation``, the ServerApp), not of a Python launcher of it.

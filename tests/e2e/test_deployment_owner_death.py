@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 
 from simulations.launch import PROJECT_ROOT
 from simulations.superlink import flower_env
-from tests.helpers import MARKER, node_logs, simulation_processes, still_running
+from tests.helpers import MARKER, node_logs, simulation_processes, still_running, survivors
 
 OWNER = """
 import sys, time
@@ -52,10 +51,7 @@ def test_a_killed_owner_takes_its_superlink_supernode_and_superexec_down(
         owner.wait(timeout=30)
 
         # Assert: the watchdog stops every process of the deployment
-        deadline = time.monotonic() + 60
-        while simulation_processes(env[MARKER]) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert simulation_processes(env[MARKER]) == {}
+        assert survivors(env[MARKER], within=60.0) == {}
         assert still_running(list(parts), within=30) == []
     finally:
         for pid in simulation_processes(env[MARKER]):  # never leave a failed test's parts

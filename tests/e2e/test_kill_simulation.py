@@ -34,6 +34,7 @@ from tests.helpers import (
     kill_simulation,
     processes_naming,
     simulation_processes,
+    survivors,
     write_preset,
 )
 
@@ -171,10 +172,7 @@ def test_a_launcher_killed_alone_takes_its_simulation_down_with_it(
         # Execute: SIGKILL the launcher process only; nothing else is signalled
         os.kill(launch.process.pid, signal.SIGKILL)
         launch.process.wait(timeout=30)
-        deadline = time.monotonic() + 60.0
-        while simulation_processes(launch.marker) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        left = simulation_processes(launch.marker)
+        left = survivors(launch.marker, within=60.0)
     # Assert: the watchdog stopped the SuperLink and the whole simulation on its own
     assert any("flwr-simulation" in command for command in before.values())
     assert any("simulations.watchdog" in command for command in before.values())

@@ -27,9 +27,9 @@ from tests.helpers import (
     kill_simulation,
     metrics_rows,
     part_of,
-    simulation_processes,
     spawn_launch,
     stop_serverapp,
+    survivors,
     write_preset,
 )
 
@@ -82,15 +82,13 @@ def test_a_part_killed_alone_stops_the_run_which_then_resumes(
         if target != serverapp:
             os.kill(serverapp, signal.SIGCONT)
         launch.process.wait(timeout=WAIT_SECONDS)
-        while simulation_processes(launch.marker) and time.monotonic() < killed_at + 60:
-            time.sleep(0.1)
+        left = survivors(launch.marker, within=killed_at + 60 - time.monotonic())
         gone_after = time.monotonic() - killed_at
-        survivors = simulation_processes(launch.marker)
     finally:
         kill_simulation(launch)
 
     # Assert: everything stopped within seconds; one line says which part and what to do
-    assert survivors == {} and gone_after < GONE_SECONDS, (gone_after, survivors)
+    assert left == {} and gone_after < GONE_SECONDS, (gone_after, left)
     assert launch.process.returncode == 1
     last = log.read_text(errors="replace").strip().splitlines()[-1]
     assert last.startswith(f"error: the {part} (pid {target}) ")
