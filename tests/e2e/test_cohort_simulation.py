@@ -17,28 +17,24 @@ RUN = {"model": "lstm", "dim": 8, "layers": 1,
 
 
 @pytest.mark.simulation
-def test_cohorts_match_one_flower_client_per_user_and_repeat_exactly(
+def test_cohorts_match_one_flower_client_per_user(
     cycle_log: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Every user trains in both runs, so FedAvg over users must come out the same. That
+    a seed repeats a run of sampled cohorts bit for bit is asserted by
+    ``tests/e2e/test_resume.py``: its uninterrupted run and its killed one sample their
+    cohorts' users apart, by seed and round, and must end in one model."""
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
     base = {"dataset": str(cycle_log), **RUN}
 
     per_user = run(tmp_path, "per-user", {**base, "partition-mode": "cross-device"})
-    cohort_run = {**base, "partition-mode": "cohort", "users-per-client": 10,
-                  "fraction-train": 0.6}  # fmt: skip
-    cohorts = run(tmp_path, "cohorts", {**cohort_run, "fraction-train": 1.0})
-    sampled = [run(tmp_path, f"sampled-{i}", cohort_run) for i in (1, 2)]
+    cohorts = run(tmp_path, "cohorts", {**base, "partition-mode": "cohort", "users-per-client": 10})
 
     first = torch.load(per_user / "checkpoint.pt", weights_only=True)["state_dict"]
     second = torch.load(cohorts / "checkpoint.pt", weights_only=True)["state_dict"]
     assert first.keys() == second.keys()
     for name in first:  # bfloat16 score products make the two batchings differ slightly
         torch.testing.assert_close(second[name], first[name], rtol=1e-2, atol=2e-3)
-    first_sampled, second_sampled = (
-        torch.load(folder / "checkpoint.pt", weights_only=True)["state_dict"] for folder in sampled
-    )
-    for name in first_sampled:  # same seed, same Poisson samples, same model: bit for bit
-        assert torch.equal(first_sampled[name], second_sampled[name]), name
     summary = json.loads((cohorts / "summary.json").read_text())
     assert summary["status"] == "completed"
     assert summary["valid"]["ndcg@10"] > summary["untrained_valid"]["ndcg@10"]

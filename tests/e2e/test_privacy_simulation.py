@@ -1,4 +1,9 @@
-"""End to end: DP runs account every release in the ledger and stop at their budgets."""
+"""End to end: DP runs account every release in the ledger and stop at their budgets.
+
+Both runs compose their item tables from public item attributes (user-level DP:
+``attributes``; local DP with Opacus: ``attributes+residual``), and a device rebuilds the
+released model from the checkpoint alone.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,34 @@ from pathlib import Path
 
 import pytest
 
+from client.recommend import recommend
 from common.data.features import training_windows
 from common.data.partitioning import load_partition
+from common.federation.checkpoints import load_checkpoint
 from common.privacy.accounting import Release, pld_epsilon
 from common.privacy.ledger import read_ledger
 from common.training.dp_sgd import sampling_rate
-from tests.helpers import BASE
+from tests.helpers import BASE, write_cycle_attributes
 from tests.helpers import launch_run as run
+
+
+def attribute_settings(cycle_log: Path, folder: Path, embedding: str) -> dict[str, str]:
+    """The run settings of an item table composed from the cycle log's item attributes."""
+    attributes = write_cycle_attributes(cycle_log, folder / "attributes.csv")
+    return {"item-embedding": embedding, "item-attributes": str(attributes)}
+
+
+def assert_attribute_tables(folder: Path, embedding: str, attributes: Path) -> None:
+    """The checkpoint holds attribute rows (and a residual table only with
+    ``attributes+residual``), no item table; a device ranks from it without the file."""
+    checkpoint = load_checkpoint(folder / "checkpoint.pt")
+    state = checkpoint.state_dict
+    # 4 attributes, padding and "no attributes" (i29)
+    assert "items.weight" not in state and tuple(state["items.attributes"].shape) == (6, 8)
+    assert ("items.residual" in state) == (embedding == "attributes+residual")
+    attributes.unlink()
+    ranked, _ = recommend(checkpoint, ["i3", "i4"], 3, {})
+    assert len(ranked) == 3
 
 
 @pytest.mark.simulation
@@ -26,7 +52,8 @@ def test_user_level_dp_records_each_round_and_stops_before_the_budget(
     budget = (pld_epsilon([round_release] * 2, delta) + pld_epsilon([round_release] * 3, delta)) / 2
     settings = {"dataset": str(cycle_log), **BASE, "partition-mode": "cohort",
                 "users-per-client": 10, "fraction-train": 0.5, "dp": "user",
-                "target-epsilon": budget}  # fmt: skip
+                "target-epsilon": budget,
+                **attribute_settings(cycle_log, tmp_path, "attributes")}  # fmt: skip
 
     folder = run(tmp_path, "user-dp", settings)
 
@@ -43,6 +70,7 @@ def test_user_level_dp_records_each_round_and_stops_before_the_budget(
     assert entries[-1].epsilon <= budget
     assert summary["privacy"]["delta"] == pytest.approx(delta)
     assert json.loads((folder / "audit.json").read_text())["passed"]  # the launcher audited
+    assert_attribute_tables(folder, "attributes", tmp_path / "attributes.csv")
 
 
 @pytest.mark.simulation
@@ -59,7 +87,8 @@ def test_local_dp_composes_across_rounds_and_clients_refuse_past_their_budget(
     budget = (pld_epsilon([one] * 2, delta) + pld_epsilon([one] * 3, delta)) / 2
     settings = {"dataset": str(cycle_log), **BASE, "partition-mode": "cross-silo",
                 "users-per-client": 10, "fraction-train": 1.0, "dp": "local",
-                "budget-epsilon": budget}  # fmt: skip
+                "budget-epsilon": budget,
+                **attribute_settings(cycle_log, tmp_path, "attributes+residual")}  # fmt: skip
 
     folder = run(tmp_path, "local-dp", settings)
 
@@ -76,3 +105,4 @@ def test_local_dp_composes_across_rounds_and_clients_refuse_past_their_budget(
         assert len(epsilons) == 2 and epsilons[0] < epsilons[1] <= budget
     assert {(e.delta, e.population, e.run_id) for e in entries} == {(delta, 20, folder.name)}
     assert json.loads((folder / "audit.json").read_text())["passed"]  # cross-checked run
+    assert_attribute_tables(folder, "attributes+residual", tmp_path / "attributes.csv")

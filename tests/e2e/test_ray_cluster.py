@@ -4,8 +4,10 @@ Two Ray nodes of one CPU each are started on 127.0.0.1 the way a user starts a c
 (``ray start --head``, then ``ray start --address``); the launcher's ``--ray-address``
 sends the simulation's clients there. The run must end in the same model, bit for bit,
 as a one-node run of the same seed without DP, and client actors must have run on both
-nodes. The nodes are stopped by the marker in their environment, never with ``ray
-stop`` (which stops every Ray on the machine, other tests' too).
+nodes. That is also the check that a seed reproduces a cross-silo run: the two nodes'
+replies arrive in any order, and the server aggregates them in one order of their own
+(``server/reply_order.py``). The nodes are stopped by the marker in their environment,
+never with ``ray stop`` (which stops every Ray on the machine, other tests' too).
 """
 
 from __future__ import annotations
