@@ -438,10 +438,13 @@ def killed_dp_run(cycle_log: Path, folder: Path, saved: int, released: int) -> R
     return recorder
 
 
-def forge_noise_consistently(run: Path, factor: float = 2.0, signer: Any = None) -> None:
+def forge_noise_consistently(
+    run: Path, factor: float = 2.0, signer: Any = None, mechanism: str = ""
+) -> None:
     """What a dishonest server can do to its own run folder, and no ledger check sees.
 
-    Every noise multiplier in ``ledger/server.jsonl`` times ``factor``, every epsilon
+    Every noise multiplier in ``ledger/server.jsonl`` (of ``mechanism``'s entries alone
+    if given, e.g. ``dp-fedavg``: the rounds, not the statistics) times ``factor``, every epsilon
     recomputed with the project's accountant, the hash chain rebuilt, the entries signed
     again with ``signer`` (the server's own ledger key, a :class:`Signer`), and the
     ledger heads of ``summary.json`` and of every checkpoint rewritten to match.
@@ -455,7 +458,8 @@ def forge_noise_consistently(run: Path, factor: float = 2.0, signer: Any = None)
     releases, lines, previous = [], [], GENESIS
     for text in path.read_text().splitlines():
         record = {"accountant": "rdp", **json.loads(text), "prev_hash": previous}
-        record["noise_multiplier"] *= factor
+        if not mechanism or record["mechanism"] == mechanism:
+            record["noise_multiplier"] *= factor
         releases.append(LedgerEntry(**record).release())
         record["epsilon"] = composed_epsilon(releases, record["delta"], record["accountant"])
         lines.append(LedgerEntry(**record).to_json())

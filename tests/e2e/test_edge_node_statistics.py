@@ -7,6 +7,12 @@ from the nodes' logs (half the budget), trains two rounds, and the nodes evaluat
 on-device scorer (model weighted in); the audit checks the ledger against the nodes'
 signed receipts. Then a node ranks one of its users with
 ``fedseqrec-recommend`` from the run folder's three files and its own attribute copy.
+
+Last, the server's side is forged as only the key holder can: every round's noise
+multiplier doubled, epsilons recomputed, the chain rebuilt, the entries signed again with
+the deployment's ledger key, the heads in the summary and checkpoints rewritten. The
+ledger checks alone have nothing to hold on to; the receipts name the noise multiplier
+of every round on every node, and the released model's own noise tells too.
 """
 
 from __future__ import annotations
@@ -23,12 +29,21 @@ import pytest
 from client.recommend import main as recommend_main
 from common.federation.config import FederatedConfig
 from common.privacy.ledger import read_ledger
+from common.privacy.node_receipts import RECEIPTS_FILE, read_receipts
+from common.privacy.receipts import released_model_sha256
 from common.privacy.report import main as audit
+from common.privacy.signing import Signer
 from common.privacy.statistics import STATISTICS_FILE
+from deploy.certificates import DeploymentCredentials
 from deploy.local import CONNECTION, LocalDeployment
 from deploy.run import submit_run
 from simulations.superlink import flower_env
-from tests.helpers import deployment_run_config, node_logs, write_cycle_attributes
+from tests.helpers import (
+    deployment_run_config,
+    forge_noise_consistently,
+    node_logs,
+    write_cycle_attributes,
+)
 
 MODEL_WEIGHT = 2.0
 RUN = {"model": "lstm", "dim": 8, "layers": 1, "max-len": 10, "dropout": 0.0,
@@ -89,6 +104,7 @@ def test_edge_nodes_release_statistics_train_and_a_node_ranks_with_both(
     assert json.loads((results / "scorer.json").read_text())["settings"]["model_weight"] == 2.0
     assert audit_code == 0, audit_output
     assert "keys from --node-keys" in audit_output
+    assert "server.jsonl: all 3 entries of this run are signed by the ledger key" in audit_output
     assert json.loads((results / "audit.json").read_text())["passed"] is True
     assert summary["scoring"].startswith("on-device scorer")
     assert summary["released_metrics"] and 0.0 <= summary["test"]["hr@10"] <= 1.0
@@ -122,3 +138,43 @@ def test_edge_nodes_release_statistics_train_and_a_node_ranks_with_both(
     scores = {r["item"]: r["score"] for r in alone["recommendations"]}
     shared = [r for r in both["recommendations"] if r["item"] in scores]
     assert not np.allclose([r["score"] for r in shared], [scores[r["item"]] for r in shared])
+    assert_receipts_catch_a_forgery(results, [log.parent for log in logs], keys, capsys)
+
+
+def assert_receipts_catch_a_forgery(
+    results: Path, nodes: list[Path], keys: DeploymentCredentials,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """Every node received each round's announcement and the released model; a forgery of
+    the rounds' noise that the ledger's key holder made consistent fails on both nodes'
+    receipts and on the model's own noise, and on nothing else."""
+    noise = json.loads((results / "summary.json").read_text())["privacy"]["noise_multiplier"]
+    _, released = released_model_sha256(results / "checkpoint.pt")
+    for node in nodes:
+        receipts = read_receipts(node / RECEIPTS_FILE).receipts
+        train = [r for r in receipts if r.message == "train"]
+        assert [(r.round, r.model_round) for r in train] == [(1, 0), (2, 1)]
+        assert {(r.mechanism, r.noise_multiplier, r.run_id) for r in train} == {
+            ("dp-fedavg", noise, results.name)
+        }
+        final = [r for r in receipts if r.message == "evaluate"][-1]
+        assert (final.model_round, final.model_sha256) == (2, released)
+
+    forge_noise_consistently(results, 2.0, Signer.from_file(keys.ledger_key), "dp-fedavg")
+    capsys.readouterr()
+    registered = ["--node-keys", *(str(key) for key in keys.node_public_keys)]
+    code = audit([str(results), "--receipts", *map(str, nodes), *registered])
+    forged = capsys.readouterr().out
+
+    assert code == 1, forged
+    lines = [line.strip() for line in forged.split("FAILED")[1].splitlines()[1:]]
+    expected = {
+        f"node-{index} (node {node_id}), round {server_round}: noise_multiplier is "
+        f"{2 * noise} in the ledger but {noise} in the node's receipt"
+        for index, node in enumerate(nodes, start=1)
+        for node_id in {r.node_id for r in read_receipts(node / RECEIPTS_FILE).receipts}
+        for server_round in (1, 2)
+    }
+    assert {line for line in lines if "in the node's receipt" in line} == expected
+    noise_lines = [line for line in lines if "carries less noise than its ledger" in line]
+    assert len(noise_lines) == 2 and len(lines) == len(expected) + 2
