@@ -95,6 +95,68 @@ def launch_run(
     return folder
 
 
+@dataclass
+class FedAvgTrace:
+    """What :func:`in_process_fedavg` computed: the final global model, validation
+    NDCG@10 after each round (round 0: untrained), and each round's example-weighted
+    training loss and example count, as a run's metrics.csv records them."""
+
+    model: SequenceRecommender
+    valid_ndcg: list[float]
+    train_loss: list[float]
+    examples: list[int]
+
+
+def in_process_fedavg(config: FederatedConfig, clients: int) -> FedAvgTrace:
+    """FedAvg of ``clients`` partitions (every one each round) computed in-process,
+    without Flower: the reference a real simulation of ``config`` must match. Torch runs
+    on one thread meanwhile, as a simulation's one-CPU client workers do (Ray sets
+    ``OMP_NUM_THREADS=1``): sums split over threads round differently."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _fedavg(config, clients)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fedavg(config: FederatedConfig, clients: int) -> FedAvgTrace:
+    """:func:`in_process_fedavg` on the threads it was given."""
+    from common.data.partitioning import load_partition
+    from common.evaluation.scoring import evaluate_model
+    from common.federation.messages import load_arrays
+    from common.training.local import round_seed, train_local
+
+    split = load_split(config.dataset)
+    torch.manual_seed(config.seed)
+    server = build_model(config.model_config(), split.n_items)
+    untrained = evaluate_model(server, split, "valid", config.max_len)["ndcg@10"]
+    trace = FedAvgTrace(server, [untrained], [], [])
+    for server_round in range(1, config.num_server_rounds + 1):
+        start, updates, losses, weights = model_to_arrays(server), [], [], []
+        for pid in range(clients):
+            part = load_partition(config.dataset, clients, pid, config.seed)
+            local = build_model(config.model_config(), split.n_items)
+            load_arrays(local, start)
+            seed = round_seed(config.seed, server_round, pid)
+            loss, examples = train_local(local, part.training_windows(config.max_len), config, seed)
+            updates.append(dict(local.named_parameters()))
+            losses.append(loss)
+            weights.append(examples)
+        share = np.asarray(weights) / sum(weights)
+        with torch.no_grad():
+            for name, param in server.named_parameters():
+                param.copy_(
+                    torch.stack(
+                        [float(w) * u[name] for w, u in zip(share, updates, strict=True)]
+                    ).sum(0)
+                )
+        trace.train_loss.append(float(np.dot(share, losses)))
+        trace.examples.append(sum(weights))
+        trace.valid_ndcg.append(evaluate_model(server, split, "valid", config.max_len)["ndcg@10"])
+    return trace
+
+
 BASE = {"model": "lstm", "dim": 8, "layers": 1,
         "max-len": 20, "dropout": 0.0, "num-server-rounds": 4,
         "local-epochs": 1, "optimizer": "sgd", "lr": 0.5, "batch-size": 4,

@@ -1,9 +1,13 @@
-"""End to end: SecAgg+ gives FedAvg's aggregate within its quantization error."""
+"""End to end: SecAgg+ gives FedAvg's aggregate within its quantization error.
+
+The FedAvg reference is computed in-process (``tests.helpers.in_process_fedavg``), which
+``tests/e2e/test_simulation.py`` checks against a plain simulation."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +17,14 @@ import torch
 from common.data.partitioning import load_partition
 from common.federation.config import FederatedConfig
 from common.models import build_model
-from tests.helpers import TINY_ITEMS, launch_run, metrics_rows, write_cycle_log
+from tests.helpers import (
+    TINY_ITEMS,
+    FedAvgTrace,
+    in_process_fedavg,
+    launch_run,
+    metrics_rows,
+    write_cycle_log,
+)
 
 # 20 users, 3 per client: 7 clients of 33 or 22 examples (unequal FedAvg weights).
 SECURE_RUN = {"model": "lstm", "dim": 8, "layers": 1,
@@ -24,19 +35,25 @@ SECURE_RUN = {"model": "lstm", "dim": 8, "layers": 1,
 CLIENTS = 7
 
 
+@dataclass(frozen=True)
+class Twins:
+    """One secure run and, for the same settings, FedAvg computed in-process."""
+
+    secure: Path
+    plain: FedAvgTrace
+    config: FederatedConfig
+
+
 @pytest.fixture(scope="module")
-def twin_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
-    """The same one-round run twice, same seed: plain FedAvg, then SecAgg+."""
+def twins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Twins]:
+    """The one-round run with SecAgg+, and FedAvg of the same seed without it."""
     root = tmp_path_factory.mktemp("secagg")
-    dataset = write_cycle_log(root / "cycle.csv")
-    settings = {"dataset": str(dataset), **SECURE_RUN}
+    settings = {"dataset": str(write_cycle_log(root / "cycle.csv")), **SECURE_RUN}
+    config = FederatedConfig.from_run_config(settings)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FLWR_HOME", str(root / "flwr-home"))
-        yield {
-            "plain": launch_run(root, "plain", settings),
-            "secure": launch_run(root, "secure", {**settings, "secure-aggregation": True}),
-            "dataset": dataset,
-        }
+        secure = launch_run(root, "secure", {**settings, "secure-aggregation": True})
+    yield Twins(secure, in_process_fedavg(config, CLIENTS), config)
 
 
 def _parameters(run: Path) -> dict[str, torch.Tensor]:
@@ -66,17 +83,16 @@ def secagg_tolerance(examples: list[int], config: FederatedConfig) -> float:
 
 
 @pytest.mark.simulation
-def test_secure_aggregate_equals_fedavg_within_quantization_error(
-    twin_runs: dict[str, Path],
-) -> None:
-    config = FederatedConfig.from_run_config({"dataset": str(twin_runs["dataset"]), **SECURE_RUN})
+def test_secure_aggregate_equals_fedavg_within_quantization_error(twins: Twins) -> None:
+    config = twins.config
     examples = [
         int((load_partition(config.dataset, CLIENTS, pid, config.seed)
              .training_windows(config.max_len).targets > 0).sum())
         for pid in range(CLIENTS)
     ]  # fmt: skip
     tolerance = secagg_tolerance(examples, config)
-    plain, secure = _parameters(twin_runs["plain"]), _parameters(twin_runs["secure"])
+    plain = {name: value.detach() for name, value in twins.plain.model.state_dict().items()}
+    secure = _parameters(twins.secure)
 
     gap = max(float((plain[name] - secure[name]).abs().max()) for name in plain)
 
@@ -90,13 +106,11 @@ def test_secure_aggregate_equals_fedavg_within_quantization_error(
 
 
 @pytest.mark.simulation
-def test_secure_run_completes_and_records_like_a_plainlaunch_run(
-    twin_runs: dict[str, Path],
-) -> None:
-    run = twin_runs["secure"]
+def test_secure_run_completes_and_records_like_fedavg(twins: Twins) -> None:
+    run = twins.secure
 
     summary = json.loads((run / "summary.json").read_text())
-    rows, plain_rows = metrics_rows(run), metrics_rows(twin_runs["plain"])
+    rows = metrics_rows(run)
 
     for name in ("metrics.csv", "summary.json", "checkpoint.pt", "best_checkpoint.pt",
                  "valid_ndcg.png", "train_loss.png"):  # fmt: skip
@@ -104,9 +118,7 @@ def test_secure_run_completes_and_records_like_a_plainlaunch_run(
     assert summary["status"] == "completed" and summary["config"]["secure-aggregation"] is True
     assert [int(r["round"]) for r in rows] == [0, 1]
     assert rows[1]["clients"] == f"{CLIENTS}.0"
-    assert float(rows[1]["examples"]) == float(plain_rows[1]["examples"])
-    assert float(rows[1]["train_loss"]) == pytest.approx(float(plain_rows[1]["train_loss"]))
+    assert float(rows[1]["examples"]) == twins.plain.examples[0]
+    assert float(rows[1]["train_loss"]) == pytest.approx(twins.plain.train_loss[0])
     assert float(rows[1]["valid_ndcg@10"]) > float(rows[0]["valid_ndcg@10"])
-    log = (run / "flwr.log").read_text()
-    assert "Secure aggregation completed." in log
-    assert "Secure aggregation completed." not in (twin_runs["plain"] / "flwr.log").read_text()
+    assert "Secure aggregation completed." in (run / "flwr.log").read_text()
