@@ -111,8 +111,7 @@ class LocalDeployment:
         self.credentials = keys
         self.port = self.port or free_port()
         self.env = {**self.env, RUN_MARKER: uuid.uuid4().hex}
-        superlink = self._start_superlink(keys)
-        self.watchdog = start_watchdog(superlink.pid, self.env)
+        self._start_superlink(keys)
         write_tls_connection(
             Path(self.env["FLWR_HOME"]), CONNECTION, f"127.0.0.1:{self.port}", keys.ca_certificate
         )
@@ -154,7 +153,7 @@ class LocalDeployment:
             raise LaunchError("the deployment was never started")
         self._start_superlink(self.credentials)
 
-    def _start_superlink(self, keys: DeploymentCredentials) -> subprocess.Popen[bytes]:
+    def _start_superlink(self, keys: DeploymentCredentials) -> None:
         database = ["--database", str(self.database)] if self.database else []
         process = self._spawn(
             [
@@ -176,6 +175,8 @@ class LocalDeployment:
             "superlink.log",
         )
         self.superlink = process
+        if self.watchdog is None:  # before the wait: an owner may die while it lasts
+            self.watchdog = start_watchdog(process.pid, self.env)
         context = ssl.create_default_context(cafile=str(keys.ca_certificate))
         deadline = time.monotonic() + STARTUP_SECONDS
         while not _healthy(self.port, context):
@@ -187,7 +188,6 @@ class LocalDeployment:
             if time.monotonic() > deadline:
                 raise LaunchError(f"flower-superlink not ready after {STARTUP_SECONDS:.0f}s")
             time.sleep(0.2)
-        return process
 
     def _register(self, public_keys: list[Path]) -> None:
         """``flwr supernode register`` every key (in parallel): only these may connect."""

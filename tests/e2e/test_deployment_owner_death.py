@@ -1,4 +1,5 @@
-"""End to end: a local deployment whose owner is SIGKILLed leaves no process behind."""
+"""End to end: a local deployment whose owner is SIGKILLed leaves no process behind,
+once it is up and while its SuperLink is still starting."""
 
 from __future__ import annotations
 
@@ -18,12 +19,32 @@ from tests.helpers import MARKER, node_logs, simulation_processes, still_running
 OWNER = """
 import sys, time
 from pathlib import Path
+import deploy.local
 from deploy.local import LocalDeployment
+if sys.argv[3] == "starting":  # the SuperLink never answers its health check
+    def never_healthy(port, context):
+        print("starting", flush=True)
+        time.sleep(600)
+    deploy.local._healthy = never_healthy
 deployment = LocalDeployment(Path(sys.argv[1]), [Path(sys.argv[2])])
 deployment.__enter__()
 print("up", flush=True)
 time.sleep(600)
 """
+
+
+def owner_of_deployment(
+    cycle_log: Path, tmp_path: Path, env: dict[str, str], stage: str
+) -> subprocess.Popen[bytes]:
+    """A process that brings up a deployment of one node, marked by ``env``; returns once
+    it reached ``stage`` (``up``, or ``starting``: its SuperLink spawned, not yet healthy)."""
+    data = node_logs(cycle_log, tmp_path / "nodes")[0]
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, str(tmp_path / "deployment"), str(data), stage],
+        cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    assert owner.stdout is not None and owner.stdout.readline() == f"{stage}\n".encode()
+    return owner
 
 
 @pytest.mark.simulation
@@ -33,13 +54,8 @@ def test_a_killed_owner_takes_its_superlink_supernode_and_superexec_down(
     # Prepare: an owner process holding a deployment of one node (SuperLink, SuperNode
     # and its warm SuperExec), every process marked for this test
     env = {**flower_env(), "FLWR_HOME": str(tmp_path / "flwr-home"), MARKER: uuid.uuid4().hex}
-    data = node_logs(cycle_log, tmp_path / "nodes")[0]
-    owner = subprocess.Popen(
-        [sys.executable, "-c", OWNER, str(tmp_path / "deployment"), str(data)],
-        cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, start_new_session=True,
-    )  # fmt: skip
     try:
-        assert owner.stdout is not None and owner.stdout.readline() == b"up\n"
+        owner = owner_of_deployment(cycle_log, tmp_path, env, "up")
         parts = simulation_processes(env[MARKER])
         started = " ".join(parts.values())
         for part in ("flower-superlink", "flower-supernode", "deploy.warm_superexec",
@@ -55,4 +71,28 @@ def test_a_killed_owner_takes_its_superlink_supernode_and_superexec_down(
         assert still_running(list(parts), within=30) == []
     finally:
         for pid in simulation_processes(env[MARKER]):  # never leave a failed test's parts
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.simulation
+def test_an_owner_killed_while_its_superlink_starts_takes_the_superlink_down(
+    cycle_log: Path, tmp_path: Path
+) -> None:
+    # Prepare: an owner whose SuperLink is spawned but never answers its health check
+    env = {**flower_env(), "FLWR_HOME": str(tmp_path / "flwr-home"), MARKER: uuid.uuid4().hex}
+    try:
+        owner = owner_of_deployment(cycle_log, tmp_path, env, "starting")
+        parts = simulation_processes(env[MARKER])
+        started = " ".join(parts.values())
+        assert "flower-superlink" in started and "simulations.watchdog" in started
+
+        # Act: the owner dies in the middle of the start-up
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait(timeout=30)
+
+        # Assert: the SuperLink does not outlive it
+        assert survivors(env[MARKER], within=60.0) == {}
+        assert still_running(list(parts), within=30) == []
+    finally:
+        for pid in simulation_processes(env[MARKER]):
             os.kill(pid, signal.SIGKILL)
