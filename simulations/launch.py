@@ -173,7 +173,7 @@ def run_simulation(
     federation = federation_config(num_supernodes, ray_cpus, cluster=bool(ray_address))
     with (
         staged_app(PROJECT_ROOT) as app,
-        LocalSuperLink(port, results_dir / "superlink.log", env, results_dir) as superlink,
+        LocalSuperLink(port, results_dir / "superlink.log", env, results_dir, app) as superlink,
     ):
         assert superlink.process is not None
         command = [

@@ -173,12 +173,18 @@ class LocalSuperLink:
     """``flower-superlink --simulation`` on ``127.0.0.1:port`` for the ``with`` block."""
 
     def __init__(
-        self, port: int, log_file: Path, env: dict[str, str], run_dir: Path | None = None
+        self,
+        port: int,
+        log_file: Path,
+        env: dict[str, str],
+        run_dir: Path | None = None,
+        app_dir: Path | None = None,
     ) -> None:
         self.port = port
         self.log_file = log_file
         self.env = env
         self.run_dir = run_dir  # where the watchdog records that the launcher died
+        self.app_dir = app_dir  # the app's temporary copy, which the watchdog removes then
         self.process: subprocess.Popen[bytes] | None = None
         self.watchdog: subprocess.Popen[bytes] | None = None
 
@@ -202,7 +208,7 @@ class LocalSuperLink:
             start_new_session=True,
         )  # fmt: skip
         try:
-            self.watchdog = start_watchdog(self.process.pid, self.env, self.run_dir)
+            self.watchdog = start_watchdog(self.process.pid, self.env, self.run_dir, self.app_dir)
         except OSError as error:
             self._stop()
             raise SuperLinkError(f"could not start the SuperLink's watchdog: {error}") from None

@@ -3,7 +3,7 @@
 The owner of a local deployment (:class:`deploy.local.LocalDeployment`) starts one too:
 its SuperLink, SuperNodes and their apps carry its marker.
 
-``python -m simulations.watchdog SUPERLINK_PID [RUN_DIR]`` runs in a session of its own
+``python -m simulations.watchdog SUPERLINK_PID [RUN_DIR [APP_DIR]]`` runs in a session of its own
 with its standard input a pipe from the launcher. The kernel closes that pipe when the launcher
 exits, however it exits, so reading it to the end is waiting for the launcher. A
 launcher that ends normally first writes :data:`DONE` (it stops its SuperLink itself);
@@ -11,13 +11,16 @@ an end of input without it means the launcher died, and the watchdog then stops 
 SuperLink, its process group and every descendant's group (flwr-simulation and Ray run
 in a session of their own under the SuperExec), and every other process of the launch
 (:data:`simulations.supervision.RUN_MARKER`), as the launcher would have; it records in
-``RUN_DIR/stops.jsonl`` that the launcher died, for the next ``--resume`` to report.
+``RUN_DIR/stops.jsonl`` that the launcher died, for the next ``--resume`` to report, and
+removes ``APP_DIR``, the launcher's temporary copy of the app
+(:func:`simulations.app_files.staged_app`), which the launcher's own exit would have removed.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -44,11 +47,15 @@ def start_time(pid: int) -> int | None:
 
 
 def watch(
-    pid: int, launcher: IO[bytes], timeout: float = 15.0, run_dir: Path | None = None
+    pid: int,
+    launcher: IO[bytes],
+    timeout: float = 15.0,
+    run_dir: Path | None = None,
+    app_dir: Path | None = None,
 ) -> bool:
     """Wait for the launcher's end; stop ``pid``'s tree (SIGKILL after ``timeout``
-    seconds) and the rest of the launch unless the launcher said it was done. Returns
-    whether it stopped anything."""
+    seconds) and the rest of the launch, and remove ``app_dir``, unless the launcher said
+    it was done. Returns whether it stopped anything."""
     started = start_time(pid)
     launcher_pid = os.getppid()
     said = launcher.read()
@@ -62,16 +69,19 @@ def watch(
     marker = os.environ.get(RUN_MARKER)
     if marker:
         stop_marked(marker, timeout=timeout)
+    if app_dir is not None:  # after the stop: nothing reads it any more
+        shutil.rmtree(app_dir, ignore_errors=True)
     return True
 
 
 def start_watchdog(
-    pid: int, env: dict[str, str], run_dir: Path | None = None
+    pid: int, env: dict[str, str], run_dir: Path | None = None, app_dir: Path | None = None
 ) -> subprocess.Popen[bytes]:
-    """Start the watchdog of SuperLink ``pid``; keep it until :func:`release_watchdog`."""
-    folder = [str(run_dir)] if run_dir is not None else []
+    """Start the watchdog of SuperLink ``pid``; keep it until :func:`release_watchdog`.
+    An ``app_dir`` goes with a ``run_dir``."""
+    folders = [str(path) for path in (run_dir, app_dir) if path is not None]
     return subprocess.Popen(
-        [sys.executable, "-m", "simulations.watchdog", str(pid), *folder],
+        [sys.executable, "-m", "simulations.watchdog", str(pid), *folders],
         stdin=subprocess.PIPE, env=env, start_new_session=True,
     )  # fmt: skip
 
@@ -91,10 +101,16 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: ``SUPERLINK_PID`` on the command line, the launcher's pipe on stdin."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = sys.argv[1:] if argv is None else argv
-    if len(args) not in (1, 2) or not args[0].isdigit():
-        print("usage: python -m simulations.watchdog SUPERLINK_PID [RUN_DIR]", file=sys.stderr)
+    if len(args) not in (1, 2, 3) or not args[0].isdigit():
+        print(
+            "usage: python -m simulations.watchdog SUPERLINK_PID [RUN_DIR [APP_DIR]]",
+            file=sys.stderr,
+        )
         return 2
-    watch(int(args[0]), sys.stdin.buffer, run_dir=Path(args[1]) if len(args) == 2 else None)
+    folders = [Path(arg) for arg in args[1:]]
+    run_dir = folders[0] if folders else None
+    app_dir = folders[1] if len(folders) == 2 else None
+    watch(int(args[0]), sys.stdin.buffer, run_dir=run_dir, app_dir=app_dir)
     return 0
 
 

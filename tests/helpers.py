@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -257,6 +258,9 @@ def kill_simulation(launch: Launch, timeout: float = 30.0) -> dict[int, str]:
     # an exiting process stops showing its environment before it closes its files (and
     # lets go of its locks): wait until each one has really exited
     assert still_running(list(killed), within=timeout) == [], "killed processes linger"
+    for word in {word for command in killed.values() for word in command.split()}:
+        if Path(word).name.startswith("fedseqrec-app-"):  # nobody was left to remove it
+            shutil.rmtree(word, ignore_errors=True)
     return killed
 
 

@@ -175,8 +175,10 @@ def test_a_launcher_killed_alone_takes_its_simulation_down_with_it(
         left = survivors(launch.marker, within=60.0)
     # Assert: the watchdog stopped the SuperLink and the whole simulation on its own
     assert any("flwr-simulation" in command for command in before.values())
-    assert any("simulations.watchdog" in command for command in before.values())
+    (watchdog,) = [command for command in before.values() if "simulations.watchdog" in command]
     assert left == {}, f"still running after the launcher died: {sorted(left.values())}"
+    app_copy = Path(watchdog.split()[-1])  # the launcher's temporary copy of the app
+    assert app_copy.name.startswith("fedseqrec-app-") and not app_copy.exists()
     lines = ledger_lines(folder)
     time.sleep(1.0)
     assert ledger_lines(folder) == lines >= 2  # nobody writes the ledger any more

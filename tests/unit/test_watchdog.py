@@ -53,6 +53,19 @@ def test_a_launcher_dead_after_its_superlink_is_still_recorded(tmp_path: Path) -
     assert stop["part"] == "launcher" and stop["cause"].startswith("the launcher (pid ")
 
 
+@pytest.mark.parametrize(("said", "removed"), [(b"", True), (DONE, False)])
+def test_the_app_copy_goes_only_when_the_launcher_died(
+    tmp_path: Path, said: bytes, removed: bool
+) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    app = tmp_path / "fedseqrec-app-x"
+    (app / "server").mkdir(parents=True)
+    (app / "server" / "server_app.py").write_text("app = None\n")
+    watch(gone.pid, io.BytesIO(said), timeout=1.0, run_dir=tmp_path, app_dir=app)
+    assert app.exists() is not removed  # a launcher that said done removes it itself
+
+
 def test_the_command_line_wants_one_pid(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["not-a-pid"]) == 2
     assert "usage: python -m simulations.watchdog SUPERLINK_PID" in capsys.readouterr().err
