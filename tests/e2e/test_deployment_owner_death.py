@@ -47,19 +47,27 @@ def owner_of_deployment(
     return owner
 
 
+STAGES = {  # stage the owner dies in: the processes of the deployment running by then
+    "up": ("flower-superlink", "flower-supernode", "deploy.warm_superexec",
+           "simulations.watchdog"),
+    "starting": ("flower-superlink", "simulations.watchdog"),
+}  # fmt: skip
+
+
 @pytest.mark.simulation
-def test_a_killed_owner_takes_its_superlink_supernode_and_superexec_down(
-    cycle_log: Path, tmp_path: Path
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_killed_owner_leaves_no_process_of_its_deployment(
+    cycle_log: Path, tmp_path: Path, stage: str
 ) -> None:
-    # Prepare: an owner process holding a deployment of one node (SuperLink, SuperNode
-    # and its warm SuperExec), every process marked for this test
+    # Prepare: an owner process with a deployment of one node, up (SuperLink, SuperNode
+    # and its warm SuperExec) or still starting (a SuperLink that never answers its
+    # health check), every process marked for this test
     env = {**flower_env(), "FLWR_HOME": str(tmp_path / "flwr-home"), MARKER: uuid.uuid4().hex}
     try:
-        owner = owner_of_deployment(cycle_log, tmp_path, env, "up")
+        owner = owner_of_deployment(cycle_log, tmp_path, env, stage)
         parts = simulation_processes(env[MARKER])
         started = " ".join(parts.values())
-        for part in ("flower-superlink", "flower-supernode", "deploy.warm_superexec",
-                     "simulations.watchdog"):  # fmt: skip
+        for part in STAGES[stage]:
             assert part in started, part
 
         # Act: the owner dies without a chance to stop anything
@@ -71,28 +79,4 @@ def test_a_killed_owner_takes_its_superlink_supernode_and_superexec_down(
         assert still_running(list(parts), within=30) == []
     finally:
         for pid in simulation_processes(env[MARKER]):  # never leave a failed test's parts
-            os.kill(pid, signal.SIGKILL)
-
-
-@pytest.mark.simulation
-def test_an_owner_killed_while_its_superlink_starts_takes_the_superlink_down(
-    cycle_log: Path, tmp_path: Path
-) -> None:
-    # Prepare: an owner whose SuperLink is spawned but never answers its health check
-    env = {**flower_env(), "FLWR_HOME": str(tmp_path / "flwr-home"), MARKER: uuid.uuid4().hex}
-    try:
-        owner = owner_of_deployment(cycle_log, tmp_path, env, "starting")
-        parts = simulation_processes(env[MARKER])
-        started = " ".join(parts.values())
-        assert "flower-superlink" in started and "simulations.watchdog" in started
-
-        # Act: the owner dies in the middle of the start-up
-        os.kill(owner.pid, signal.SIGKILL)
-        owner.wait(timeout=30)
-
-        # Assert: the SuperLink does not outlive it
-        assert survivors(env[MARKER], within=60.0) == {}
-        assert still_running(list(parts), within=30) == []
-    finally:
-        for pid in simulation_processes(env[MARKER]):
             os.kill(pid, signal.SIGKILL)
