@@ -16,7 +16,7 @@ def pytest_configure(config: pytest.Config) -> None:
     ``OMP_NUM_THREADS`` says otherwise), as the simulations' one-CPU client workers have:
     ``make test`` runs three pytest workers on two cores, and two OpenMP threads each
     oversubscribe them and spin waiting for one another (the unit suite took 238 CPU-s on
-    two threads a worker, 148 on one)."""
+    two threads a worker, 145 on one)."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 

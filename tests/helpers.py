@@ -133,14 +133,17 @@ def _fedavg(config: FederatedConfig, clients: int) -> FedAvgTrace:
     server = build_model(config.model_config(), split.n_items)
     untrained = evaluate_model(server, split, "valid", config.max_len)["ndcg@10"]
     trace = FedAvgTrace(server, [untrained], [], [])
+    windows = [
+        load_partition(config.dataset, clients, pid, config.seed).training_windows(config.max_len)
+        for pid in range(clients)
+    ]  # the same every round
     for server_round in range(1, config.num_server_rounds + 1):
         start, updates, losses, weights = model_to_arrays(server), [], [], []
         for pid in range(clients):
-            part = load_partition(config.dataset, clients, pid, config.seed)
             local = build_model(config.model_config(), split.n_items)
             load_arrays(local, start)
             seed = round_seed(config.seed, server_round, pid)
-            loss, examples = train_local(local, part.training_windows(config.max_len), config, seed)
+            loss, examples = train_local(local, windows[pid], config, seed)
             updates.append(dict(local.named_parameters()))
             losses.append(loss)
             weights.append(examples)

@@ -150,8 +150,8 @@ def assert_receipts_catch_a_forgery(
     receipts and on the model's own noise, and on nothing else."""
     noise = json.loads((results / "summary.json").read_text())["privacy"]["noise_multiplier"]
     _, released = released_model_sha256(results / "checkpoint.pt")
-    for node in nodes:
-        receipts = read_receipts(node / RECEIPTS_FILE).receipts
+    receipts_of = {node: read_receipts(node / RECEIPTS_FILE).receipts for node in nodes}
+    for receipts in receipts_of.values():
         train = [r for r in receipts if r.message == "train"]
         assert [(r.round, r.model_round) for r in train] == [(1, 0), (2, 1)]
         assert {(r.mechanism, r.noise_multiplier, r.run_id) for r in train} == {
@@ -172,7 +172,7 @@ def assert_receipts_catch_a_forgery(
         f"node-{index} (node {node_id}), round {server_round}: noise_multiplier is "
         f"{2 * noise} in the ledger but {noise} in the node's receipt"
         for index, node in enumerate(nodes, start=1)
-        for node_id in {r.node_id for r in read_receipts(node / RECEIPTS_FILE).receipts}
+        for node_id in {r.node_id for r in receipts_of[node]}
         for server_round in (1, 2)
     }
     assert {line for line in lines if "in the node's receipt" in line} == expected
