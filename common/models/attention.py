@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from common.models.base import SequenceRecommender
+from common.models.dropout import Dropout
 
 NORM_PLACEMENTS = ("sasrec", "pre", "post")
 POSITIONS = ("absolute", "rotary")
@@ -116,10 +117,10 @@ class AttentionBlock(nn.Module):
         self.feed_forward = nn.Sequential(
             nn.Linear(dim, ffn_multiplier * dim),
             nn.GELU(),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             nn.Linear(ffn_multiplier * dim, dim),
         )
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         if self.norm == "post":
@@ -158,7 +159,7 @@ class AttentionRecommender(SequenceRecommender):
         self.max_len = max_len
         rotate = positions == "rotary"
         self.positions: nn.Embedding | None = None if rotate else nn.Embedding(max_len, dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.blocks = nn.ModuleList(
             AttentionBlock(dim, heads, dropout, ffn_multiplier, norm, rotate) for _ in range(layers)
         )

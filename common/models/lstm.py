@@ -12,6 +12,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from common.models.base import SequenceRecommender
+from common.models.dropout import Dropout
 from common.models.recurrent import SequenceLSTM
 
 
@@ -27,7 +28,7 @@ class LSTMRecommender(SequenceRecommender):
         item_skip: bool = False,
     ) -> None:
         super().__init__(n_items, dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.lstm = SequenceLSTM(dim, dim, num_layers=layers)
         self.output = nn.Linear(dim, dim)
         self.item_skip = item_skip

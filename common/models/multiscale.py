@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from common.data.features import consecutive_cosine
 from common.models.base import SequenceRecommender
+from common.models.dropout import Dropout
 from common.models.recurrent import SequenceLSTM
 
 SCALE_NAMES = ("short", "medium", "long")
@@ -96,7 +97,7 @@ class MultiScaleRecommender(SequenceRecommender):
         use_similarity: bool = True,
     ) -> None:
         super().__init__(n_items, dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.gap_embedding = nn.Embedding(n_gap_buckets, dim) if n_gap_buckets else None
         self.similarity = nn.Linear(1, dim) if use_similarity else None
         self.short = CausalConv(dim, short_kernel, dilation=1)
