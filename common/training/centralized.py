@@ -23,6 +23,8 @@ SELECTION_METRIC = "ndcg@10"
 OPTIMIZERS = ("adam", "adamw")
 WINDOWS = {"sequence": training_windows, "prefix": prefix_windows}
 LOSS_WEIGHTINGS = ("position", "window")
+BATCHINGS = ("length", "random")
+PASS_POSITIONS = 1024  # a pass's fixed cost in padded positions, for cutting random batches
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,11 @@ class TrainConfig:
     at evaluation; :func:`common.data.features.prefix_windows`). ``loss_weighting``:
     ``position`` (every target position alike: a long window weighs more) or ``window``
     (every window alike, the mean over its positions; a federated round of per-user
-    updates weighs its users so).
+    updates weighs its users so). ``batching``: ``length`` (windows of similar length
+    batched together, so a batch drops the padding no row uses) or ``random`` (every
+    batch a uniform random draw, as a federated round samples its users; computed as
+    length-sorted parts whose gradients add up, :func:`random_batch_parts`, so padding
+    costs little). ``beta2``: Adam's second-moment decay (Flower's FedAdam: 0.99).
     """
 
     epochs: int = 200
@@ -56,6 +62,8 @@ class TrainConfig:
     device: str = "cpu"
     windows: str = "sequence"
     loss_weighting: str = "position"
+    batching: str = "length"
+    beta2: float = 0.999
 
     def __post_init__(self) -> None:
         check_field_types(self)
@@ -66,7 +74,10 @@ class TrainConfig:
             raise ValueError("lr must be > 0, weight_decay >= 0 and patience >= 1")
         if self.lr_patience < 0 or not 0.0 < self.lr_factor < 1.0:
             raise ValueError("lr_patience must be >= 0 (0 = off) and lr_factor in (0, 1)")
-        choices = {"optimizer": OPTIMIZERS, "windows": WINDOWS, "loss_weighting": LOSS_WEIGHTINGS}
+        if not 0.0 < self.beta2 < 1.0:
+            raise ValueError(f"beta2 must be in (0, 1), got {self.beta2}")
+        choices = {"optimizer": OPTIMIZERS, "windows": WINDOWS,
+                   "loss_weighting": LOSS_WEIGHTINGS, "batching": BATCHINGS}  # fmt: skip
         for name, allowed in choices.items():  # as FederatedConfig checks its choices
             value = getattr(self, name)
             if value not in allowed:
@@ -126,6 +137,56 @@ def trimmed_batch(
     )
 
 
+def random_batch_parts(
+    windows: TrainingWindows, batch_size: int, rng: np.random.Generator
+) -> Iterator[list[np.ndarray]]:
+    """Uniform random batches (a fresh permutation each epoch), each as its parts.
+
+    A random batch mixes short and long windows, so one padded pass would cost the
+    longest window's width for every row. Its rows are sorted by length and cut into
+    the parts that cost least (:func:`length_parts`): the parts' gradients, weighed by
+    their share of the batch, add up to the whole batch's gradient.
+    """
+    lengths = (windows.inputs > 0).sum(1)
+    order = rng.permutation(len(lengths))
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        rows = rows[np.argsort(lengths[rows], kind="stable")]
+        yield [rows[a:b] for a, b in length_parts(lengths[rows], PASS_POSITIONS)]
+
+
+def length_parts(lengths: np.ndarray, pass_cost: int) -> list[tuple[int, int]]:
+    """Cut ascending ``lengths`` into parts ``[a, b)`` of least total cost.
+
+    A part costs its rows times its longest length (padded positions) plus ``pass_cost``
+    (a pass's fixed cost, in positions). Exact, by dynamic programming over the runs of
+    equal length (at most ``max_len`` of them).
+    """
+    values, starts = np.unique(lengths, return_index=True)
+    ends = np.append(starts[1:], len(lengths))
+    best, cut = [0.0], [0]  # best[j]: least cost of the first j runs; cut[j]: last part's start
+    for j in range(1, len(values) + 1):
+        costs = [best[i] + (ends[j - 1] - starts[i]) * values[j - 1] + pass_cost
+                 for i in range(j)]  # fmt: skip
+        cut.append(int(np.argmin(costs)))
+        best.append(float(min(costs)))
+    parts, j = [], len(values)
+    while j > 0:
+        parts.append((int(starts[cut[j]]), int(ends[j - 1])))
+        j = cut[j]
+    return parts[::-1]
+
+
+def _batch_steps(
+    windows: TrainingWindows, batch_size: int, rng: np.random.Generator, batching: str
+) -> Iterator[list[np.ndarray]]:
+    """Every optimizer step's rows, as the parts computed one pass each."""
+    if batching == "random":
+        yield from random_batch_parts(windows, batch_size, rng)
+    else:
+        yield from ([rows] for rows in length_bucketed_batches(windows, batch_size, rng))
+
+
 def train_epoch(
     model: SequenceRecommender,
     optimizer: torch.optim.Optimizer,
@@ -135,25 +196,32 @@ def train_epoch(
     progress: Callable[[int], None] | None = None,
     label_smoothing: float = 0.0,
     per_window: bool = False,
+    batching: str = "length",
 ) -> float:
     """One pass over all windows, on the model's device; returns the mean training loss."""
     model.train()
     device = model.items.weight.device
     total, batches = 0.0, 0
-    for rows in length_bucketed_batches(windows, batch_size, rng):
-        items, targets, gaps = trimmed_batch(windows, rows)
-        items, targets = items.to(device), targets.to(device)
-        gaps = gaps.to(device) if gaps is not None else None
+    for parts in _batch_steps(windows, batch_size, rng, batching):
         optimizer.zero_grad(set_to_none=True)
-        loss = next_item_loss(
-            model, items, targets, gaps, label_smoothing=label_smoothing, per_window=per_window
-        )
-        loss.backward()
+        # each part's mean loss weighs its share of the step's windows or positions
+        sizes = [len(part) if per_window else int((windows.targets[part] > 0).sum())
+                 for part in parts]  # fmt: skip
+        step_loss = 0.0
+        for part, size in zip(parts, sizes, strict=True):
+            items, targets, gaps = trimmed_batch(windows, part)
+            items, targets = items.to(device), targets.to(device)
+            gaps = gaps.to(device) if gaps is not None else None
+            loss = next_item_loss(
+                model, items, targets, gaps, label_smoothing=label_smoothing, per_window=per_window
+            ) * (size / sum(sizes))
+            loss.backward()
+            step_loss += float(loss.detach())
         optimizer.step()
-        total += float(loss.detach())
+        total += step_loss
         batches += 1
         if progress is not None:
-            progress(len(rows))
+            progress(sum(len(part) for part in parts))
     return total / max(batches, 1)
 
 
@@ -161,14 +229,15 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
     """Adam (L2 weight decay on everything) or AdamW (decoupled, on matrices only)."""
     if config.optimizer == "adam":
         return torch.optim.Adam(
-            model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
-        )
+            model.parameters(), lr=config.lr, betas=(0.9, config.beta2),
+            weight_decay=config.weight_decay, fused=True,
+        )  # fmt: skip
     parameters = list(model.parameters())
     groups = [
         {"params": [p for p in parameters if p.ndim >= 2], "weight_decay": config.weight_decay},
         {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=config.lr, fused=True)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, config.beta2), fused=True)
 
 
 @dataclass
@@ -218,7 +287,8 @@ def train_centralized(
         progress = progress_factory(epoch, len(windows)) if progress_factory else None
         started = time.perf_counter()
         loss = train_epoch(model, optimizer, windows, config.batch_size, rng, progress,
-                           config.label_smoothing, config.loss_weighting == "window")  # fmt: skip
+                           config.label_smoothing, config.loss_weighting == "window",
+                           config.batching)  # fmt: skip
         lr = float(optimizer.param_groups[0]["lr"])
         record = EpochRecord(epoch, loss, time.perf_counter() - started, lr)
         if epoch % config.eval_every == 0 or epoch == config.epochs:

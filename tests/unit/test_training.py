@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
 
+import common.models.chunked_loss as chunked_loss
+import common.training.centralized as centralized
 from common.data.features import training_windows
 from common.data.sequences import LeaveOneOutSplit
 from common.evaluation.scoring import evaluate_long_horizon
@@ -14,6 +18,8 @@ from common.training.centralized import (
     TrainConfig,
     build_optimizer,
     length_bucketed_batches,
+    length_parts,
+    random_batch_parts,
     train_centralized,
     trimmed_batch,
 )
@@ -63,6 +69,68 @@ def test_bucketed_batches_cover_each_window_once_and_trim_padding() -> None:
     items, targets, _ = trimmed_batch(windows, batches[0])
     assert items.shape == targets.shape
     assert bool((items[:, 0] > 0).any())
+
+
+def test_random_batches_cover_each_window_once_in_length_sorted_parts() -> None:
+    sequences = [np.arange(1, n + 2) for n in (1, 2, 7, 3, 8, 2, 5, 1, 4)]
+    windows = training_windows(sequences, max_len=8)
+    lengths = (windows.inputs > 0).sum(1)
+    steps = list(random_batch_parts(windows, 4, np.random.default_rng(0)))
+    assert [sum(len(part) for part in parts) for parts in steps] == [4, 4, 1]
+    rows = np.concatenate([part for parts in steps for part in parts])
+    assert sorted(rows.tolist()) == list(range(len(windows)))
+    for parts in steps:
+        assert np.all(np.diff(lengths[np.concatenate(parts)]) >= 0)  # sorted by length
+    other = list(random_batch_parts(windows, 4, np.random.default_rng(1)))
+    assert [p.tolist() for s in steps for p in s] != [p.tolist() for s in other for p in s]
+
+
+@pytest.mark.parametrize("pass_cost", [0, 3, 10, 100])
+def test_length_parts_cost_least_of_all_cuts(pass_cost: int) -> None:
+    lengths = np.array([1, 1, 2, 3, 3, 3, 5, 8, 8, 13])
+
+    def cost(cuts: tuple[int, ...]) -> int:
+        bounds = [0, *cuts, len(lengths)]
+        return sum((b - a) * int(lengths[b - 1]) + pass_cost for a, b in itertools.pairwise(bounds))
+
+    inner = range(1, len(lengths))
+    least = min(cost(c) for k in range(len(lengths)) for c in itertools.combinations(inner, k))
+    parts = length_parts(lengths, pass_cost)
+    assert parts[0][0] == 0 and parts[-1][1] == len(lengths)
+    assert all(left[1] == right[0] for left, right in itertools.pairwise(parts))
+    assert cost(tuple(a for a, _ in parts[1:])) == least
+    if pass_cost == 0:  # no pass cost: never pad, one part per length
+        assert len(parts) == len(set(lengths.tolist()))
+
+
+@pytest.mark.parametrize("per_window", [False, True])
+def test_a_random_batch_in_parts_takes_the_whole_batch_step(
+    monkeypatch: pytest.MonkeyPatch, per_window: bool
+) -> None:
+    sequences = [np.arange(1, n + 2) % 11 + 1 for n in (1, 2, 7, 3, 8, 2, 5, 1, 4)]
+    windows = training_windows(sequences, max_len=8)
+    monkeypatch.setattr(chunked_loss, "fast_bfloat16_available", lambda: False)  # exact sums
+    moved = {}
+    monkeypatch.setattr(centralized, "PASS_POSITIONS", 0)  # one part per length
+    for batching in ("length", "random"):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(dim=8, max_len=8, dropout=0.0), 12)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        before = [p.detach().clone() for p in model.parameters()]
+        centralized.train_epoch(model, optimizer, windows, len(windows),
+                                np.random.default_rng(0), per_window=per_window,
+                                batching=batching)  # fmt: skip
+        moved[batching] = [p.detach() - b for p, b in zip(model.parameters(), before, strict=True)]
+    for whole, parts in zip(moved["length"], moved["random"], strict=True):
+        torch.testing.assert_close(parts, whole, rtol=1e-4, atol=1e-6)
+    assert any(bool(step.abs().max() > 0) for step in moved["random"])
+
+
+def test_random_batches_learn_the_cycle() -> None:
+    split = cyclic_split()
+    model_config = ModelConfig(dim=16, layers=1, dropout=0.0, max_len=8)
+    config = TrainConfig(epochs=40, lr=0.02, patience=40, batching="random", beta2=0.99)
+    assert train_centralized(split, model_config, config).test["hr@5"] > 0.9
 
 
 def test_learning_rate_falls_when_validation_stalls() -> None:
@@ -120,6 +188,10 @@ def test_bad_optimizer_smoothing_and_device_are_rejected() -> None:
         TrainConfig(device="gpu")
     with pytest.raises(ValueError, match="windows must be one of sequence, prefix, got 'all'"):
         TrainConfig(windows="all")
+    with pytest.raises(ValueError, match="batching must be one of length, random, got 'lazy'"):
+        TrainConfig(batching="lazy")
+    with pytest.raises(ValueError, match=r"beta2 must be in \(0, 1\), got 1.0"):
+        TrainConfig(beta2=1.0)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
