@@ -78,7 +78,9 @@ def start_watchdog(
     pid: int, env: dict[str, str], run_dir: Path | None = None, app_dir: Path | None = None
 ) -> subprocess.Popen[bytes]:
     """Start the watchdog of SuperLink ``pid``; keep it until :func:`release_watchdog`.
-    An ``app_dir`` goes with a ``run_dir``."""
+    An ``app_dir`` goes with a ``run_dir``: the command line takes them in that order."""
+    if app_dir is not None and run_dir is None:
+        raise ValueError("an app_dir needs a run_dir (the watchdog would take it for one)")
     folders = [str(path) for path in (run_dir, app_dir) if path is not None]
     return subprocess.Popen(
         [sys.executable, "-m", "simulations.watchdog", str(pid), *folders],

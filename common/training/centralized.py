@@ -169,7 +169,7 @@ def length_parts(lengths: np.ndarray, pass_cost: int) -> list[tuple[int, int]]:
         costs = [best[i] + (ends[j - 1] - starts[i]) * values[j - 1] + pass_cost
                  for i in range(j)]  # fmt: skip
         cut.append(int(np.argmin(costs)))
-        best.append(float(min(costs)))
+        best.append(float(costs[cut[-1]]))
     parts, j = [], len(values)
     while j > 0:
         parts.append((int(starts[cut[j]]), int(ends[j - 1])))
@@ -207,14 +207,14 @@ def train_epoch(
         # each part's mean loss weighs its share of the step's windows or positions
         sizes = [len(part) if per_window else int((windows.targets[part] > 0).sum())
                  for part in parts]  # fmt: skip
-        step_loss = 0.0
+        step_size, step_loss = sum(sizes), 0.0
         for part, size in zip(parts, sizes, strict=True):
             items, targets, gaps = trimmed_batch(windows, part)
             items, targets = items.to(device), targets.to(device)
             gaps = gaps.to(device) if gaps is not None else None
             loss = next_item_loss(
                 model, items, targets, gaps, label_smoothing=label_smoothing, per_window=per_window
-            ) * (size / sum(sizes))
+            ) * (size / step_size)
             loss.backward()
             step_loss += float(loss.detach())
         optimizer.step()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ import pytest
 
 from server.resume.stops import read_stops
 from simulations.process_tree import stop_process_group
-from simulations.watchdog import DONE, main, start_time, watch
+from simulations.watchdog import DONE, main, start_time, start_watchdog, watch
 from tests.helpers import running, start_session_tree, still_running
 
 
@@ -64,6 +65,11 @@ def test_the_app_copy_goes_only_when_the_launcher_died(
     (app / "server" / "server_app.py").write_text("app = None\n")
     watch(gone.pid, io.BytesIO(said), timeout=1.0, run_dir=tmp_path, app_dir=app)
     assert app.exists() is not removed  # a launcher that said done removes it itself
+
+
+def test_an_app_copy_without_a_run_folder_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="an app_dir needs a run_dir"):
+        start_watchdog(os.getpid(), dict(os.environ), app_dir=tmp_path)
 
 
 def test_the_command_line_wants_one_pid(capsys: pytest.CaptureFixture[str]) -> None:
